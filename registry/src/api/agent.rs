@@ -1,0 +1,104 @@
+//! Agent API types: local service and check registration, members, aggregated health.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{HealthCheck, HealthStatus, Meta, ServiceAddress, Weights};
+
+/// A service as `/v1/agent/services` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    pub tags: Vec<String>,
+    pub meta: Meta,
+    pub port: u16,
+    pub address: String,
+    pub socket_path: String,
+    pub tagged_addresses: Option<BTreeMap<String, ServiceAddress>>,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub datacenter: String,
+}
+
+/// A check definition in `PUT /v1/agent/check/register` or inside a service registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AgentCheckRegistration {
+    #[serde(rename = "ID")]
+    pub id: Option<String>,
+    #[serde(rename = "CheckID")]
+    pub check_id: Option<String>,
+    pub name: Option<String>,
+    pub notes: Option<String>,
+    #[serde(rename = "ServiceID")]
+    pub service_id: Option<String>,
+    pub status: Option<HealthStatus>,
+    #[serde(rename = "TTL")]
+    pub ttl: Option<String>,
+    #[serde(rename = "HTTP")]
+    pub http: Option<String>,
+    #[serde(rename = "TCP")]
+    pub tcp: Option<String>,
+    #[serde(rename = "GRPC")]
+    pub grpc: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub deregister_critical_service_after: Option<String>,
+}
+
+impl AgentCheckRegistration {
+    /// Consul accepts the check's ID as either `ID` or `CheckID`.
+    pub fn effective_id(&self) -> Option<&str> {
+        self.id.as_deref().or(self.check_id.as_deref()).filter(|s| !s.is_empty())
+    }
+}
+
+/// `PUT /v1/agent/service/register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AgentServiceRegistration {
+    #[serde(rename = "ID")]
+    pub id: Option<String>,
+    pub name: String,
+    pub tags: Option<Vec<String>>,
+    pub address: Option<String>,
+    pub tagged_addresses: Option<BTreeMap<String, ServiceAddress>>,
+    pub port: Option<u16>,
+    pub meta: Option<Meta>,
+    pub enable_tag_override: Option<bool>,
+    pub weights: Option<Weights>,
+    pub check: Option<AgentCheckRegistration>,
+    pub checks: Option<Vec<AgentCheckRegistration>>,
+}
+
+/// One member of `/v1/agent/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentMember {
+    pub name: String,
+    pub addr: String,
+    pub port: u16,
+    pub tags: BTreeMap<String, String>,
+    /// Serf's member status: 1 alive, 2 leaving, 3 left, 4 failed.
+    pub status: u8,
+    pub protocol_min: u8,
+    pub protocol_max: u8,
+    pub protocol_cur: u8,
+    pub delegate_min: u8,
+    pub delegate_max: u8,
+    pub delegate_cur: u8,
+}
+
+/// One entry of `/v1/agent/health/service/name/:name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentServiceHealth {
+    pub aggregated_status: HealthStatus,
+    pub service: AgentService,
+    pub checks: Vec<HealthCheck>,
+}

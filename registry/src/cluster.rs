@@ -1,0 +1,260 @@
+//! Server membership: bootstrap from expected peers, join and removal, and the server RPC port
+//! (Raft RPCs, server info, join requests, commands forwarded by followers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use warp::Filter;
+
+use crate::raft::network::{RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
+use crate::raft::{decode, encode, NodeId, ServerNode};
+use crate::server::App;
+use crate::state::{Command, CommandResult};
+
+/// What `GET /raft/info` tells another server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: NodeId,
+    pub node: ServerNode,
+    pub initialized: bool,
+    pub leader: Option<(NodeId, ServerNode)>,
+    pub voters: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub id: NodeId,
+    pub node: ServerNode,
+}
+
+/// Answer to a forwarded command: `None` when the receiver is not the leader.
+type ForwardReply = Result<Option<(u64, CommandResult)>, String>;
+
+/// The node ID is random on first start and kept in the data dir (like Consul's node-id file).
+pub fn load_or_create_node_id(dir: &Path) -> std::io::Result<NodeId> {
+    let path = dir.join("node-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = text.trim().parse() {
+            return Ok(id);
+        }
+    }
+    let id: NodeId = rand::random::<u64>() >> 1;
+    std::fs::write(&path, id.to_string())?;
+    Ok(id)
+}
+
+fn info(app: &App) -> ServerInfo {
+    let m = app.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    ServerInfo {
+        id: app.id,
+        node: app.me.clone(),
+        initialized: m.membership_config.log_id().is_some(),
+        leader: m.current_leader.and_then(|id| membership.get_node(&id).map(|n| (id, n.clone()))),
+        voters: membership.voter_ids().collect(),
+    }
+}
+
+fn msgpack<T: Serialize>(value: &T) -> warp::reply::Response {
+    match encode(value) {
+        Ok(bytes) => warp::http::Response::new(bytes.into()),
+        Err(e) => {
+            let mut r = warp::http::Response::new(format!("encode: {e}").into());
+            *r.status_mut() = warp::http::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    }
+}
+
+fn bad_body(e: impl std::fmt::Display) -> warp::reply::Response {
+    let mut r = warp::http::Response::new(format!("invalid RPC body: {e}").into());
+    *r.status_mut() = warp::http::StatusCode::BAD_REQUEST;
+    r
+}
+
+/// The server RPC port's routes.
+pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let with_app = warp::any().map(move || app.clone());
+    let body = warp::body::content_length_limit(512 * 1024 * 1024).and(warp::body::bytes());
+    let rpc = warp::post().and(warp::path("raft")).and(warp::path::param::<String>()).and(warp::path::end());
+    let calls = rpc.and(with_app.clone()).and(body).then(|call: String, app: Arc<App>, body: Bytes| async move {
+        match call.as_str() {
+            RPC_APPEND => match decode(&body) {
+                Ok(req) => {
+                    *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    msgpack(&app.raft.append_entries(req).await)
+                }
+                Err(e) => bad_body(e),
+            },
+            RPC_VOTE => match decode(&body) {
+                Ok(req) => msgpack(&app.raft.vote(req).await),
+                Err(e) => bad_body(e),
+            },
+            RPC_SNAPSHOT => match decode(&body) {
+                Ok(req) => {
+                    *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    msgpack(&app.raft.install_snapshot(req).await)
+                }
+                Err(e) => bad_body(e),
+            },
+            "write" => match decode::<Command>(&body) {
+                Ok(cmd) => msgpack(&handle_forwarded_write(&app, cmd).await),
+                Err(e) => bad_body(e),
+            },
+            "join" => match decode::<JoinRequest>(&body) {
+                Ok(req) => msgpack(&handle_join(&app, req).await),
+                Err(e) => bad_body(e),
+            },
+            _ => {
+                let mut r = warp::http::Response::new(Bytes::from("unknown RPC").into());
+                *r.status_mut() = warp::http::StatusCode::NOT_FOUND;
+                r
+            }
+        }
+    });
+    let info_route =
+        warp::get().and(warp::path!("raft" / "info")).and(with_app).map(|app: Arc<App>| msgpack(&info(&app)));
+    info_route.or(calls).unify()
+}
+
+async fn handle_forwarded_write(app: &App, cmd: Command) -> ForwardReply {
+    match app.raft.client_write(cmd).await {
+        Ok(resp) => Ok(Some((resp.log_id.index, resp.data))),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Sends a command to the leader's RPC port.
+pub async fn forward_command(client: &reqwest::Client, rpc_addr: &str, cmd: &Command) -> ForwardReply {
+    let body = encode(cmd).map_err(|e| e.to_string())?;
+    let resp = client
+        .post(format!("http://{rpc_addr}/raft/write"))
+        .timeout(Duration::from_secs(30))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("forwarding to leader {rpc_addr}: {e}"))?;
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    decode::<ForwardReply>(&bytes).map_err(|e| e.to_string())?
+}
+
+/// Leader side of a join: add as learner (waits until caught up), then promote to voter.
+async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
+    if !app.is_leader() {
+        return Err("not the leader".into());
+    }
+    let voters: BTreeSet<NodeId> = app.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    if voters.contains(&req.id) {
+        return Ok(());
+    }
+    tracing::info!(id = req.id, node = %req.node, "adding server as learner");
+    app.raft.add_learner(req.id, req.node.clone(), true).await.map_err(|e| e.to_string())?;
+    let mut new_voters = voters;
+    new_voters.insert(req.id);
+    tracing::info!(id = req.id, "promoting server to voter");
+    app.raft.change_membership(new_voters, false).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Removes a server from the Raft configuration (leader only).
+pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
+    let voters: BTreeSet<NodeId> = app.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    if !voters.contains(&id) {
+        return Err(format!("server {id} is not a voter"));
+    }
+    let remaining: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != id).collect();
+    if remaining.is_empty() {
+        return Err("cannot remove the last server".into());
+    }
+    app.raft.change_membership(remaining, false).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn fetch_info(client: &reqwest::Client, addr: &str) -> Option<ServerInfo> {
+    let resp = client.get(format!("http://{addr}/raft/info")).timeout(Duration::from_secs(2)).send().await.ok()?;
+    decode(&resp.bytes().await.ok()?).ok()
+}
+
+/// Resolves `retry_join` entries; a DNS name may stand for several servers.
+async fn resolve_peers(entries: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in entries {
+        match tokio::net::lookup_host(entry.as_str()).await {
+            Ok(addrs) => out.extend(addrs.map(|a| a.to_string())),
+            Err(e) => tracing::debug!(peer = %entry, error = %e, "cannot resolve peer yet"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Brings this server into a cluster: initialize a single server, bootstrap once `bootstrap_expect`
+/// servers see each other, or join an existing cluster through its leader. Retries until done.
+pub async fn bootstrap(app: Arc<App>) {
+    let mut shutdown = app.shutdown.subscribe();
+    let expect = app.config.bootstrap_expect;
+    loop {
+        if info(&app).initialized {
+            return;
+        }
+        if expect == 1 && app.config.retry_join.is_empty() {
+            let mut members = BTreeMap::new();
+            members.insert(app.id, app.me.clone());
+            match app.raft.initialize(members).await {
+                Ok(()) => tracing::info!("bootstrapped a single-server cluster"),
+                Err(e) => tracing::debug!(error = %e, "initialize"),
+            }
+            return;
+        }
+        if let Err(e) = try_join_or_bootstrap(&app, expect).await {
+            tracing::info!(reason = %e, "waiting for peers");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn try_join_or_bootstrap(app: &App, expect: usize) -> Result<(), String> {
+    let mut servers: BTreeMap<NodeId, ServerNode> = BTreeMap::new();
+    servers.insert(app.id, app.me.clone());
+    for addr in resolve_peers(&app.config.retry_join).await {
+        let Some(peer) = fetch_info(&app.http, &addr).await else { continue };
+        if peer.initialized {
+            // An existing cluster: ask its leader to add us.
+            let Some((_, leader)) = peer.leader else { return Err("peer has no leader yet".into()) };
+            let body = encode(&JoinRequest { id: app.id, node: app.me.clone() }).map_err(|e| e.to_string())?;
+            let resp = app
+                .http
+                .post(format!("http://{}/raft/join", leader.rpc_addr))
+                .timeout(Duration::from_secs(60))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            let reply: Result<(), String> = decode(&bytes).map_err(|e| e.to_string())?;
+            reply?;
+            tracing::info!(leader = %leader, "joined the cluster");
+            return Ok(());
+        }
+        servers.insert(peer.id, peer.node);
+    }
+    if servers.len() < expect {
+        return Err(format!("{} of {expect} expected servers visible", servers.len()));
+    }
+    // Only the lowest ID bootstraps, so no two servers can initialize different configurations.
+    if servers.keys().next() != Some(&app.id) {
+        return Err("waiting for the lowest-ID server to bootstrap".into());
+    }
+    tracing::info!(servers = servers.len(), "bootstrapping the cluster");
+    app.raft.initialize(servers).await.map_err(|e| e.to_string())
+}

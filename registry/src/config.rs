@@ -1,0 +1,169 @@
+//! Configuration: a file (YAML or JSON), then environment variables, then flags; later ones win.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Everything a server needs to start. Built by [`ServerArgs::into_config`] or [`Config::dev`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Node name; unique in the datacenter (the pod name in Kubernetes).
+    pub node_name: String,
+    pub datacenter: String,
+    /// Where the log, vote, node ID and snapshots live. None keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Consul's HTTP API.
+    pub http_addr: SocketAddr,
+    /// Server RPC (Raft) listener.
+    pub rpc_addr: SocketAddr,
+    /// Address other servers use to reach this one's RPC port (defaults to rpc_addr).
+    pub advertise_rpc: Option<String>,
+    /// Address other servers forward HTTP requests to (defaults to http_addr).
+    pub advertise_http: Option<String>,
+    /// Number of servers to wait for before bootstrapping a new cluster (Consul's `bootstrap_expect`).
+    pub bootstrap_expect: usize,
+    /// RPC addresses (host:port, DNS names allowed) of other servers to join (Consul's `retry_join`).
+    pub retry_join: Vec<String>,
+    /// Largest KV value accepted, in bytes (Consul's `kv_max_value_size`).
+    pub kv_max_value_size: usize,
+    /// Raft timings in milliseconds.
+    pub raft_heartbeat_ms: u64,
+    pub raft_election_timeout_ms: u64,
+    /// Take a snapshot and compact the log after this many entries.
+    pub snapshot_threshold: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: default_node_name(),
+            datacenter: "dc1".into(),
+            data_dir: None,
+            http_addr: ([127, 0, 0, 1], 8500).into(),
+            rpc_addr: ([127, 0, 0, 1], 8300).into(),
+            advertise_rpc: None,
+            advertise_http: None,
+            bootstrap_expect: 1,
+            retry_join: Vec::new(),
+            kv_max_value_size: 512 * 1024,
+            raft_heartbeat_ms: 100,
+            raft_election_timeout_ms: 1000,
+            snapshot_threshold: 10_000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "roster-dev".into())
+}
+
+impl Config {
+    /// `roster dev`: one server, in memory, API on 127.0.0.1:8500.
+    pub fn dev() -> Self {
+        Config::default()
+    }
+
+    pub fn advertised_rpc(&self) -> String {
+        self.advertise_rpc.clone().unwrap_or_else(|| self.rpc_addr.to_string())
+    }
+
+    pub fn advertised_http(&self) -> String {
+        self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string())
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_name.is_empty() {
+            return Err("node_name must not be empty".into());
+        }
+        if self.bootstrap_expect == 0 {
+            return Err("bootstrap_expect must be at least 1".into());
+        }
+        if self.bootstrap_expect > 1 && self.retry_join.is_empty() {
+            return Err("bootstrap_expect > 1 needs retry_join addresses of the other servers".into());
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms * 3 {
+            return Err("raft_election_timeout_ms must be more than 3 x raft_heartbeat_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Flags (and `ROSTER_*` environment variables) of `roster server`.
+#[derive(Debug, Args, Default)]
+pub struct ServerArgs {
+    /// Config file (YAML or JSON); flags and environment override it.
+    #[arg(long, env = "ROSTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "ROSTER_NODE_NAME")]
+    pub node_name: Option<String>,
+    #[arg(long, env = "ROSTER_DATACENTER")]
+    pub datacenter: Option<String>,
+    #[arg(long, env = "ROSTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "ROSTER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_RPC_ADDR")]
+    pub rpc_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_ADVERTISE_RPC")]
+    pub advertise_rpc: Option<String>,
+    #[arg(long, env = "ROSTER_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    #[arg(long, env = "ROSTER_BOOTSTRAP_EXPECT")]
+    pub bootstrap_expect: Option<usize>,
+    /// Repeatable; or comma-separated in ROSTER_RETRY_JOIN.
+    #[arg(long, env = "ROSTER_RETRY_JOIN", value_delimiter = ',')]
+    pub retry_join: Vec<String>,
+    #[arg(long, env = "ROSTER_KV_MAX_VALUE_SIZE")]
+    pub kv_max_value_size: Option<usize>,
+    #[arg(long, env = "ROSTER_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    #[arg(long, env = "ROSTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl ServerArgs {
+    pub fn into_config(self) -> Result<Config, String> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            node_name,
+            datacenter,
+            http_addr,
+            rpc_addr,
+            bootstrap_expect,
+            kv_max_value_size,
+            snapshot_threshold,
+            log_format
+        );
+        if self.data_dir.is_some() {
+            c.data_dir = self.data_dir;
+        }
+        if self.advertise_rpc.is_some() {
+            c.advertise_rpc = self.advertise_rpc;
+        }
+        if self.advertise_http.is_some() {
+            c.advertise_http = self.advertise_http;
+        }
+        if !self.retry_join.is_empty() {
+            c.retry_join = self.retry_join;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}

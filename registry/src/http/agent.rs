@@ -1,0 +1,386 @@
+//! `/v1/agent/*`: what a server's own agent answers, so the dev server is a drop-in for
+//! `consul agent -dev`. Agent services and checks live in the catalog under this server's node;
+//! TTL checks are timed by this server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warp::http::{HeaderValue, Method, StatusCode};
+
+use super::{json, ok_json, ApiError, ApiResult, Req};
+use crate::api::{
+    parse_go_duration, AgentCheckRegistration, AgentMember, AgentService, AgentServiceHealth, AgentServiceRegistration,
+    CheckRegistration, HealthCheck, HealthStatus, NodeService, RegisterRequest, ServiceRegistration,
+};
+use crate::server::{now_ms, App, TtlCheck};
+use crate::state::{Command, CommandResult};
+
+pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
+    let parts: Vec<&str> = tail.splitn(4, '/').collect();
+    let m = &req.method;
+    match (parts.as_slice(), m) {
+        (["self"], &Method::GET) => Ok(ok_json(&agent_self(app))),
+        (["members"], &Method::GET) => Ok(ok_json(&members(app))),
+        (["services"], &Method::GET) => Ok(ok_json(&local_services(app))),
+        (["service", id], &Method::GET) if *id != "register" => local_service(app, id),
+        (["checks"], &Method::GET) => Ok(ok_json(&local_checks(app))),
+        (["metrics"], &Method::GET) => Ok(metrics(app)),
+        (["service", "register"], &Method::PUT) => register_service(app, req).await,
+        (["service", "deregister", id], &Method::PUT) => deregister_service(app, id).await,
+        (["check", "register"], &Method::PUT) => register_check(app, req).await,
+        (["check", "deregister", id], &Method::PUT) => deregister_check(app, id).await,
+        (["check", verb @ ("pass" | "warn" | "fail"), id], &Method::PUT) => {
+            let status = match *verb {
+                "pass" => HealthStatus::Passing,
+                "warn" => HealthStatus::Warning,
+                _ => HealthStatus::Critical,
+            };
+            update_ttl(app, id, status, req.get("note").unwrap_or("").to_string()).await
+        }
+        (["check", "update", id], &Method::PUT) => {
+            #[derive(serde::Deserialize, Default)]
+            #[serde(rename_all = "PascalCase", default)]
+            struct Update {
+                status: Option<String>,
+                output: Option<String>,
+            }
+            let u: Update = super::json::decode(&req.body)?;
+            let status = HealthStatus::parse(u.status.as_deref().unwrap_or("")).ok_or_else(|| {
+                ApiError::BadRequest(format!("Invalid check status: {:?}", u.status.unwrap_or_default()))
+            })?;
+            update_ttl(app, id, status, u.output.unwrap_or_default()).await
+        }
+        (["health", "service", "name", name], &Method::GET) => service_health_by_name(app, name),
+        (["health", "service", "id", id], &Method::GET) => service_health_by_id(app, id),
+        (
+            ["self"]
+            | ["members"]
+            | ["services"]
+            | ["checks"]
+            | ["metrics"]
+            | ["service", ..]
+            | ["check", ..]
+            | ["health", ..],
+            m,
+        ) => Err(ApiError::MethodNotAllowed(m.clone())),
+        _ => Err(ApiError::NotFound(String::new())),
+    }
+}
+
+fn my_address(app: &App) -> String {
+    app.me.rpc_addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(app.me.rpc_addr.clone())
+}
+
+fn agent_self(app: &App) -> serde_json::Value {
+    serde_json::json!({
+        "Config": {
+            "Datacenter": app.config.datacenter,
+            "PrimaryDatacenter": app.config.datacenter,
+            "NodeName": app.me.name,
+            "NodeID": format!("{:016x}", app.id),
+            "Revision": "roster",
+            "Server": true,
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": members(app).into_iter().find(|m| m.name == app.me.name),
+        "Meta": {},
+    })
+}
+
+fn members(app: &App) -> Vec<AgentMember> {
+    let m = app.raft.metrics().borrow().clone();
+    m.membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| {
+            let (addr, port) = n.rpc_addr.rsplit_once(':').unwrap_or((n.rpc_addr.as_str(), "8300"));
+            let mut tags = std::collections::BTreeMap::new();
+            tags.insert("role".to_string(), "consul".to_string());
+            tags.insert("dc".to_string(), app.config.datacenter.clone());
+            tags.insert("port".to_string(), port.to_string());
+            tags.insert("id".to_string(), format!("{id:016x}"));
+            tags.insert("build".to_string(), format!("roster-{}", env!("CARGO_PKG_VERSION")));
+            AgentMember {
+                name: n.name.clone(),
+                addr: addr.to_string(),
+                port: port.parse().unwrap_or(8300),
+                tags,
+                status: 1,
+                protocol_min: 1,
+                protocol_max: 5,
+                protocol_cur: 2,
+                delegate_min: 2,
+                delegate_max: 5,
+                delegate_cur: 4,
+            }
+        })
+        .collect()
+}
+
+fn to_agent_service(app: &App, s: &NodeService) -> AgentService {
+    AgentService {
+        id: s.id.clone(),
+        service: s.service.clone(),
+        tags: s.tags.clone(),
+        meta: s.meta.clone().unwrap_or_default(),
+        port: s.port,
+        address: s.address.clone(),
+        socket_path: String::new(),
+        tagged_addresses: s.tagged_addresses.clone(),
+        weights: s.weights,
+        enable_tag_override: s.enable_tag_override,
+        datacenter: app.config.datacenter.clone(),
+    }
+}
+
+fn local_service_list(app: &App) -> Vec<NodeService> {
+    let mine = app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    app.sm.read(|s| s.node_services(&app.me.name)).into_iter().filter(|s| mine.contains(&s.id)).collect()
+}
+
+fn local_services(app: &App) -> std::collections::BTreeMap<String, AgentService> {
+    local_service_list(app).iter().map(|s| (s.id.clone(), to_agent_service(app, s))).collect()
+}
+
+fn local_service(app: &App, id: &str) -> ApiResult {
+    local_service_list(app)
+        .iter()
+        .find(|s| s.id == id)
+        .map(|s| ok_json(&to_agent_service(app, s)))
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))
+}
+
+fn local_check_list(app: &App) -> Vec<HealthCheck> {
+    let mine = app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    app.sm.read(|s| s.node_checks(&app.me.name).1).into_iter().filter(|c| mine.contains(&c.check_id)).collect()
+}
+
+fn local_checks(app: &App) -> std::collections::BTreeMap<String, HealthCheck> {
+    local_check_list(app).into_iter().map(|c| (c.check_id.clone(), c)).collect()
+}
+
+fn metrics(app: &App) -> super::Resp {
+    app.metrics.watchers.set(app.sm.hub().watchers() as i64);
+    let mut r = warp::http::Response::new(bytes::Bytes::from(app.metrics.render()));
+    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+/// Turns an agent check definition into a catalog check this server can run (TTL) or hold (status only).
+fn check_of(
+    def: &AgentCheckRegistration,
+    default_id: String,
+    service_id: Option<&str>,
+) -> Result<(CheckRegistration, Option<Duration>), ApiError> {
+    if def.http.is_some() || def.tcp.is_some() || def.grpc.is_some() || def.args.is_some() {
+        return Err(ApiError::BadRequest(
+            "HTTP, TCP, gRPC and script checks are run by the sidecar, not by a server agent; use a TTL check here"
+                .into(),
+        ));
+    }
+    let ttl = match def.ttl.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(parse_go_duration(t).map_err(|e| ApiError::BadRequest(format!("Invalid check TTL: {e}")))?),
+        None => None,
+    };
+    let id = def.effective_id().map(str::to_string).unwrap_or(default_id);
+    let check = CheckRegistration {
+        check_id: Some(id),
+        name: def.name.clone().filter(|n| !n.is_empty()),
+        status: Some(def.status.unwrap_or(HealthStatus::Critical)),
+        notes: def.notes.clone(),
+        service_id: service_id.map(str::to_string).or(def.service_id.clone()),
+        check_type: Some(if ttl.is_some() { "ttl".into() } else { String::new() }),
+        ..Default::default()
+    };
+    Ok((check, ttl))
+}
+
+async fn write(app: &App, cmd: Command) -> Result<(), ApiError> {
+    match app.propose(cmd).await?.1 {
+        CommandResult::Rejected(msg) => Err(ApiError::BadRequest(msg)),
+        _ => Ok(()),
+    }
+}
+
+fn arm_ttl(app: &App, check_id: &str, ttl: Option<Duration>) {
+    let mut ttls = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner());
+    match ttl {
+        Some(ttl) => {
+            ttls.insert(check_id.to_string(), TtlCheck { ttl, deadline: Instant::now() + ttl });
+        }
+        None => {
+            ttls.remove(check_id);
+        }
+    }
+}
+
+async fn register_service(app: &Arc<App>, req: &Req) -> ApiResult {
+    let r: AgentServiceRegistration = super::json::decode(&req.body)?;
+    if r.name.is_empty() {
+        return Err(ApiError::BadRequest("Missing service name".into()));
+    }
+    let id = r.id.clone().filter(|i| !i.is_empty()).unwrap_or(r.name.clone());
+    let defs: Vec<&AgentCheckRegistration> = r.check.iter().chain(r.checks.iter().flatten()).collect();
+    let mut checks = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        let default_id = if defs.len() == 1 { format!("service:{id}") } else { format!("service:{id}:{}", i + 1) };
+        let (mut c, ttl) = check_of(def, default_id, Some(&id))?;
+        if c.name.is_none() {
+            c.name = Some(format!("Service '{}' check", r.name));
+        }
+        checks.push((c, ttl));
+    }
+    let request = RegisterRequest {
+        node: Some(app.me.name.clone()),
+        address: Some(my_address(app)),
+        skip_node_update: true,
+        service: Some(ServiceRegistration {
+            id: Some(id.clone()),
+            service: r.name.clone(),
+            tags: r.tags,
+            address: r.address,
+            tagged_addresses: r.tagged_addresses,
+            meta: r.meta,
+            port: r.port,
+            weights: r.weights,
+            enable_tag_override: r.enable_tag_override,
+        }),
+        checks: Some(checks.iter().map(|(c, _)| c.clone()).collect()),
+        ..Default::default()
+    };
+    write(app, Command::Register { request, now_ms: now_ms() }).await?;
+    app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    for (c, ttl) in checks {
+        let cid = c.check_id.unwrap_or_default();
+        arm_ttl(app, &cid, ttl);
+        app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(cid);
+    }
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+async fn deregister_service(app: &Arc<App>, id: &str) -> ApiResult {
+    if !app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+        return Err(ApiError::NotFound(format!(
+            "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+        )));
+    }
+    let checks: Vec<String> =
+        local_check_list(app).into_iter().filter(|c| c.service_id == id).map(|c| c.check_id).collect();
+    let request = crate::api::DeregisterRequest {
+        node: Some(app.me.name.clone()),
+        service_id: Some(id.to_string()),
+        ..Default::default()
+    };
+    write(app, Command::Deregister { request, now_ms: now_ms() }).await?;
+    app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    for c in checks {
+        arm_ttl(app, &c, None);
+        app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).remove(&c);
+    }
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+async fn register_check(app: &Arc<App>, req: &Req) -> ApiResult {
+    let def: AgentCheckRegistration = super::json::decode(&req.body)?;
+    let name =
+        def.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| ApiError::BadRequest("Missing check name".into()))?;
+    let (c, ttl) = check_of(&def, name, None)?;
+    if let Some(sid) = c.service_id.as_deref().filter(|s| !s.is_empty()) {
+        if !app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).contains(sid) {
+            return Err(ApiError::BadRequest(format!("ServiceID {sid:?} does not exist")));
+        }
+    }
+    let request = RegisterRequest {
+        node: Some(app.me.name.clone()),
+        address: Some(my_address(app)),
+        skip_node_update: true,
+        check: Some(c.clone()),
+        ..Default::default()
+    };
+    write(app, Command::Register { request, now_ms: now_ms() }).await?;
+    let cid = c.check_id.unwrap_or_default();
+    arm_ttl(app, &cid, ttl);
+    app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(cid);
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+async fn deregister_check(app: &Arc<App>, id: &str) -> ApiResult {
+    if !app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+        return Err(ApiError::NotFound(format!("Unknown check ID {id:?}")));
+    }
+    let request = crate::api::DeregisterRequest {
+        node: Some(app.me.name.clone()),
+        check_id: Some(id.to_string()),
+        ..Default::default()
+    };
+    write(app, Command::Deregister { request, now_ms: now_ms() }).await?;
+    arm_ttl(app, id, None);
+    app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+/// Consul keeps at most 4 KiB of check output.
+const MAX_OUTPUT: usize = 4096;
+
+async fn update_ttl(app: &Arc<App>, id: &str, status: HealthStatus, mut output: String) -> ApiResult {
+    let ttl = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(|c| c.ttl);
+    let Some(ttl) = ttl else {
+        // Consul answers 500; a 400 with its message is the better answer to a client's mistake.
+        return Err(ApiError::BadRequest(format!("CheckID {id:?} does not have associated TTL")));
+    };
+    if output.len() > MAX_OUTPUT {
+        let mut cut = MAX_OUTPUT;
+        while !output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        output.truncate(cut);
+        output.push_str(" ... (captured 4096 of more bytes)");
+    }
+    arm_ttl(app, id, Some(ttl));
+    let cmd =
+        Command::CheckStatus { node: app.me.name.clone(), check_id: id.to_string(), status, output, now_ms: now_ms() };
+    write(app, cmd).await?;
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+fn aggregate(checks: &[HealthCheck]) -> HealthStatus {
+    checks.iter().map(|c| c.status).max_by_key(|s| s.severity()).unwrap_or(HealthStatus::Passing)
+}
+
+fn health_status_code(s: HealthStatus) -> StatusCode {
+    match s {
+        HealthStatus::Passing => StatusCode::OK,
+        HealthStatus::Warning => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn service_health(app: &App, svc: &NodeService) -> AgentServiceHealth {
+    let checks: Vec<HealthCheck> = app
+        .sm
+        .read(|s| s.node_checks(&app.me.name).1)
+        .into_iter()
+        // Only the service's own checks, as Consul's agent answers.
+        .filter(|c| c.service_id == svc.id)
+        .collect();
+    AgentServiceHealth { aggregated_status: aggregate(&checks), service: to_agent_service(app, svc), checks }
+}
+
+fn service_health_by_name(app: &App, name: &str) -> ApiResult {
+    let list: Vec<AgentServiceHealth> =
+        local_service_list(app).iter().filter(|s| s.service == name).map(|s| service_health(app, s)).collect();
+    if list.is_empty() {
+        return Err(ApiError::NotFound(format!("ServiceName {name} Not Found")));
+    }
+    let worst = list.iter().map(|h| h.aggregated_status).max_by_key(|s| s.severity()).unwrap_or(HealthStatus::Passing);
+    Ok(json(health_status_code(worst), &list))
+}
+
+fn service_health_by_id(app: &App, id: &str) -> ApiResult {
+    let svc = local_service_list(app)
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("ServiceId {id} not found")))?;
+    let h = service_health(app, &svc);
+    Ok(json(health_status_code(h.aggregated_status), &h))
+}

@@ -1,0 +1,283 @@
+//! Consul's `/v1` HTTP API over warp.
+//!
+//! One warp filter captures the request into a [`Req`]; `dispatch` routes it by area. A handler that
+//! must run on the leader (writes, default and `?consistent` reads) answers `ApiError::NotLeader` on a
+//! follower, and `serve` forwards the original request to the leader's HTTP address unchanged.
+
+mod agent;
+mod blocking;
+mod catalog;
+mod json;
+mod kv;
+mod session;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::Filter;
+
+use crate::server::{App, ProposeError};
+
+pub use blocking::{Consistency, QueryOpts};
+
+/// Marks a request already forwarded once, so two servers that disagree on the leader cannot loop.
+const FORWARDED: &str = "x-roster-forwarded";
+
+/// An incoming API request, captured whole so it can be forwarded to the leader as it came.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: Method,
+    pub path: String,
+    pub raw_query: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Req {
+    /// Consul treats `?recurse`, `?recurse=` and `?recurse=1` alike: present means on.
+    pub fn has(&self, key: &str) -> bool {
+        self.query.iter().any(|(k, v)| k == key && v != "false" && v != "0")
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+pub type Resp = warp::http::Response<Bytes>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(Method),
+    #[error("{0}")]
+    Internal(String),
+    #[error("No cluster leader")]
+    NoLeader,
+    /// This server is not the leader: forward the request.
+    #[error("not the leader")]
+    NotLeader,
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NoLeader => ApiError::NoLeader,
+            ProposeError::Raft(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) | ApiError::NoLeader | ApiError::NotLeader => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn into_resp(self) -> Resp {
+        text(self.status(), self.to_string())
+    }
+}
+
+pub type ApiResult = Result<Resp, ApiError>;
+
+pub fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    let mut r = warp::http::Response::new(Bytes::from(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut r = warp::http::Response::new(Bytes::from(bytes));
+            *r.status_mut() = status;
+            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")),
+    }
+}
+
+pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Resp {
+    json(StatusCode::OK, value)
+}
+
+/// Adds `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact` to a read's answer.
+pub fn with_query_meta(app: &App, mut resp: Resp, index: u64) -> Resp {
+    let h = resp.headers_mut();
+    h.insert("x-consul-index", HeaderValue::from(crate::state::nonzero(index)));
+    let known = if app.leader().is_some() { "true" } else { "false" };
+    h.insert("x-consul-knownleader", HeaderValue::from_static(known));
+    h.insert("x-consul-lastcontact", HeaderValue::from(app.last_contact_ms()));
+    resp
+}
+
+/// Writes are answered by the leader: followers forward the request.
+pub fn require_leader(app: &App) -> Result<(), ApiError> {
+    if app.is_leader() {
+        Ok(())
+    } else {
+        Err(ApiError::NotLeader)
+    }
+}
+
+/// Route label for metrics: the first two path segments (`/v1/kv`, `/v1/health/service`).
+fn endpoint_label(path: &str) -> String {
+    path.split('/').filter(|s| !s.is_empty()).take(3).collect::<Vec<_>>().join("/")
+}
+
+async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
+    let Some(rest) = req.path.strip_prefix("/v1/") else {
+        return Err(ApiError::NotFound(String::new()));
+    };
+    let (area, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    match area {
+        "kv" => kv::handle(app, req, tail).await,
+        "txn" => kv::txn(app, req).await,
+        "session" => session::handle(app, req, tail).await,
+        "catalog" => catalog::handle_catalog(app, req, tail).await,
+        "health" => catalog::handle_health(app, req, tail).await,
+        "agent" => agent::handle(app, req, tail).await,
+        "status" => status::handle_status(app, req, tail).await,
+        "operator" => status::handle_operator(app, req, tail).await,
+        _ => Err(ApiError::NotFound(String::new())),
+    }
+}
+
+/// Serves one request: dispatch, and forward to the leader where the handler asks for it.
+pub async fn serve(app: Arc<App>, req: Req) -> Resp {
+    let started = Instant::now();
+    let mut resp = None;
+    for _ in 0..3 {
+        match dispatch(&app, &req).await {
+            Ok(r) => {
+                resp = Some(r);
+                break;
+            }
+            Err(ApiError::NotLeader) => match app.wait_leader(Duration::from_secs(5)).await {
+                None => {
+                    resp = Some(ApiError::NoLeader.into_resp());
+                    break;
+                }
+                // Became leader meanwhile: dispatch again here.
+                Some((id, _)) if id == app.id => continue,
+                Some(_) if req.headers.contains_key(FORWARDED) => {
+                    // The forwarder thought we lead; give metrics a moment to agree.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Some((_, leader)) => {
+                    resp = Some(forward(&app, &leader.http_addr, &req).await);
+                    break;
+                }
+            },
+            Err(e) => {
+                resp = Some(e.into_resp());
+                break;
+            }
+        }
+    }
+    let mut resp = resp.unwrap_or_else(|| ApiError::NoLeader.into_resp());
+    resp.headers_mut().insert("x-consul-default-acl-policy", HeaderValue::from_static("allow"));
+    app.metrics.observe_request(&endpoint_label(&req.path), req.method.as_str(), started.elapsed());
+    resp
+}
+
+async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
+    let mut url = format!("http://{leader_http}{}", req.path);
+    if !req.raw_query.is_empty() {
+        url.push('?');
+        url.push_str(&req.raw_query);
+    }
+    // Blocking queries may legitimately take up to the max wait plus jitter.
+    let timeout = Duration::from_secs(11 * 60);
+    let mut builder = app.http.request(req.method.clone(), url).timeout(timeout).body(req.body.clone());
+    for (name, value) in req.headers.iter() {
+        let n = name.as_str();
+        if n.starts_with("x-consul-") || n == "content-type" || n == "authorization" {
+            builder = builder.header(name, value);
+        }
+    }
+    builder = builder.header(FORWARDED, "1");
+    match builder.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            match r.bytes().await {
+                Ok(body) => {
+                    let mut out = warp::http::Response::new(body);
+                    *out.status_mut() = status;
+                    for (name, value) in headers.iter() {
+                        let n = name.as_str();
+                        if n.starts_with("x-consul-") || n == "content-type" {
+                            out.headers_mut().insert(name.clone(), value.clone());
+                        }
+                    }
+                    out
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding to leader: {e}")),
+            }
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding to leader {leader_http}: {e}")),
+    }
+}
+
+#[derive(Debug)]
+struct BodyTooLarge;
+impl warp::reject::Reject for BodyTooLarge {}
+
+/// The warp filter for the whole HTTP API.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone {
+    // Bodies up to 64 MiB are read so that an oversized KV value gets Consul's 413 message.
+    const MAX_BODY: u64 = 64 * 1024 * 1024;
+    let body_limit = warp::header::optional::<u64>("content-length")
+        .and_then(|len: Option<u64>| async move {
+            if len.unwrap_or(0) > MAX_BODY {
+                Err(warp::reject::custom(BodyTooLarge))
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one();
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(body_limit)
+        .and(warp::body::bytes())
+        .then(move |method: Method, path: warp::path::FullPath, raw_query: String, headers: HeaderMap, body: Bytes| {
+            let app = app.clone();
+            async move {
+                let query = url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
+                let req = Req { method, path: path.as_str().to_string(), raw_query, query, headers, body };
+                serve(app, req).await
+            }
+        })
+        .recover(|rej: warp::Rejection| async move {
+            let resp = if rej.find::<BodyTooLarge>().is_some() {
+                text(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+            } else {
+                text(StatusCode::BAD_REQUEST, format!("{rej:?}"))
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        })
+        .unify()
+}

@@ -1,0 +1,35 @@
+//! Roster's registry: Consul's job, Kubernetes-native.
+//!
+//! Layers, bottom up (nothing imports upward):
+//! - [`api`]: Consul wire types. Always built; no tokio, warp or openraft.
+//! - `client`: a typed HTTP client over `api` (feature `client`), shared by the sidecar and the operator.
+//! - `state`: the pure state machine (catalog, KV, sessions) and the watch hub for blocking queries.
+//! - `raft`: openraft glue: durable log with group commit, state machine with snapshots, RPC network.
+//! - `http`: Consul's `/v1` API over warp, forwarding to the leader where Consul would.
+//! - `server`: wires config, Raft, cluster membership and HTTP together.
+
+pub mod api;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+#[cfg(feature = "server")]
+pub mod state;
+
+#[cfg(feature = "server")]
+pub mod raft;
+
+#[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod filter;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod telemetry;

@@ -1,0 +1,113 @@
+//! Raft RPC between servers: MessagePack over HTTP on the server RPC port.
+//!
+//! Client side: `Network` (openraft's `RaftNetworkFactory`). Server side: `rpc_routes`, the warp filters
+//! that hand requests to the local Raft.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{decode, encode, NodeId, ServerNode, TypeConfig};
+
+/// Paths of the server RPC API.
+pub const RPC_APPEND: &str = "append";
+pub const RPC_VOTE: &str = "vote";
+pub const RPC_SNAPSHOT: &str = "snapshot";
+
+#[derive(Clone)]
+pub struct Network {
+    client: reqwest::Client,
+}
+
+impl Network {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let client = crate::client::http_builder()
+            .pool_max_idle_per_host(8)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .build()?;
+        Ok(Network { client })
+    }
+}
+
+pub struct Connection {
+    client: reqwest::Client,
+    target: NodeId,
+    base: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Connection {
+        Connection { client: self.client.clone(), target, base: format!("http://{}/raft", node.rpc_addr) }
+    }
+}
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, ServerNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .client
+            .post(format!("{}/{path}", self.base))
+            .timeout(option.hard_ttl())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>> {
+        self.call(RPC_APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(RPC_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>> {
+        self.call(RPC_VOTE, &rpc, &option).await
+    }
+}

@@ -1,0 +1,401 @@
+//! Wires config, Raft, cluster membership and HTTP together. One `App` is shared by every handler.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::watch;
+
+use crate::api::{parse_go_duration, HealthStatus};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::{NodeId, Raft, ServerNode};
+use crate::state::{Command, CommandResult, WatchHub};
+
+/// Unix time in milliseconds, as carried inside commands.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("No cluster leader")]
+    NoLeader,
+    #[error("{0}")]
+    Raft(String),
+}
+
+/// A local agent check that the server itself runs (TTL checks).
+#[derive(Debug, Clone)]
+pub struct TtlCheck {
+    pub ttl: Duration,
+    pub deadline: Instant,
+}
+
+/// The state every handler shares.
+pub struct App {
+    pub id: NodeId,
+    pub me: ServerNode,
+    pub config: Config,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    /// Client for forwarding HTTP requests and commands to the leader.
+    pub http: reqwest::Client,
+    pub metrics: Metrics,
+    /// Leader-side session TTL deadlines (Consul keeps these in memory on the leader too).
+    pub session_deadlines: Mutex<HashMap<String, Instant>>,
+    /// TTL checks this server's agent owns, by check ID.
+    pub ttl_checks: Mutex<HashMap<String, TtlCheck>>,
+    /// Services and checks registered through this server's agent API.
+    pub agent_services: Mutex<std::collections::BTreeSet<String>>,
+    pub agent_checks: Mutex<std::collections::BTreeSet<String>>,
+    /// When this server last heard from a leader (for X-Consul-LastContact).
+    pub last_contact: Mutex<Option<Instant>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    pub fn leader(&self) -> Option<(NodeId, ServerNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Waits (up to `timeout`) for a leader to be known.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<(NodeId, ServerNode)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Milliseconds since this server last heard from the leader (0 on the leader).
+    pub fn last_contact_ms(&self) -> u64 {
+        if self.is_leader() {
+            return 0;
+        }
+        match *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(t) => t.elapsed().as_millis() as u64,
+            None => 0,
+        }
+    }
+
+    /// Proposes a command; on a follower the command is forwarded to the leader's RPC port.
+    /// Returns the log index it was committed at and the state machine's answer.
+    pub async fn propose(&self, cmd: Command) -> Result<(u64, CommandResult), ProposeError> {
+        let kind = cmd.kind();
+        let started = Instant::now();
+        let result = self.propose_inner(cmd).await;
+        self.metrics.observe_commit(kind, started.elapsed());
+        result
+    }
+
+    async fn propose_inner(&self, cmd: Command) -> Result<(u64, CommandResult), ProposeError> {
+        for _attempt in 0..3 {
+            let Some((leader_id, leader)) = self.wait_leader(Duration::from_secs(5)).await else {
+                return Err(ProposeError::NoLeader);
+            };
+            if leader_id == self.id {
+                match self.raft.client_write(cmd.clone()).await {
+                    Ok(resp) => return Ok((resp.log_id.index, resp.data)),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => continue,
+                    Err(e) => return Err(ProposeError::Raft(e.to_string())),
+                }
+            }
+            match crate::cluster::forward_command(&self.http, &leader.rpc_addr, &cmd).await {
+                Ok(Some(r)) => {
+                    // Read-your-writes: do not answer before this server has applied the write.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), self.sm.wait_applied(r.0)).await;
+                    return Ok(r);
+                }
+                Ok(None) => {
+                    // That server is no longer leader; let metrics catch up and retry.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(ProposeError::Raft(e)),
+            }
+        }
+        Err(ProposeError::NoLeader)
+    }
+
+    /// Resets a session's TTL deadline (leader only; Consul gives sessions 2 x TTL before invalidating).
+    pub fn touch_session(&self, id: &str, ttl: &str) {
+        if let Ok(ttl) = parse_go_duration(ttl) {
+            if !ttl.is_zero() {
+                self.session_deadlines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.to_string(), Instant::now() + ttl * 2);
+            }
+        }
+    }
+}
+
+/// Leader duties, run on every server but acting only while it leads: expire session TTLs, keep the
+/// servers registered in the catalog with a passing `serfHealth`.
+pub async fn leader_loop(app: Arc<App>) {
+    let mut shutdown = app.shutdown.subscribe();
+    let mut was_leader = false;
+    let mut registered_membership = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let leader = app.is_leader();
+        if leader && !was_leader {
+            // New leader: every TTL session gets a fresh deadline, as Consul resets timers on election.
+            app.session_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            registered_membership = None;
+        }
+        was_leader = leader;
+        if !leader {
+            continue;
+        }
+        // (Re-)register the servers whenever the Raft configuration changes.
+        let membership = *app.raft.metrics().borrow().membership_config.log_id();
+        if registered_membership != Some(membership) {
+            match register_servers(&app).await {
+                Ok(()) => registered_membership = Some(membership),
+                Err(e) => tracing::warn!(error = %e, "could not register servers in the catalog"),
+            }
+        }
+        for id in expired_sessions(&app) {
+            tracing::info!(session = %id, "session TTL expired");
+            if let Err(e) = app.propose(Command::SessionDestroy { id, now_ms: now_ms() }).await {
+                tracing::warn!(error = %e, "could not destroy expired session");
+            }
+        }
+    }
+}
+
+fn expired_sessions(app: &App) -> Vec<String> {
+    let sessions = app.sm.read(|s| s.session_list().1);
+    let mut deadlines = app.session_deadlines.lock().unwrap_or_else(|p| p.into_inner());
+    deadlines.retain(|id, _| sessions.iter().any(|s| &s.id == id));
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    for s in sessions.iter().filter(|s| !s.ttl.is_empty()) {
+        match deadlines.get(&s.id) {
+            Some(d) if *d <= now => expired.push(s.id.clone()),
+            Some(_) => {}
+            None => {
+                if let Ok(ttl) = parse_go_duration(&s.ttl) {
+                    deadlines.insert(s.id.clone(), now + ttl * 2);
+                }
+            }
+        }
+    }
+    expired
+}
+
+/// Registers every Raft server as a catalog node with the `consul` service and a passing `serfHealth`.
+async fn register_servers(app: &App) -> Result<(), ProposeError> {
+    let members: Vec<ServerNode> =
+        app.raft.metrics().borrow().membership_config.membership().nodes().map(|(_, n)| n.clone()).collect();
+    for node in members {
+        let host = node.rpc_addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(node.rpc_addr.clone());
+        let port = node.rpc_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(8300);
+        let request = crate::api::RegisterRequest {
+            node: Some(node.name.clone()),
+            address: Some(host),
+            datacenter: Some(app.config.datacenter.clone()),
+            service: Some(crate::api::ServiceRegistration {
+                id: Some("consul".into()),
+                service: "consul".into(),
+                port: Some(port),
+                ..Default::default()
+            }),
+            check: Some(crate::api::CheckRegistration {
+                check_id: Some("serfHealth".into()),
+                name: Some("Serf Health Status".into()),
+                status: Some(HealthStatus::Passing),
+                output: Some("Agent alive and reachable".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        app.propose(Command::Register { request, now_ms: now_ms() }).await?;
+    }
+    Ok(())
+}
+
+/// Agent duties on every server: TTL checks that were not updated in time go critical.
+pub async fn agent_loop(app: Arc<App>) {
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        let expired: Vec<(String, Duration)> = {
+            let mut checks = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for (id, c) in checks.iter_mut() {
+                if c.deadline <= now {
+                    out.push((id.clone(), c.ttl));
+                    // Re-arm so a dead check is not re-written every tick.
+                    c.deadline = now + Duration::from_secs(3600 * 24 * 365);
+                }
+            }
+            out
+        };
+        for (check_id, ttl) in expired {
+            let still_ok = app
+                .sm
+                .read(|s| s.check(&app.me.name, &check_id).map(|c| c.status != HealthStatus::Critical))
+                .unwrap_or(false);
+            if !still_ok {
+                continue;
+            }
+            let output = format!("TTL expired (last update more than {} ago)", crate::api::format_go_duration(ttl));
+            let cmd = Command::CheckStatus {
+                node: app.me.name.clone(),
+                check_id,
+                status: HealthStatus::Critical,
+                output,
+                now_ms: now_ms(),
+            };
+            if let Err(e) = app.propose(cmd).await {
+                tracing::warn!(error = %e, "could not mark TTL check critical");
+            }
+        }
+    }
+}
+
+/// Listening addresses a started server actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub rpc: SocketAddr,
+}
+
+/// Starts a server and runs it until `shutdown` flips to true.
+pub async fn run(
+    config: Config,
+    shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (app, tasks) = start(config).await?;
+    shutdown_signal.await;
+    stop(app, tasks).await;
+    Ok(())
+}
+
+/// Everything `start` spawned.
+pub struct Tasks {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    pub bound: Bound,
+}
+
+pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let rpc_listener = tokio::net::TcpListener::bind(config.rpc_addr).await?;
+    let bound = Bound { http: http_listener.local_addr()?, rpc: rpc_listener.local_addr()? };
+    let mut config = config;
+    // With port 0 (tests), advertise what was actually bound.
+    if config.advertise_rpc.is_none() {
+        config.advertise_rpc = Some(bound.rpc.to_string());
+    }
+    if config.advertise_http.is_none() {
+        config.advertise_http = Some(bound.http.to_string());
+    }
+
+    let (log_store, snapshot_dir, id) = match &config.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            (
+                LogStore::open(&dir.join("raft.redb"))?,
+                Some(dir.join("snapshots")),
+                crate::cluster::load_or_create_node_id(dir)?,
+            )
+        }
+        None => (LogStore::in_memory()?, None, rand::random::<u64>() >> 1),
+    };
+    let hub = WatchHub::new();
+    let sm = StateMachineStore::open(&config.datacenter, snapshot_dir, hub)?;
+    let raft_config = openraft::Config {
+        cluster_name: "roster".into(),
+        heartbeat_interval: config.raft_heartbeat_ms,
+        election_timeout_min: config.raft_election_timeout_ms,
+        election_timeout_max: config.raft_election_timeout_ms * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+        max_in_snapshot_log_to_keep: config.snapshot_threshold / 10,
+        install_snapshot_timeout: 5_000,
+        ..Default::default()
+    }
+    .validate()?;
+    let network = Network::new()?;
+    let raft = Raft::new(id, Arc::new(raft_config), network, log_store, sm.clone()).await?;
+    let me = ServerNode {
+        name: config.node_name.clone(),
+        rpc_addr: config.advertised_rpc(),
+        http_addr: config.advertised_http(),
+    };
+    let http = crate::client::http_builder().build()?;
+    let metrics = Metrics::new();
+    let app = Arc::new(App {
+        id,
+        me,
+        config,
+        raft,
+        sm,
+        http,
+        metrics,
+        session_deadlines: Mutex::new(HashMap::new()),
+        ttl_checks: Mutex::new(HashMap::new()),
+        agent_services: Mutex::new(Default::default()),
+        agent_checks: Mutex::new(Default::default()),
+        last_contact: Mutex::new(None),
+        shutdown: watch::channel(false).0,
+    });
+
+    let mut handles = Vec::new();
+    let stop_rx = app.shutdown.subscribe();
+    let graceful = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    handles.push(tokio::spawn(
+        warp::serve(crate::cluster::rpc_routes(app.clone()))
+            .incoming(rpc_listener)
+            .graceful(graceful(stop_rx.clone()))
+            .run(),
+    ));
+    handles.push(tokio::spawn(
+        warp::serve(crate::http::routes(app.clone())).incoming(http_listener).graceful(graceful(stop_rx)).run(),
+    ));
+    handles.push(tokio::spawn(crate::cluster::bootstrap(app.clone())));
+    handles.push(tokio::spawn(leader_loop(app.clone())));
+    handles.push(tokio::spawn(agent_loop(app.clone())));
+    handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
+    tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, rpc = %bound.rpc, "roster server started");
+    Ok((app, Tasks { handles, bound }))
+}
+
+/// Graceful stop: stop serving, then shut Raft down.
+pub async fn stop(app: Arc<App>, tasks: Tasks) {
+    tracing::info!("shutting down");
+    let _ = app.shutdown.send(true);
+    for h in tasks.handles {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    let _ = app.raft.shutdown().await;
+}

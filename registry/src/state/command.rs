@@ -1,0 +1,93 @@
+//! The one enum every mutation is. Each Raft log entry carries one `Command`; applying it is deterministic:
+//! everything that depends on time or randomness (session IDs, "now" for lock delays) is chosen by the
+//! proposer and travels inside the command.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{DeregisterRequest, HealthStatus, RegisterRequest, SessionEntry, TxnKvOp};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvSetMode {
+    Plain,
+    /// `?cas=N`: write only if ModifyIndex is N (0: only if the key does not exist).
+    Cas(u64),
+    /// `?acquire=session`.
+    Acquire(String),
+    /// `?release=session`.
+    Release(String),
+}
+
+// Commands are built once and moved into the log; boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    KvSet {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: u64,
+        mode: KvSetMode,
+        now_ms: u64,
+    },
+    KvDelete {
+        key: String,
+        recurse: bool,
+        cas: Option<u64>,
+    },
+    Txn {
+        ops: Vec<TxnKvOp>,
+        now_ms: u64,
+    },
+    SessionCreate {
+        session: SessionEntry,
+    },
+    SessionDestroy {
+        id: String,
+        now_ms: u64,
+    },
+    Register {
+        request: RegisterRequest,
+        now_ms: u64,
+    },
+    Deregister {
+        request: DeregisterRequest,
+        now_ms: u64,
+    },
+    /// A check's status as the agent that runs it sees it (TTL pass/warn/fail, or expiry).
+    CheckStatus {
+        node: String,
+        check_id: String,
+        status: HealthStatus,
+        output: String,
+        now_ms: u64,
+    },
+}
+
+impl Command {
+    /// A short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::KvSet { .. } => "kv_set",
+            Command::KvDelete { .. } => "kv_delete",
+            Command::Txn { .. } => "txn",
+            Command::SessionCreate { .. } => "session_create",
+            Command::SessionDestroy { .. } => "session_destroy",
+            Command::Register { .. } => "register",
+            Command::Deregister { .. } => "deregister",
+            Command::CheckStatus { .. } => "check_status",
+        }
+    }
+}
+
+/// What applying a command answers to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CommandResult {
+    /// Membership changes and blank entries.
+    #[default]
+    None,
+    /// KV writes and deletes: Consul answers `true`/`false`.
+    Bool(bool),
+    Txn(crate::api::TxnResponse),
+    /// A rejected command: nothing was written. Carries the client-facing message.
+    Rejected(String),
+}

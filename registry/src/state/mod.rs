@@ -1,0 +1,121 @@
+//! The pure state machine: catalog, KV and sessions. Knows no HTTP and no Raft.
+//!
+//! `apply` takes a log index and a `Command` and returns what the proposer is told, plus the watch keys
+//! it touched. Reads are plain methods returning `(index, value)`, as Consul's state store does; the
+//! index is what `X-Consul-Index` carries and what blocking queries compare against.
+
+mod catalog;
+pub mod command;
+mod kv;
+mod session;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{Command, CommandResult, KvSetMode};
+pub use kv::KvEntry;
+pub use watch::{Table, Watch, WatchHub, WatchKey};
+
+use crate::api::{HealthCheck, Node, NodeService, SessionEntry};
+
+/// Highest index that touched each table; never goes backwards (deletes move it too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIndexes {
+    pub kvs: u64,
+    pub nodes: u64,
+    pub services: u64,
+    pub checks: u64,
+    pub sessions: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Datacenter written into nodes registered without one.
+    pub datacenter: String,
+    kv: BTreeMap<String, KvEntry>,
+    /// Key -> unix ms before which the key cannot be acquired (a session holding it was invalidated).
+    lock_delays: BTreeMap<String, u64>,
+    sessions: BTreeMap<String, SessionEntry>,
+    nodes: BTreeMap<String, Node>,
+    /// node -> service ID -> instance
+    services: BTreeMap<String, BTreeMap<String, NodeService>>,
+    /// node -> check ID -> check
+    checks: BTreeMap<String, BTreeMap<String, HealthCheck>>,
+    indexes: TableIndexes,
+    /// Service name -> last index that touched any instance of it (kept after the last one goes).
+    service_indexes: BTreeMap<String, u64>,
+    /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
+    #[serde(skip)]
+    by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Derived: session -> keys it holds.
+    #[serde(skip)]
+    locks_by_session: HashMap<String, BTreeSet<String>>,
+}
+
+/// Collects the watch keys an apply touched.
+#[derive(Default, Debug)]
+pub struct Touched(pub Vec<WatchKey>);
+
+impl Touched {
+    fn push(&mut self, k: WatchKey) {
+        self.0.push(k);
+    }
+}
+
+impl State {
+    pub fn new(datacenter: impl Into<String>) -> Self {
+        State { datacenter: datacenter.into(), ..Default::default() }
+    }
+
+    /// Rebuilds the derived indexes (after deserializing a snapshot).
+    pub fn rebuild_derived(&mut self) {
+        self.by_service_name.clear();
+        for (node, svcs) in &self.services {
+            for (id, svc) in svcs {
+                self.by_service_name.entry(svc.service.clone()).or_default().insert((node.clone(), id.clone()));
+            }
+        }
+        self.locks_by_session.clear();
+        for (key, e) in &self.kv {
+            if let Some(s) = &e.session {
+                self.locks_by_session.entry(s.clone()).or_default().insert(key.clone());
+            }
+        }
+    }
+
+    pub fn indexes(&self) -> &TableIndexes {
+        &self.indexes
+    }
+
+    /// Applies one command at log index `index`.
+    pub fn apply(&mut self, index: u64, cmd: Command, touched: &mut Touched) -> CommandResult {
+        match cmd {
+            Command::KvSet { key, value, flags, mode, now_ms } => {
+                self.kv_set(index, key, value, flags, mode, now_ms, touched)
+            }
+            Command::KvDelete { key, recurse, cas } => self.kv_delete(index, &key, recurse, cas, touched),
+            Command::Txn { ops, now_ms } => self.txn(index, ops, now_ms, touched),
+            Command::SessionCreate { session } => self.session_create(index, session, touched),
+            Command::SessionDestroy { id, now_ms } => {
+                if self.sessions.contains_key(&id) {
+                    self.session_destroy(index, &id, now_ms, touched);
+                }
+                CommandResult::Bool(true)
+            }
+            Command::Register { request, now_ms } => self.register(index, request, now_ms, touched),
+            Command::Deregister { request, now_ms } => self.deregister(index, request, now_ms, touched),
+            Command::CheckStatus { node, check_id, status, output, now_ms } => {
+                self.check_status(index, &node, &check_id, status, output, now_ms, touched)
+            }
+        }
+    }
+}
+
+/// Consul never reports index 0: clients treat 0 as "no index" and would spin.
+pub fn nonzero(index: u64) -> u64 {
+    index.max(1)
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,32 @@
+//! Structured logs and the process's shutdown signal.
+
+use tracing_subscriber::EnvFilter;
+
+/// Logs as text or JSON lines; the level comes from `RUST_LOG` (default `info`).
+pub fn init(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Resolves on SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (the README's and CI's): lint, unit and integration tests, then the
+# Consul-client compatibility suite against a dev server and against a 3-server cluster.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo build --workspace --bins
+cargo test --workspace
+
+echo "== Consul client compatibility (py-consul) against a dev server"
+pids=()
+cleanup() {
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+log_dir="$(mktemp -d)"
+target/debug/roster dev --http-addr 127.0.0.1:18500 --rpc-addr 127.0.0.1:18300 >"$log_dir/dev.log" 2>&1 &
+pids+=($!)
+ROSTER_HTTP_ADDR=127.0.0.1:18500 bash e2e/compat/run.sh || { tail -50 "$log_dir/dev.log"; exit 1; }
+
+echo "== Consul client compatibility against a 3-server cluster"
+data="$(mktemp -d)"
+for i in 1 2 3; do
+    target/debug/roster server --node-name "server-$i" --data-dir "$data/s$i" \
+        --http-addr "127.0.0.$i:18600" --rpc-addr "127.0.0.$i:18700" --bootstrap-expect 3 \
+        --retry-join 127.0.0.1:18700,127.0.0.2:18700,127.0.0.3:18700 >"$log_dir/s$i.log" 2>&1 &
+    pids+=($!)
+done
+ROSTER_HTTP_ADDRS=127.0.0.1:18600,127.0.0.2:18600,127.0.0.3:18600 ROSTER_HTTP_ADDR=127.0.0.1:18600 \
+    bash e2e/compat/run.sh || { tail -30 "$log_dir"/s*.log; exit 1; }
+rm -rf "$data"

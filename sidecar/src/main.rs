@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("roster-sidecar: not implemented yet (see the open issue)");
+    std::process::exit(2);
+}
