@@ -44,7 +44,29 @@ enum WriteOp {
 #[derive(Clone)]
 pub struct LogStore {
     cache: Arc<Mutex<LogCache>>,
-    writer: mpsc::Sender<WriteOp>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread's handle. When the last `LogStore` clone goes, the queue closes and the thread
+/// is joined, so the database file is closed before anyone can reopen it.
+struct Writer {
+    tx: Option<mpsc::Sender<WriteOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, op: WriteOp) -> Result<(), StorageError> {
+        self.tx.as_ref().ok_or_else(writer_gone)?.send(op).map_err(|_| writer_gone())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn io_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -108,16 +130,17 @@ impl LogStore {
             }
         }
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(db, rx))
             .map_err(|e| io_err(ErrorVerb::Write, e))?;
-        Ok(LogStore { cache: Arc::new(Mutex::new(cache)), writer: tx })
+        let writer = Writer { tx: Some(tx), thread: Some(thread) };
+        Ok(LogStore { cache: Arc::new(Mutex::new(cache)), writer: Arc::new(writer) })
     }
 
     async fn write_meta(&self, key: &'static str, bytes: Vec<u8>) -> Result<(), StorageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(WriteOp::Meta(key, bytes, Some(tx))).map_err(|_| writer_gone())?;
+        self.writer.send(WriteOp::Meta(key, bytes, Some(tx)))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(StorageError::IO {
@@ -234,7 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not fsynced on its own: it rides with the next batch; openraft tolerates a stale value.
         let bytes = encode(&committed).map_err(|e| io_err(ErrorVerb::Write, e))?;
         self.cache.lock().map_err(|_| lock_err())?.committed = committed;
-        self.writer.send(WriteOp::Meta(KEY_COMMITTED, bytes, None)).map_err(|_| writer_gone())
+        self.writer.send(WriteOp::Meta(KEY_COMMITTED, bytes, None))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -255,12 +278,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.entries.insert(entry.log_id.index, entry);
             }
         }
-        self.writer.send(WriteOp::Append(rows, callback)).map_err(|_| writer_gone())
+        self.writer.send(WriteOp::Append(rows, callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cache.lock().map_err(|_| lock_err())?.entries.split_off(&log_id.index);
-        self.writer.send(WriteOp::Truncate(log_id.index)).map_err(|_| writer_gone())
+        self.writer.send(WriteOp::Truncate(log_id.index))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -271,7 +294,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let keep = cache.entries.split_off(&(log_id.index + 1));
             cache.entries = keep;
         }
-        self.writer.send(WriteOp::Meta(KEY_PURGED, bytes, None)).map_err(|_| writer_gone())?;
-        self.writer.send(WriteOp::Purge(log_id.index)).map_err(|_| writer_gone())
+        self.writer.send(WriteOp::Meta(KEY_PURGED, bytes, None))?;
+        self.writer.send(WriteOp::Purge(log_id.index))
     }
 }

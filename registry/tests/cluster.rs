@@ -1,0 +1,323 @@
+//! Distributed behaviour with real server processes on 127.0.0.x: bootstrap, writes through every
+//! server, leader failover under write load, restart and catch-up (through a snapshot when far behind),
+//! removing and adding servers. Every test stops what it starts (processes are killed on drop).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+struct Server {
+    name: String,
+    http: String,
+    rpc: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(&mut self, join: &[String], expect: usize, snapshot_threshold: u64) {
+        let log = std::fs::File::create(self.dir.with_extension("log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(["server", "--node-name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--http-addr", &self.http, "--rpc-addr", &self.rpc])
+            .args(["--bootstrap-expect", &expect.to_string()])
+            .args(["--retry-join", &join.join(",")])
+            .args(["--snapshot-threshold", &snapshot_threshold.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn roster");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no graceful anything.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    _tmp: TempDir,
+    servers: Vec<Server>,
+    http: reqwest::Client,
+    join: Vec<String>,
+}
+
+impl Cluster {
+    /// `n` servers on 127.0.0.1..n, HTTP on `port`, RPC on `port + 1`.
+    fn new(n: usize, port: u16, snapshot_threshold: u64) -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let servers: Vec<Server> = (1..=n)
+            .map(|i| Server {
+                name: format!("server-{i}"),
+                http: format!("127.0.0.{i}:{port}"),
+                rpc: format!("127.0.0.{i}:{}", port + 1),
+                dir: tmp.path().join(format!("s{i}")),
+                child: None,
+            })
+            .collect();
+        let join: Vec<String> = servers.iter().map(|s| s.rpc.clone()).collect();
+        let mut c = Cluster {
+            _tmp: tmp,
+            servers,
+            http: registry::client::http_builder().timeout(Duration::from_secs(10)).build().expect("client"),
+            join,
+        };
+        for s in c.servers.iter_mut() {
+            s.start(&c.join, n, snapshot_threshold);
+        }
+        c
+    }
+
+    fn dump_logs(&self) {
+        for s in &self.servers {
+            eprintln!("----- {} -----\n{}", s.name, s.log());
+        }
+    }
+
+    async fn leader_of(&self, i: usize) -> Option<String> {
+        let r = self.http.get(format!("http://{}/v1/status/leader", self.servers[i].http)).send().await.ok()?;
+        let leader: String = r.json().await.ok()?;
+        (!leader.is_empty()).then_some(leader)
+    }
+
+    /// Waits until all running servers agree on one leader; returns its index in `servers`.
+    async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for (i, s) in self.servers.iter().enumerate() {
+                if s.child.is_some() {
+                    seen.push(self.leader_of(i).await);
+                }
+            }
+            if let Some(Some(first)) = seen.first() {
+                if seen.iter().all(|l| l.as_ref() == Some(first)) {
+                    if let Some(i) = self.servers.iter().position(|s| &s.rpc == first && s.child.is_some()) {
+                        return i;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("no agreed leader within {timeout:?}: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn put(&self, i: usize, key: &str, value: &str) -> Result<bool, String> {
+        let r = self
+            .http
+            .put(format!("http://{}/v1/kv/{key}", self.servers[i].http))
+            .body(value.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default()));
+        }
+        Ok(r.text().await.map_err(|e| e.to_string())? == "true")
+    }
+
+    /// Reads a key's raw value through server `i` (`stale` reads answer from that server's own state).
+    async fn get(&self, i: usize, key: &str, stale: bool) -> Option<String> {
+        let q = if stale { "?raw&stale" } else { "?raw" };
+        let r = self.http.get(format!("http://{}/v1/kv/{key}{q}", self.servers[i].http)).send().await.ok()?;
+        if r.status() != reqwest::StatusCode::OK {
+            return None;
+        }
+        r.text().await.ok()
+    }
+
+    async fn eventually_stale(&self, i: usize, key: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.get(i, key, true).await.as_deref() != Some(want) {
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("{} never saw {key}={want}", self.servers[i].name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn raft_servers(&self, i: usize) -> Vec<serde_json::Value> {
+        let r = self
+            .http
+            .get(format!("http://{}/v1/operator/raft/configuration", self.servers[i].http))
+            .send()
+            .await
+            .expect("configuration");
+        let v: serde_json::Value = r.json().await.expect("json");
+        v["Servers"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_every_server_survive_leader_failover_and_restart() {
+    let mut c = Cluster::new(3, 19100, 10_000);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+
+    // Any server accepts writes (followers forward them) and every server can read them.
+    for i in 0..3 {
+        assert_eq!(c.put(i, &format!("via/{i}"), &format!("v{i}")).await, Ok(true));
+    }
+    for i in 0..3 {
+        for j in 0..3 {
+            // Default reads go to the leader: read-your-writes from any server.
+            assert_eq!(c.get(i, &format!("via/{j}"), false).await.as_deref(), Some(format!("v{j}").as_str()));
+        }
+    }
+
+    // Write load through a follower while the leader is killed.
+    let follower = (leader + 1) % 3;
+    let writer = {
+        let http = c.http.clone();
+        let addr = c.servers[follower].http.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let started = Instant::now();
+            let mut n = 0u32;
+            while started.elapsed() < Duration::from_secs(8) {
+                n += 1;
+                let key = format!("load/{n:05}");
+                let ok = http
+                    .put(format!("http://{addr}/v1/kv/{key}"))
+                    .body(format!("value-{n}"))
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success());
+                if let Some(r) = ok {
+                    if r.text().await.ok().as_deref() == Some("true") {
+                        acked.push((key, format!("value-{n}"), started.elapsed()));
+                    }
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    c.servers[leader].kill();
+    let new_leader = c.wait_leader(Duration::from_secs(15)).await;
+    let failover = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    let acked = writer.await.expect("writer");
+    eprintln!("failover: new leader agreed after {failover:?}; {} writes acknowledged", acked.len());
+    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
+    assert!(acked.len() > 20, "too few writes acknowledged: {}", acked.len());
+    // Writes resumed after the kill.
+    let last_ack = acked.last().map(|a| a.2).unwrap_or_default();
+    assert!(last_ack > Duration::from_secs(4), "no write acknowledged after the failover");
+
+    // Every acknowledged write is readable from the new leader.
+    for (key, value, _) in &acked {
+        assert_eq!(c.get(new_leader, key, false).await.as_deref(), Some(value.as_str()), "lost acknowledged {key}");
+    }
+
+    // The killed server restarts from its data dir and catches up.
+    let join = c.join.clone();
+    c.servers[leader].start(&join, 3, 10_000);
+    assert_eq!(c.put(new_leader, "after/restart", "yes").await, Ok(true));
+    c.eventually_stale(leader, "after/restart", "yes", Duration::from_secs(20)).await;
+    let (last_key, last_value, _) = acked.last().expect("acked");
+    assert_eq!(c.get(leader, last_key, true).await.as_deref(), Some(last_value.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_far_behind_catches_up_through_a_snapshot() {
+    // Snapshot every 50 entries: a server down for 300 writes can only come back through a snapshot.
+    let mut c = Cluster::new(3, 19200, 50);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let lagger = (leader + 1) % 3;
+    c.servers[lagger].kill();
+    for n in 0..300 {
+        assert_eq!(c.put(leader, &format!("bulk/{n:04}"), &format!("{n}")).await, Ok(true));
+    }
+    let join = c.join.clone();
+    c.servers[lagger].start(&join, 3, 50);
+    c.eventually_stale(lagger, "bulk/0299", "299", Duration::from_secs(30)).await;
+    assert_eq!(c.get(lagger, "bulk/0000", true).await.as_deref(), Some("0"));
+    // Its state is complete, not just the tail.
+    let r = c.http.get(format!("http://{}/v1/kv/bulk/?keys&stale", c.servers[lagger].http)).send().await.expect("keys");
+    let keys: Vec<String> = r.json().await.expect("json");
+    assert_eq!(keys.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_and_adding_servers_keeps_the_cluster_writable() {
+    let mut c = Cluster::new(3, 19300, 10_000);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    assert_eq!(c.put(leader, "k", "1").await, Ok(true));
+
+    // Remove a follower from the Raft configuration, then stop it.
+    let gone = (leader + 1) % 3;
+    let gone_addr = c.servers[gone].rpc.clone();
+    let r = c
+        .http
+        .delete(format!("http://{}/v1/operator/raft/peer?address={gone_addr}", c.servers[leader].http))
+        .send()
+        .await
+        .expect("remove peer");
+    assert!(r.status().is_success(), "remove: {}", r.text().await.unwrap_or_default());
+    c.servers[gone].kill();
+    let servers = c.raft_servers(leader).await;
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    assert_eq!(c.put(leader, "k", "2").await, Ok(true));
+
+    // A new server joins the running cluster: learner first, then voter.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut newcomer = Server {
+        name: "server-4".into(),
+        http: "127.0.0.4:19300".into(),
+        rpc: "127.0.0.4:19301".into(),
+        dir: tmp.path().join("s4"),
+        child: None,
+    };
+    newcomer.start(&c.join, 3, 10_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let servers = c.raft_servers(leader).await;
+        let joined = servers.iter().any(|s| s["Node"] == "server-4" && s["Voter"] == true);
+        if joined && servers.len() == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("{}", newcomer.log());
+            panic!("server-4 did not become a voter: {servers:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.put(leader, "k", "3").await, Ok(true));
+    // The newcomer has the data, including what was written before it joined.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.http.get(format!("http://{}/v1/kv/k?raw&stale", newcomer.http)).send().await;
+        if let Ok(r) = r {
+            if r.text().await.ok().as_deref() == Some("3") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "newcomer never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
