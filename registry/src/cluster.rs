@@ -80,7 +80,8 @@ fn bad_body(e: impl std::fmt::Display) -> warp::reply::Response {
 /// The server RPC port's routes.
 pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let with_app = warp::any().map(move || app.clone());
-    let body = warp::body::content_length_limit(512 * 1024 * 1024).and(warp::body::bytes());
+    // Peers only (the RPC port is not for clients); bodies may be empty (`elect`).
+    let body = warp::body::bytes();
     let rpc = warp::post().and(warp::path("raft")).and(warp::path::param::<String>()).and(warp::path::end());
     let calls = rpc.and(with_app.clone()).and(body).then(|call: String, app: Arc<App>, body: Bytes| async move {
         match call.as_str() {
@@ -106,6 +107,8 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
                 Ok(cmd) => msgpack(&handle_forwarded_write(&app, cmd).await),
                 Err(e) => bad_body(e),
             },
+            // The leader is handing off before it stops: campaign now, its lease has run out.
+            "elect" => msgpack(&app.raft.trigger().elect().await.map_err(|e| e.to_string())),
             "join" => match decode::<JoinRequest>(&body) {
                 Ok(req) => msgpack(&handle_join(&app, req).await),
                 Err(e) => bad_body(e),
@@ -257,4 +260,124 @@ async fn try_join_or_bootstrap(app: &App, expect: usize) -> Result<(), String> {
     }
     tracing::info!(servers = servers.len(), "bootstrapping the cluster");
     app.raft.initialize(servers).await.map_err(|e| e.to_string())
+}
+
+/// Hands leadership to the most up-to-date voter before this leader stops (openraft 0.9 has no
+/// TimeoutNow): stop heartbeats, wait out the leader lease, ask the chosen follower to campaign.
+/// Without it, followers first wait for their own election timeouts, then for the lease.
+/// `to`: the voter to hand off to; by default the most up-to-date one. Returns the new leader's ID.
+pub async fn hand_off_leadership(app: &App, to: Option<NodeId>) -> Result<NodeId, String> {
+    let m = app.raft.metrics().borrow().clone();
+    if m.current_leader != Some(app.id) {
+        return Err("this server is not the leader".into());
+    }
+    let membership = m.membership_config.membership();
+    let is_voter = |id: NodeId| id != app.id && membership.voter_ids().any(|v| v == id);
+    let target_id = match to {
+        Some(id) if is_voter(id) => id,
+        Some(id) => return Err(format!("server {id} is not another voter")),
+        None => m
+            .replication
+            .as_ref()
+            .and_then(|r| {
+                r.iter()
+                    .filter(|(id, _)| is_voter(**id))
+                    .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                    .map(|(id, _)| *id)
+            })
+            .ok_or("there is no other voter to hand off to")?,
+    };
+    let target = membership.get_node(&target_id).cloned().ok_or("unknown target server")?;
+    tracing::info!(to = %target, "handing off leadership");
+    app.raft.runtime_config().heartbeat(false);
+    tokio::time::sleep(Duration::from_millis(app.config.election_timeout_max_ms() + 100)).await;
+    let asked = app
+        .http
+        .post(format!("http://{}/raft/elect", target.rpc_addr))
+        .timeout(Duration::from_secs(2))
+        .body(Vec::new())
+        .send()
+        .await;
+    let mut rx = app.raft.metrics();
+    let changed =
+        tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|m| m.current_leader.is_some_and(|l| l != app.id)))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|m| m.current_leader));
+    // Still running (a transfer, not a shutdown): heartbeats back on, as follower or leader.
+    app.raft.runtime_config().heartbeat(true);
+    match (asked, changed) {
+        (Err(e), _) => Err(format!("asking {target} to campaign: {e}")),
+        (_, Some(leader)) => Ok(leader),
+        _ => Err("leadership did not move within 3 s".into()),
+    }
+}
+
+/// Leader side failure detection for servers: each one's RPC port is probed every second; three
+/// misses in a row set its `serfHealth` critical (which also invalidates its sessions), and an answer
+/// sets it passing again. Sidecars are watched by gossip instead (see the sidecar).
+pub async fn probe_servers(app: Arc<App>) {
+    let mut shutdown = app.shutdown.subscribe();
+    let mut misses: BTreeMap<NodeId, u32> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if !app.is_leader() {
+            misses.clear();
+            continue;
+        }
+        let members: Vec<(NodeId, ServerNode)> = app
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != app.id)
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        misses.retain(|id, _| members.iter().any(|(m, _)| m == id));
+        let probes = members.iter().map(|(_, n)| async {
+            app.http
+                .get(format!("http://{}/raft/info", n.rpc_addr))
+                .timeout(Duration::from_millis(800))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        });
+        let results = futures::future::join_all(probes).await;
+        for ((id, node), alive) in members.iter().zip(results) {
+            let count = misses.entry(*id).or_insert(0);
+            *count = if alive { 0 } else { *count + 1 };
+            let want = if *count >= 3 {
+                crate::api::HealthStatus::Critical
+            } else if *count == 0 {
+                crate::api::HealthStatus::Passing
+            } else {
+                continue;
+            };
+            let current = app.sm.read(|s| s.check(&node.name, "serfHealth").map(|c| c.status));
+            if current.is_none() || current == Some(want) {
+                continue;
+            }
+            let output = if want == crate::api::HealthStatus::Critical {
+                "Agent not live or unreachable".to_string()
+            } else {
+                "Agent alive and reachable".to_string()
+            };
+            tracing::info!(server = %node, status = want.as_str(), "server health changed");
+            let cmd = Command::CheckStatus {
+                node: node.name.clone(),
+                check_id: "serfHealth".into(),
+                status: want,
+                output,
+                now_ms: crate::server::now_ms(),
+            };
+            if let Err(e) = app.propose(cmd).await {
+                tracing::warn!(error = %e, "could not update server health");
+            }
+        }
+    }
 }

@@ -69,6 +69,11 @@ impl Config {
         Config::default()
     }
 
+    /// Upper bound of the randomized election timeout (and openraft's leader lease).
+    pub fn election_timeout_max_ms(&self) -> u64 {
+        self.raft_election_timeout_ms * 3 / 2
+    }
+
     pub fn advertised_rpc(&self) -> String {
         self.advertise_rpc.clone().unwrap_or_else(|| self.rpc_addr.to_string())
     }
@@ -165,5 +170,46 @@ impl ServerArgs {
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    #[test]
+    fn file_then_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roster.yaml");
+        std::fs::write(
+            &path,
+            "node_name: from-file\ndatacenter: eu1\nbootstrap_expect: 3\nretry_join: [a:8300, b:8300]\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["x", "--config", path.to_str().unwrap(), "--node-name", "from-flag"]);
+        let c = cli.args.into_config().unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.datacenter, "eu1");
+        assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.retry_join, vec!["a:8300", "b:8300"]);
+    }
+
+    #[test]
+    fn bad_config_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roster.yaml");
+        std::fs::write(&path, "node_nmae: typo\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err();
+        assert!(err.contains("node_nmae"), "{err}");
+        let cli = Cli::parse_from(["x", "--bootstrap-expect", "3"]);
+        let err = cli.args.into_config().unwrap_err();
+        assert!(err.contains("retry_join"), "{err}");
     }
 }

@@ -336,7 +336,9 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         cluster_name: "roster".into(),
         heartbeat_interval: config.raft_heartbeat_ms,
         election_timeout_min: config.raft_election_timeout_ms,
-        election_timeout_max: config.raft_election_timeout_ms * 2,
+        // openraft's leader lease equals the max election timeout: keep it close to the min so a
+        // failover does not wait out a long lease.
+        election_timeout_max: config.election_timeout_max_ms(),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
         max_in_snapshot_log_to_keep: config.snapshot_threshold / 10,
         install_snapshot_timeout: 5_000,
@@ -386,16 +388,24 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     handles.push(tokio::spawn(leader_loop(app.clone())));
     handles.push(tokio::spawn(agent_loop(app.clone())));
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
+    handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
     tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, rpc = %bound.rpc, "roster server started");
     Ok((app, Tasks { handles, bound }))
 }
 
-/// Graceful stop: stop serving, then shut Raft down.
+/// Graceful stop: hand leadership off, stop serving, then shut Raft down.
 pub async fn stop(app: Arc<App>, tasks: Tasks) {
     tracing::info!("shutting down");
+    if app.is_leader() {
+        if let Err(e) = crate::cluster::hand_off_leadership(&app, None).await {
+            tracing::warn!(error = %e, "leadership hand-off failed");
+        }
+    }
     let _ = app.shutdown.send(true);
-    for h in tasks.handles {
-        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    // In-flight blocking queries may wait minutes: give everything 3 s, then cut it off.
+    let aborts: Vec<_> = tasks.handles.iter().map(|h| h.abort_handle()).collect();
+    if tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks.handles)).await.is_err() {
+        aborts.iter().for_each(|a| a.abort());
     }
     let _ = app.raft.shutdown().await;
 }

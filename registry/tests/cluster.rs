@@ -320,4 +320,67 @@ async fn removing_and_adding_servers_keeps_the_cluster_writable() {
         assert!(Instant::now() < deadline, "newcomer never caught up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Leadership moves to the newcomer on request, and the cluster stays writable.
+    let r = c
+        .http
+        .post(format!("http://{}/v1/operator/raft/transfer-leader?id=server-4", c.servers[leader].http))
+        .send()
+        .await
+        .expect("transfer");
+    assert!(r.status().is_success(), "transfer: {}", r.text().await.unwrap_or_default());
+    let servers = c.raft_servers(leader).await;
+    let new_leader = servers.iter().find(|s| s["Leader"] == true).map(|s| s["Node"].clone());
+    assert_eq!(new_leader, Some(serde_json::json!("server-4")), "{servers:?}");
+    assert_eq!(c.put(leader, "k", "4").await, Ok(true));
+}
+
+async fn serf_health(c: &Cluster, via: usize, node: &str) -> Option<String> {
+    let r = c.http.get(format!("http://{}/v1/health/node/{node}", c.servers[via].http)).send().await.ok()?;
+    let checks: Vec<serde_json::Value> = r.json().await.ok()?;
+    checks.iter().find(|ch| ch["CheckID"] == "serfHealth").and_then(|ch| ch["Status"].as_str().map(str::to_string))
+}
+
+async fn eventually_health(c: &Cluster, via: usize, node: &str, want: &str, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while serf_health(c, via, node).await.as_deref() != Some(want) {
+        if started.elapsed() > timeout {
+            c.dump_logs();
+            panic!("{node} serfHealth never became {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_servers_go_critical_and_a_stopping_leader_hands_off() {
+    let mut c = Cluster::new(3, 19400, 10_000);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    for s in &c.servers {
+        eventually_health(&c, leader, &s.name, "passing", Duration::from_secs(10)).await;
+    }
+
+    // A killed follower is detected by the leader's probes; its sessions would be invalidated.
+    let victim = (leader + 1) % 3;
+    let name = c.servers[victim].name.clone();
+    c.servers[victim].kill();
+    let took = eventually_health(&c, leader, &name, "critical", Duration::from_secs(15)).await;
+    eprintln!("dead server marked critical after {took:?}");
+    let join = c.join.clone();
+    c.servers[victim].start(&join, 3, 10_000);
+    eventually_health(&c, leader, &name, "passing", Duration::from_secs(15)).await;
+
+    // SIGTERM on the leader: it hands leadership off and exits cleanly.
+    let pid = c.servers[leader].child.as_ref().map(|ch| ch.id()).expect("pid");
+    let stopped_at = Instant::now();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    let mut stopping = c.servers[leader].child.take().expect("child");
+    let new_leader = c.wait_leader(Duration::from_secs(15)).await;
+    eprintln!("graceful stop: new leader agreed {:?} after SIGTERM", stopped_at.elapsed());
+    assert_ne!(new_leader, leader);
+    let exit = tokio::task::spawn_blocking(move || stopping.wait()).await.expect("join").expect("wait");
+    assert!(exit.success(), "graceful stop exited with {exit:?}");
+    assert_eq!(c.put(new_leader, "after/handoff", "ok").await, Ok(true));
 }

@@ -35,7 +35,7 @@ async fn read<T: serde::Serialize>(
 ) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
     let (index, value) = blocking::run(app, &opts, keys, query).await?;
-    Ok(with_query_meta(app, ok_json(&value), index))
+    Ok(super::with_consistency(with_query_meta(app, ok_json(&value), index), &opts))
 }
 
 pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
@@ -91,7 +91,7 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
             let (index, node) =
                 blocking::run(app, &opts, || vec![WatchKey::Node(arg.to_string())], |s| s.catalog_node(arg)).await?;
             // Consul answers an unknown node with 200 and null.
-            Ok(with_query_meta(app, ok_json(&node), index))
+            Ok(super::with_consistency(with_query_meta(app, ok_json(&node), index), &opts))
         }
         _ => Err(ApiError::NotFound(String::new())),
     }

@@ -130,6 +130,17 @@ pub fn with_query_meta(app: &App, mut resp: Resp, index: u64) -> Resp {
     resp
 }
 
+/// Catalog and health reads also say which consistency mode answered them.
+pub fn with_consistency(mut resp: Resp, opts: &QueryOpts) -> Resp {
+    let mode = match opts.consistency {
+        Consistency::Default => "leader",
+        Consistency::Stale => "stale",
+        Consistency::Consistent => "consistent",
+    };
+    resp.headers_mut().insert("x-consul-effective-consistency", HeaderValue::from_static(mode));
+    resp
+}
+
 /// Writes are answered by the leader: followers forward the request.
 pub fn require_leader(app: &App) -> Result<(), ApiError> {
     if app.is_leader() {
@@ -139,9 +150,46 @@ pub fn require_leader(app: &App) -> Result<(), ApiError> {
     }
 }
 
-/// Route label for metrics: the first two path segments (`/v1/kv`, `/v1/health/service`).
-fn endpoint_label(path: &str) -> String {
-    path.split('/').filter(|s| !s.is_empty()).take(3).collect::<Vec<_>>().join("/")
+/// Route label for metrics, without user data (keys, names, IDs) so label sets stay bounded:
+/// `/v1/kv`, `/v1/health/service`, `/v1/agent/check`.
+fn endpoint_label(path: &str) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/v1/kv",
+        "/v1/txn",
+        "/v1/session/create",
+        "/v1/session/destroy",
+        "/v1/session/renew",
+        "/v1/session/info",
+        "/v1/session/node",
+        "/v1/session/list",
+        "/v1/catalog/register",
+        "/v1/catalog/deregister",
+        "/v1/catalog/datacenters",
+        "/v1/catalog/nodes",
+        "/v1/catalog/services",
+        "/v1/catalog/service",
+        "/v1/catalog/node",
+        "/v1/health/node",
+        "/v1/health/checks",
+        "/v1/health/service",
+        "/v1/health/state",
+        "/v1/agent/self",
+        "/v1/agent/members",
+        "/v1/agent/services",
+        "/v1/agent/service",
+        "/v1/agent/checks",
+        "/v1/agent/check",
+        "/v1/agent/health",
+        "/v1/agent/metrics",
+        "/v1/status/leader",
+        "/v1/status/peers",
+        "/v1/operator/raft",
+    ];
+    ROUTES
+        .iter()
+        .find(|r| path.strip_prefix(**r).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+        .copied()
+        .unwrap_or("other")
 }
 
 async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
@@ -149,6 +197,11 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         return Err(ApiError::NotFound(String::new()));
     };
     let (area, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if let Some(dc) = req.get("dc").filter(|d| !d.is_empty()) {
+        if dc != app.config.datacenter {
+            return Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}")));
+        }
+    }
     match area {
         "kv" => kv::handle(app, req, tail).await,
         "txn" => kv::txn(app, req).await,
@@ -197,12 +250,14 @@ pub async fn serve(app: Arc<App>, req: Req) -> Resp {
     }
     let mut resp = resp.unwrap_or_else(|| ApiError::NoLeader.into_resp());
     resp.headers_mut().insert("x-consul-default-acl-policy", HeaderValue::from_static("allow"));
-    app.metrics.observe_request(&endpoint_label(&req.path), req.method.as_str(), started.elapsed());
+    app.metrics.observe_request(endpoint_label(&req.path), req.method.as_str(), started.elapsed());
     resp
 }
 
 async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
-    let mut url = format!("http://{leader_http}{}", req.path);
+    const PATH: &percent_encoding::AsciiSet =
+        &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>');
+    let mut url = format!("http://{leader_http}{}", percent_encoding::utf8_percent_encode(&req.path, PATH));
     if !req.raw_query.is_empty() {
         url.push('?');
         url.push_str(&req.raw_query);
@@ -267,7 +322,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Resp,), Error = std::conv
             let app = app.clone();
             async move {
                 let query = url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
-                let req = Req { method, path: path.as_str().to_string(), raw_query, query, headers, body };
+                // KV keys and names arrive percent-encoded; handlers see them decoded.
+                let path = match percent_encoding::percent_decode_str(path.as_str()).decode_utf8() {
+                    Ok(p) => p.into_owned(),
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "Request path is not valid UTF-8 once decoded"),
+                };
+                let req = Req { method, path, raw_query, query, headers, body };
                 serve(app, req).await
             }
         })

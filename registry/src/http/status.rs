@@ -73,7 +73,22 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
             crate::cluster::remove_server(app, id).await.map_err(ApiError::BadRequest)?;
             Ok(ok_json(&true))
         }
-        ("raft/configuration" | "raft/peer", m) => Err(ApiError::MethodNotAllowed(m.clone())),
+        ("raft/transfer-leader", &Method::POST) => {
+            require_leader(app)?;
+            let to = match req.get("id").filter(|i| !i.is_empty()) {
+                None => None,
+                Some(id) => {
+                    let config = configuration(app);
+                    let server = config.servers.iter().find(|s| s.id == id || s.node == id).ok_or_else(|| {
+                        ApiError::BadRequest(format!("server {id:?} not found in the Raft configuration"))
+                    })?;
+                    Some(server.id.parse::<u64>().map_err(|_| ApiError::Internal("bad server id".into()))?)
+                }
+            };
+            let new_leader = crate::cluster::hand_off_leadership(app, to).await.map_err(ApiError::Internal)?;
+            Ok(ok_json(&serde_json::json!({ "Success": true, "Leader": new_leader.to_string() })))
+        }
+        ("raft/configuration" | "raft/peer" | "raft/transfer-leader", m) => Err(ApiError::MethodNotAllowed(m.clone())),
         _ => Err(ApiError::NotFound(String::new())),
     }
 }
