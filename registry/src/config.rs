@@ -36,6 +36,12 @@ pub struct Config {
     pub snapshot_threshold: u64,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// ACL enforcement on or off (Consul's `acl.enabled`).
+    pub acl_enabled: bool,
+    /// "allow" or "deny": what a token may do where no rule says (Consul's `acl.default_policy`).
+    pub acl_default_policy: String,
+    /// A management token's secret to create at start (Consul's `acl.tokens.initial_management`).
+    pub acl_initial_management: Option<String>,
 }
 
 impl Default for Config {
@@ -55,6 +61,9 @@ impl Default for Config {
             raft_election_timeout_ms: 1000,
             snapshot_threshold: 10_000,
             log_format: "text".into(),
+            acl_enabled: false,
+            acl_default_policy: "allow".into(),
+            acl_initial_management: None,
         }
     }
 }
@@ -72,6 +81,10 @@ impl Config {
     /// Upper bound of the randomized election timeout (and openraft's leader lease).
     pub fn election_timeout_max_ms(&self) -> u64 {
         self.raft_election_timeout_ms * 3 / 2
+    }
+
+    pub fn acl_default_allow(&self) -> bool {
+        self.acl_default_policy == "allow"
     }
 
     pub fn advertised_rpc(&self) -> String {
@@ -96,6 +109,9 @@ impl Config {
         }
         if self.bootstrap_expect > 1 && self.retry_join.is_empty() {
             return Err("bootstrap_expect > 1 needs retry_join addresses of the other servers".into());
+        }
+        if self.acl_default_policy != "allow" && self.acl_default_policy != "deny" {
+            return Err(format!("acl_default_policy must be \"allow\" or \"deny\", not {:?}", self.acl_default_policy));
         }
         if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms * 3 {
             return Err("raft_election_timeout_ms must be more than 3 x raft_heartbeat_ms".into());
@@ -135,6 +151,13 @@ pub struct ServerArgs {
     pub snapshot_threshold: Option<u64>,
     #[arg(long, env = "ROSTER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    #[arg(long, env = "ROSTER_ACL_ENABLED")]
+    pub acl_enabled: Option<bool>,
+    #[arg(long, env = "ROSTER_ACL_DEFAULT_POLICY")]
+    pub acl_default_policy: Option<String>,
+    /// Prefer the environment (for example from a Kubernetes Secret) over a flag: flags show in `ps`.
+    #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
+    pub acl_initial_management: Option<String>,
 }
 
 impl ServerArgs {

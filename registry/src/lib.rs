@@ -20,6 +20,8 @@ pub mod state;
 pub mod raft;
 
 #[cfg(feature = "server")]
+pub mod acl;
+#[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;

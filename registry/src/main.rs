@@ -20,6 +20,15 @@ enum Cmd {
         /// Server RPC address.
         #[arg(long, default_value = "127.0.0.1:8300")]
         rpc_addr: std::net::SocketAddr,
+        /// Enforce ACLs (off by default, as in `consul agent -dev`).
+        #[arg(long)]
+        acl_enabled: bool,
+        /// "allow" or "deny" where no rule applies.
+        #[arg(long, default_value = "allow")]
+        acl_default_policy: String,
+        /// Secret of a management token to create at start.
+        #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
+        acl_initial_management: Option<String>,
     },
     /// A server of a cluster, configured by file, environment and flags.
     Server(Box<ServerArgs>),
@@ -28,7 +37,21 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
-        Cmd::Dev { http_addr, rpc_addr } => Config { http_addr, rpc_addr, ..Config::dev() },
+        Cmd::Dev { http_addr, rpc_addr, acl_enabled, acl_default_policy, acl_initial_management } => {
+            let c = Config {
+                http_addr,
+                rpc_addr,
+                acl_enabled,
+                acl_default_policy,
+                acl_initial_management,
+                ..Config::dev()
+            };
+            if let Err(e) = c.validate() {
+                eprintln!("roster: {e}");
+                return std::process::ExitCode::from(2);
+            }
+            c
+        }
         Cmd::Server(args) => match (*args).into_config() {
             Ok(c) => c,
             Err(e) => {

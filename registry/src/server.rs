@@ -154,6 +154,7 @@ pub async fn leader_loop(app: Arc<App>) {
     let mut shutdown = app.shutdown.subscribe();
     let mut was_leader = false;
     let mut registered_membership = None;
+    let mut acl_ready = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -164,10 +165,17 @@ pub async fn leader_loop(app: Arc<App>) {
             // New leader: every TTL session gets a fresh deadline, as Consul resets timers on election.
             app.session_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clear();
             registered_membership = None;
+            acl_ready = false;
         }
         was_leader = leader;
         if !leader {
             continue;
+        }
+        if app.config.acl_enabled && !acl_ready {
+            match crate::http::acl::ensure_acl_bootstrap(&app).await {
+                Ok(()) => acl_ready = true,
+                Err(e) => tracing::warn!(error = %e, "could not initialize ACLs"),
+            }
         }
         // (Re-)register the servers whenever the Raft configuration changes.
         let membership = *app.raft.metrics().borrow().membership_config.log_id();

@@ -3,12 +3,14 @@
 //! No tokio, no warp, no openraft here: the sidecar and the operator use these through the `client` feature.
 //! The state machine stores the catalog types as they are, so a read is a clone, not a conversion.
 
+mod acl;
 mod agent;
 mod catalog;
 mod duration;
 mod kv;
 mod session;
 
+pub use acl::*;
 pub use agent::*;
 pub use catalog::*;
 pub use duration::{format_go_duration, parse_go_duration};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use warp::http::{HeaderValue, Method, StatusCode};
 
+use super::acl::{authorize, filter_by, mark_filtered, require};
 use super::{json, ok_json, ApiError, ApiResult, Req};
+use crate::acl::{Access, Authorizer, Resource};
 use crate::api::{
     parse_go_duration, AgentCheckRegistration, AgentMember, AgentService, AgentServiceHealth, AgentServiceRegistration,
     CheckRegistration, HealthCheck, HealthStatus, NodeService, RegisterRequest, ServiceRegistration,
@@ -18,23 +20,52 @@ use crate::state::{Command, CommandResult};
 pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     let parts: Vec<&str> = tail.splitn(4, '/').collect();
     let m = &req.method;
+    let a = authorize(app, req)?;
+    let me = app.me.name.clone();
     match (parts.as_slice(), m) {
-        (["self"], &Method::GET) => Ok(ok_json(&agent_self(app))),
-        (["members"], &Method::GET) => Ok(ok_json(&members(app))),
-        (["services"], &Method::GET) => Ok(ok_json(&local_services(app))),
-        (["service", id], &Method::GET) if *id != "register" => local_service(app, id),
-        (["checks"], &Method::GET) => Ok(ok_json(&local_checks(app))),
-        (["metrics"], &Method::GET) => Ok(metrics(app)),
-        (["service", "register"], &Method::PUT) => register_service(app, req).await,
-        (["service", "deregister", id], &Method::PUT) => deregister_service(app, id).await,
-        (["check", "register"], &Method::PUT) => register_check(app, req).await,
-        (["check", "deregister", id], &Method::PUT) => deregister_check(app, id).await,
+        (["self"], &Method::GET) => {
+            require(&a, Resource::Agent, &me, Access::Read)?;
+            Ok(ok_json(&agent_self(app)))
+        }
+        (["members"], &Method::GET) => {
+            let (list, f) = filter_by(members(app), |m| a.allows(Resource::Node, &m.name, Access::Read));
+            Ok(mark_filtered(ok_json(&list), f))
+        }
+        (["services"], &Method::GET) => {
+            let all = local_services(app);
+            let before = all.len();
+            let kept: std::collections::BTreeMap<_, _> =
+                all.into_iter().filter(|(_, s)| a.allows(Resource::Service, &s.service, Access::Read)).collect();
+            let f = kept.len() != before;
+            Ok(mark_filtered(ok_json(&kept), f))
+        }
+        (["service", id], &Method::GET) if *id != "register" => local_service(app, &a, id),
+        (["checks"], &Method::GET) => {
+            let all = local_checks(app);
+            let before = all.len();
+            let kept: std::collections::BTreeMap<_, _> =
+                all.into_iter().filter(|(_, c)| may_touch_check(&a, &me, c, Access::Read)).collect();
+            let f = kept.len() != before;
+            Ok(mark_filtered(ok_json(&kept), f))
+        }
+        (["metrics"], &Method::GET) => {
+            require(&a, Resource::Agent, &me, Access::Read)?;
+            Ok(metrics(app))
+        }
+        (["service", "register"], &Method::PUT) => register_service(app, &a, req).await,
+        (["service", "deregister", id], &Method::PUT) => deregister_service(app, &a, id).await,
+        (["check", "register"], &Method::PUT) => register_check(app, &a, req).await,
+        (["check", "deregister", id], &Method::PUT) => {
+            require_check_write(app, &a, id)?;
+            deregister_check(app, id).await
+        }
         (["check", verb @ ("pass" | "warn" | "fail"), id], &Method::PUT) => {
             let status = match *verb {
                 "pass" => HealthStatus::Passing,
                 "warn" => HealthStatus::Warning,
                 _ => HealthStatus::Critical,
             };
+            require_check_write(app, &a, id)?;
             update_ttl(app, id, status, req.get("note").unwrap_or("").to_string()).await
         }
         (["check", "update", id], &Method::PUT) => {
@@ -45,13 +76,17 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 output: Option<String>,
             }
             let u: Update = super::json::decode(&req.body)?;
+            require_check_write(app, &a, id)?;
             let status = HealthStatus::parse(u.status.as_deref().unwrap_or("")).ok_or_else(|| {
                 ApiError::BadRequest(format!("Invalid check status: {:?}", u.status.unwrap_or_default()))
             })?;
             update_ttl(app, id, status, u.output.unwrap_or_default()).await
         }
-        (["health", "service", "name", name], &Method::GET) => service_health_by_name(app, name),
-        (["health", "service", "id", id], &Method::GET) => service_health_by_id(app, id),
+        (["health", "service", "name", name], &Method::GET) => {
+            require(&a, Resource::Service, name, Access::Read)?;
+            service_health_by_name(app, name)
+        }
+        (["health", "service", "id", id], &Method::GET) => service_health_by_id(app, &a, id),
         (
             ["self"]
             | ["members"]
@@ -142,12 +177,31 @@ fn local_services(app: &App) -> std::collections::BTreeMap<String, AgentService>
     local_service_list(app).iter().map(|s| (s.id.clone(), to_agent_service(app, s))).collect()
 }
 
-fn local_service(app: &App, id: &str) -> ApiResult {
-    local_service_list(app)
-        .iter()
+fn local_service(app: &App, a: &Authorizer, id: &str) -> ApiResult {
+    let svc = local_service_list(app)
+        .into_iter()
         .find(|s| s.id == id)
-        .map(|s| ok_json(&to_agent_service(app, s)))
-        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    require(a, Resource::Service, &svc.service, Access::Read)?;
+    Ok(ok_json(&to_agent_service(app, &svc)))
+}
+
+/// A check belongs to its service (service:ACCESS) or, node-level, to this agent's node.
+fn may_touch_check(a: &Authorizer, me: &str, c: &HealthCheck, access: Access) -> bool {
+    if c.service_name.is_empty() {
+        a.allows(Resource::Node, me, access)
+    } else {
+        a.allows(Resource::Service, &c.service_name, access)
+    }
+}
+
+fn require_check_write(app: &App, a: &Authorizer, id: &str) -> Result<(), ApiError> {
+    match local_check_list(app).into_iter().find(|c| c.check_id == id) {
+        Some(c) if !may_touch_check(a, &app.me.name, &c, Access::Write) => {
+            Err(super::acl::denied("check", id, Access::Write))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn local_check_list(app: &App) -> Vec<HealthCheck> {
@@ -214,11 +268,12 @@ fn arm_ttl(app: &App, check_id: &str, ttl: Option<Duration>) {
     }
 }
 
-async fn register_service(app: &Arc<App>, req: &Req) -> ApiResult {
+async fn register_service(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResult {
     let r: AgentServiceRegistration = super::json::decode(&req.body)?;
     if r.name.is_empty() {
         return Err(ApiError::BadRequest("Missing service name".into()));
     }
+    require(a, Resource::Service, &r.name, Access::Write)?;
     let id = r.id.clone().filter(|i| !i.is_empty()).unwrap_or(r.name.clone());
     let defs: Vec<&AgentCheckRegistration> = r.check.iter().chain(r.checks.iter().flatten()).collect();
     let mut checks = Vec::new();
@@ -258,11 +313,14 @@ async fn register_service(app: &Arc<App>, req: &Req) -> ApiResult {
     Ok(super::text(StatusCode::OK, ""))
 }
 
-async fn deregister_service(app: &Arc<App>, id: &str) -> ApiResult {
+async fn deregister_service(app: &Arc<App>, a: &Authorizer, id: &str) -> ApiResult {
     if !app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
         return Err(ApiError::NotFound(format!(
             "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
         )));
+    }
+    if let Some(svc) = local_service_list(app).into_iter().find(|s| s.id == id) {
+        require(a, Resource::Service, &svc.service, Access::Write)?;
     }
     let checks: Vec<String> =
         local_check_list(app).into_iter().filter(|c| c.service_id == id).map(|c| c.check_id).collect();
@@ -280,15 +338,20 @@ async fn deregister_service(app: &Arc<App>, id: &str) -> ApiResult {
     Ok(super::text(StatusCode::OK, ""))
 }
 
-async fn register_check(app: &Arc<App>, req: &Req) -> ApiResult {
+async fn register_check(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResult {
     let def: AgentCheckRegistration = super::json::decode(&req.body)?;
     let name =
         def.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| ApiError::BadRequest("Missing check name".into()))?;
     let (c, ttl) = check_of(&def, name, None)?;
-    if let Some(sid) = c.service_id.as_deref().filter(|s| !s.is_empty()) {
-        if !app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).contains(sid) {
-            return Err(ApiError::BadRequest(format!("ServiceID {sid:?} does not exist")));
+    match c.service_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(sid) => {
+            let svc = local_service_list(app)
+                .into_iter()
+                .find(|s| s.id == sid)
+                .ok_or_else(|| ApiError::BadRequest(format!("ServiceID {sid:?} does not exist")))?;
+            require(a, Resource::Service, &svc.service, Access::Write)?;
         }
+        None => require(a, Resource::Node, &app.me.name, Access::Write)?,
     }
     let request = RegisterRequest {
         node: Some(app.me.name.clone()),
@@ -376,11 +439,12 @@ fn service_health_by_name(app: &App, name: &str) -> ApiResult {
     Ok(json(health_status_code(worst), &list))
 }
 
-fn service_health_by_id(app: &App, id: &str) -> ApiResult {
+fn service_health_by_id(app: &App, a: &Authorizer, id: &str) -> ApiResult {
     let svc = local_service_list(app)
         .into_iter()
         .find(|s| s.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("ServiceId {id} not found")))?;
+    require(a, Resource::Service, &svc.service, Access::Read)?;
     let h = service_health(app, &svc);
     Ok(json(health_status_code(h.aggregated_status), &h))
 }

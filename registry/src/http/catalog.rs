@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use warp::http::Method;
 
+use super::acl::{authorize, authorizer_in, filter_by, mark_filtered, require, token_of};
 use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
+use crate::acl::{Access, Authorizer, Resource};
 use crate::api::{DeregisterRequest, HealthStatus, RegisterRequest, ServiceEntry};
+use crate::filter::Filter;
 use crate::server::{now_ms, App};
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
 
@@ -26,16 +29,44 @@ fn has_tags(tags: &[String], wanted: &[String]) -> bool {
     wanted.iter().all(|w| tags.contains(w))
 }
 
-/// Runs a (possibly blocking) read and answers it with the query headers.
+/// Runs a (possibly blocking) read and answers it with the query headers. The query gets the
+/// caller's authorizer, resolved again on every wake, and says whether it dropped anything.
 async fn read<T: serde::Serialize>(
     app: &Arc<App>,
     req: &Req,
     keys: impl Fn() -> Vec<WatchKey>,
-    query: impl Fn(&State) -> (u64, T),
+    query: impl Fn(&State, &Authorizer) -> (u64, T, bool),
 ) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
-    let (index, value) = blocking::run(app, &opts, keys, query).await?;
-    Ok(super::with_consistency(with_query_meta(app, ok_json(&value), index), &opts))
+    let token = token_of(req);
+    let (index, result) = blocking::run(app, &opts, keys, |s| match authorizer_in(app, s, &token) {
+        Ok(a) => {
+            let (i, v, f) = query(s, &a);
+            (i, Ok((v, f)))
+        }
+        // An error answers at once: an index past any the client could hold.
+        Err(e) => (u64::MAX, Err(e)),
+    })
+    .await?;
+    let (value, filtered) = result?;
+    Ok(mark_filtered(super::with_consistency(with_query_meta(app, ok_json(&value), index), &opts), filtered))
+}
+
+fn can_read_node(a: &Authorizer, node: &str) -> bool {
+    a.allows(Resource::Node, node, Access::Read)
+}
+
+fn can_read_service(a: &Authorizer, service: &str) -> bool {
+    a.allows(Resource::Service, service, Access::Read)
+}
+
+/// A check is readable with read on its service, or on its node for node-level checks.
+fn can_read_check(a: &Authorizer, c: &crate::api::HealthCheck) -> bool {
+    if c.service_name.is_empty() {
+        can_read_node(a, &c.node)
+    } else {
+        can_read_service(a, &c.service_name)
+    }
 }
 
 pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
@@ -54,16 +85,30 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
                 app,
                 req,
                 || vec![WatchKey::Table(Table::Nodes)],
-                |s| {
-                    let (i, nodes) = s.catalog_nodes();
-                    (i, nodes.into_iter().filter(|n| filter.as_ref().is_none_or(|f| f.matches(n))).collect::<Vec<_>>())
+                |s, a| {
+                    let (i, list) = filtered(&filter, s.catalog_nodes());
+                    let (list, f) = filter_by(list, |n| can_read_node(a, &n.node));
+                    (i, list, f)
                 },
             )
             .await
         }
         "services" => {
             get_only(req)?;
-            read(app, req, || vec![WatchKey::Table(Table::Services)], |s| s.catalog_services()).await
+            read(
+                app,
+                req,
+                || vec![WatchKey::Table(Table::Services)],
+                |s, a| {
+                    let (i, services) = s.catalog_services();
+                    let before = services.len();
+                    let kept: std::collections::BTreeMap<_, _> =
+                        services.into_iter().filter(|(name, _)| can_read_service(a, name)).collect();
+                    let f = kept.len() != before;
+                    (i, kept, f)
+                },
+            )
+            .await
         }
         "service" if !arg.is_empty() => {
             get_only(req)?;
@@ -73,33 +118,58 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
                 app,
                 req,
                 || vec![WatchKey::Service(arg.to_string())],
-                |s| {
+                |s, a| {
                     let (i, list) = s.catalog_service(arg);
                     let list: Vec<_> = list
                         .into_iter()
                         .filter(|e| has_tags(&e.service_tags, &wanted))
                         .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)))
                         .collect();
-                    (i, list)
+                    let (list, f) =
+                        filter_by(list, |e| can_read_service(a, &e.service_name) && can_read_node(a, &e.node));
+                    (i, list, f)
                 },
             )
             .await
         }
         "node" if !arg.is_empty() => {
             get_only(req)?;
-            let opts = QueryOpts::parse(req)?;
-            let (index, node) =
-                blocking::run(app, &opts, || vec![WatchKey::Node(arg.to_string())], |s| s.catalog_node(arg)).await?;
-            // Consul answers an unknown node with 200 and null.
-            Ok(super::with_consistency(with_query_meta(app, ok_json(&node), index), &opts))
+            // Consul answers an unknown (or unreadable) node with 200 and null.
+            read(
+                app,
+                req,
+                || vec![WatchKey::Node(arg.to_string())],
+                |s, a| {
+                    let (i, node) = s.catalog_node(arg);
+                    match node {
+                        Some(_) if !can_read_node(a, arg) => (i, None, true),
+                        Some(mut n) => {
+                            let before = n.services.len();
+                            n.services.retain(|_, svc| can_read_service(a, &svc.service));
+                            let f = n.services.len() != before;
+                            (i, Some(n), f)
+                        }
+                        None => (i, None, false),
+                    }
+                },
+            )
+            .await
         }
         _ => Err(ApiError::NotFound(String::new())),
     }
 }
 
-fn parse_filter(req: &Req) -> Result<Option<crate::filter::Filter>, ApiError> {
+/// Keeps the items `?filter=` selects (all of them without a filter).
+fn filtered<T: serde::Serialize>(filter: &Option<Filter>, (index, list): (u64, Vec<T>)) -> (u64, Vec<T>) {
+    match filter {
+        None => (index, list),
+        Some(f) => (index, list.into_iter().filter(|x| f.matches(x)).collect()),
+    }
+}
+
+fn parse_filter(req: &Req) -> Result<Option<Filter>, ApiError> {
     match req.get("filter") {
-        Some(f) if !f.is_empty() => crate::filter::Filter::parse(f).map(Some).map_err(ApiError::BadRequest),
+        Some(f) if !f.is_empty() => Filter::parse(f).map(Some).map_err(ApiError::BadRequest),
         _ => Ok(None),
     }
 }
@@ -117,6 +187,22 @@ async fn register(app: &Arc<App>, req: &Req) -> ApiResult {
             return Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}")));
         }
     }
+    let authz = authorize(app, req)?;
+    let node = r.node.clone().unwrap_or_default();
+    // Changing the node itself needs node:write; a service or its checks need service:write.
+    let existing = app.sm.read(|s| s.catalog_node(&node).1.map(|n| n.node));
+    let node_unchanged = existing.is_some_and(|n| {
+        r.skip_node_update
+            || (r.address.as_deref() == Some(n.address.as_str())
+                && r.tagged_addresses == n.tagged_addresses
+                && r.node_meta == n.meta)
+    });
+    if !node_unchanged || r.service.is_none() {
+        require(&authz, Resource::Node, &node, Access::Write)?;
+    }
+    if let Some(svc) = &r.service {
+        require(&authz, Resource::Service, &svc.service, Access::Write)?;
+    }
     require_leader(app)?;
     match app.propose(Command::Register { request: r, now_ms: now_ms() }).await?.1 {
         CommandResult::Bool(b) => Ok(ok_json(&b)),
@@ -130,6 +216,17 @@ async fn deregister(app: &Arc<App>, req: &Req) -> ApiResult {
         return Err(ApiError::MethodNotAllowed(req.method.clone()));
     }
     let r: DeregisterRequest = super::json::decode(&req.body)?;
+    let authz = authorize(app, req)?;
+    let node = r.node.clone().unwrap_or_default();
+    match r.service_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => {
+            let name = app.sm.read(|s| s.node_services(&node).into_iter().find(|x| x.id == id).map(|x| x.service));
+            if let Some(name) = name {
+                require(&authz, Resource::Service, &name, Access::Write)?;
+            }
+        }
+        None => require(&authz, Resource::Node, &node, Access::Write)?,
+    }
     if r.node.as_deref().unwrap_or("").is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
@@ -159,9 +256,10 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 app,
                 req,
                 || vec![WatchKey::Node(arg.to_string())],
-                |s| {
-                    let (i, list) = s.node_checks(arg);
-                    (i, list.into_iter().filter(|c| filter.as_ref().is_none_or(|f| f.matches(c))).collect::<Vec<_>>())
+                |s, a| {
+                    let (i, list) = filtered(&filter, s.node_checks(arg));
+                    let (list, f) = filter_by(list, |c| can_read_check(a, c));
+                    (i, list, f)
                 },
             )
             .await
@@ -171,9 +269,10 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 app,
                 req,
                 || vec![WatchKey::Service(arg.to_string())],
-                |s| {
-                    let (i, list) = s.service_checks(arg);
-                    (i, list.into_iter().filter(|c| filter.as_ref().is_none_or(|f| f.matches(c))).collect::<Vec<_>>())
+                |s, a| {
+                    let (i, list) = filtered(&filter, s.service_checks(arg));
+                    let (list, f) = filter_by(list, |c| can_read_check(a, c) && can_read_node(a, &c.node));
+                    (i, list, f)
                 },
             )
             .await
@@ -185,7 +284,7 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 app,
                 req,
                 || vec![WatchKey::Service(arg.to_string())],
-                |s| {
+                |s, a| {
                     let (i, list) = s.health_service(arg);
                     let list: Vec<_> = list
                         .into_iter()
@@ -193,7 +292,9 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                         .filter(|e| has_tags(&e.service.tags, &wanted))
                         .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)))
                         .collect();
-                    (i, list)
+                    let (list, f) =
+                        filter_by(list, |e| can_read_service(a, &e.service.service) && can_read_node(a, &e.node.node));
+                    (i, list, f)
                 },
             )
             .await
@@ -209,9 +310,10 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 app,
                 req,
                 || vec![WatchKey::Table(Table::Checks)],
-                |s| {
-                    let (i, list) = s.checks_in_state(state);
-                    (i, list.into_iter().filter(|c| filter.as_ref().is_none_or(|f| f.matches(c))).collect::<Vec<_>>())
+                |s, a| {
+                    let (i, list) = filtered(&filter, s.checks_in_state(state));
+                    let (list, f) = filter_by(list, |c| can_read_check(a, c));
+                    (i, list, f)
                 },
             )
             .await

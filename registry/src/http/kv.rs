@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use warp::http::{HeaderValue, Method, StatusCode};
 
+use super::acl::{authorize, authorizer_in, denied, filter_by, mark_filtered, require, token_of};
 use super::blocking::{self, QueryOpts};
 use super::{json, ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
+use crate::acl::{Access, Resource};
 use crate::api::{TxnOp, TxnResponse};
 use crate::server::{now_ms, App};
 use crate::state::{Command, CommandResult, KvSetMode, WatchKey};
@@ -30,27 +32,59 @@ fn parse_u64(req: &Req, name: &str) -> Result<Option<u64>, ApiError> {
 
 async fn get(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
-    if req.has("keys") {
+    let token = token_of(req);
+    if req.has("keys") || req.has("recurse") {
         let sep = req.get("separator").map(str::to_string);
         let prefix = key.to_string();
-        let (index, keys) = blocking::run(
+        let keys_only = req.has("keys");
+        // Authorization runs inside the query: a blocking query re-checks it on every wake.
+        let (index, result) = blocking::run(
             app,
             &opts,
             || vec![WatchKey::KvPrefix(prefix.clone())],
-            |s| s.kv_keys(&prefix, sep.as_deref()),
+            |s| {
+                let listing = authorizer_in(app, s, &token).map(|a| {
+                    if keys_only {
+                        let (i, keys) = s.kv_keys(&prefix, sep.as_deref());
+                        let (keys, f) = filter_by(keys, |k| a.allows(Resource::Key, k, Access::Read));
+                        (i, Listing::Keys(keys), f)
+                    } else {
+                        let (i, entries) = s.kv_list(&prefix);
+                        let (entries, f) = filter_by(entries, |e| a.allows(Resource::Key, &e.key, Access::Read));
+                        (i, Listing::Entries(entries), f)
+                    }
+                });
+                (listing.as_ref().map_or(s.indexes().kvs, |l| l.0), listing)
+            },
         )
         .await?;
-        return Ok(list_or_404(app, index, &keys));
-    }
-    if req.has("recurse") {
-        let prefix = key.to_string();
-        let (index, entries) =
-            blocking::run(app, &opts, || vec![WatchKey::KvPrefix(prefix.clone())], |s| s.kv_list(&prefix)).await?;
-        return Ok(list_or_404(app, index, &entries));
+        let (_, listing, filtered) = result?;
+        let resp = match listing {
+            Listing::Keys(k) => list_or_404(app, index, &k),
+            Listing::Entries(e) => list_or_404(app, index, &e),
+        };
+        return Ok(mark_filtered(resp, filtered));
     }
     let k = key.to_string();
-    let (index, entry) = blocking::run(app, &opts, || vec![WatchKey::Kv(k.clone())], |s| s.kv_get(&k)).await?;
-    let Some(entry) = entry else {
+    let (index, entry) = blocking::run(
+        app,
+        &opts,
+        || vec![WatchKey::Kv(k.clone())],
+        |s| {
+            let (i, entry) = s.kv_get(&k);
+            // Denied callers learn nothing, not even whether the key exists.
+            let allowed = authorizer_in(app, s, &token).and_then(|a| {
+                if a.allows(Resource::Key, &k, Access::Read) {
+                    Ok(entry)
+                } else {
+                    Err(denied("key", &k, Access::Read))
+                }
+            });
+            (i, allowed)
+        },
+    )
+    .await?;
+    let Some(entry) = entry? else {
         return Ok(with_query_meta(app, super::text(StatusCode::NOT_FOUND, ""), index));
     };
     if req.has("raw") {
@@ -59,6 +93,11 @@ async fn get(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
         return Ok(with_query_meta(app, r, index));
     }
     Ok(with_query_meta(app, ok_json(&[entry]), index))
+}
+
+enum Listing {
+    Keys(Vec<String>),
+    Entries(Vec<crate::api::KvPair>),
 }
 
 /// Consul answers an empty listing with 404 (and still an index).
@@ -79,6 +118,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
 
 async fn put(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
     check_key(key)?;
+    require(&authorize(app, req)?, Resource::Key, key, Access::Write)?;
     let flags = parse_u64(req, "flags")?.unwrap_or(0);
     let max = app.config.kv_max_value_size;
     if req.body.len() > max {
@@ -110,6 +150,11 @@ async fn delete(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
     if !recurse {
         check_key(key)?;
     }
+    let authz = authorize(app, req)?;
+    if recurse && !authz.allows_write_prefix(Resource::Key, key) {
+        return Err(denied("key", key, Access::Write));
+    }
+    require(&authz, Resource::Key, key, Access::Write)?;
     let cas = parse_u64(req, "cas")?;
     if cas.is_some() && recurse {
         return Err(ApiError::BadRequest("Conflicting flags: cas and recurse".into()));
@@ -137,10 +182,23 @@ pub async fn txn(app: &Arc<App>, req: &Req) -> ApiResult {
             ops.len()
         )));
     }
+    let authz = authorize(app, req)?;
     let mut kv_ops = Vec::with_capacity(ops.len());
     for (i, op) in ops.into_iter().enumerate() {
         let kv =
             op.kv.ok_or_else(|| ApiError::BadRequest(format!("operation {i}: only KV operations are supported")))?;
+        let allowed = match kv.verb.as_str() {
+            "get" | "check-index" | "check-session" | "check-not-exists" => {
+                authz.allows(Resource::Key, &kv.key, Access::Read)
+            }
+            // A tree read answers every key under the prefix: read on the prefix, and no deny below it.
+            "get-tree" => authz.allows(Resource::Key, &kv.key, Access::Read) && authz.allows_read_prefix(&kv.key),
+            "delete-tree" => authz.allows_write_prefix(Resource::Key, &kv.key),
+            _ => authz.allows(Resource::Key, &kv.key, Access::Write),
+        };
+        if !allowed {
+            return Err(ApiError::Forbidden(format!("Permission denied: operation {i} ({} {:?})", kv.verb, kv.key)));
+        }
         let size = kv.value.as_ref().map_or(0, Vec::len);
         if size > app.config.kv_max_value_size {
             return Err(ApiError::TooLarge(format!(

@@ -4,6 +4,7 @@
 //! must run on the leader (writes, default and `?consistent` reads) answers `ApiError::NotLeader` on a
 //! follower, and `serve` forwards the original request to the leader's HTTP address unchanged.
 
+pub mod acl;
 mod agent;
 mod blocking;
 mod catalog;
@@ -59,6 +60,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    /// 403: the token may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 401: Consul's answer to ACL endpoints while ACLs are disabled.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("method {0} not allowed")]
     MethodNotAllowed(Method),
     #[error("{0}")]
@@ -85,6 +92,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) | ApiError::NoLeader | ApiError::NotLeader => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -211,6 +220,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "agent" => agent::handle(app, req, tail).await,
         "status" => status::handle_status(app, req, tail).await,
         "operator" => status::handle_operator(app, req, tail).await,
+        "acl" => acl::handle(app, req, tail).await,
         _ => Err(ApiError::NotFound(String::new())),
     }
 }
@@ -249,7 +259,8 @@ pub async fn serve(app: Arc<App>, req: Req) -> Resp {
         }
     }
     let mut resp = resp.unwrap_or_else(|| ApiError::NoLeader.into_resp());
-    resp.headers_mut().insert("x-consul-default-acl-policy", HeaderValue::from_static("allow"));
+    let default_policy = if app.config.acl_default_allow() { "allow" } else { "deny" };
+    resp.headers_mut().insert("x-consul-default-acl-policy", HeaderValue::from_static(default_policy));
     app.metrics.observe_request(endpoint_label(&req.path), req.method.as_str(), started.elapsed());
     resp
 }

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use warp::http::{Method, StatusCode};
 
+use super::acl::{authorize, authorizer_in, filter_by, mark_filtered, require, token_of};
 use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
+use crate::acl::{Access, Resource};
 use crate::api::{parse_go_duration, SessionCreated, SessionEntry, SessionRequest};
 use crate::server::{now_ms, App};
 use crate::state::{Command, CommandResult, Table, WatchKey};
@@ -20,8 +22,8 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     let (op, arg) = tail.split_once('/').unwrap_or((tail, ""));
     match (op, &req.method) {
         ("create", &Method::PUT) => create(app, req).await,
-        ("destroy", &Method::PUT) => destroy(app, arg).await,
-        ("renew", &Method::PUT) => renew(app, arg).await,
+        ("destroy", &Method::PUT) => destroy(app, req, arg).await,
+        ("renew", &Method::PUT) => renew(app, req, arg).await,
         ("info", &Method::GET) => read(app, req, |s| s.session_get(arg).map_opt()).await,
         ("node", &Method::GET) => read(app, req, |s| s.session_node(arg)).await,
         ("list", &Method::GET) => read(app, req, |s| s.session_list()).await,
@@ -46,8 +48,32 @@ async fn read(
     query: impl Fn(&crate::state::State) -> (u64, Vec<SessionEntry>),
 ) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
-    let (index, list) = blocking::run(app, &opts, || vec![WatchKey::Table(Table::Sessions)], query).await?;
-    Ok(with_query_meta(app, ok_json(&list), index))
+    let token = token_of(req);
+    let (index, result) = blocking::run(
+        app,
+        &opts,
+        || vec![WatchKey::Table(Table::Sessions)],
+        |s| {
+            let (i, list) = query(s);
+            (
+                i,
+                authorizer_in(app, s, &token)
+                    .map(|a| filter_by(list, |e| a.allows(Resource::Session, &e.node, Access::Read))),
+            )
+        },
+    )
+    .await?;
+    let (list, filtered) = result?;
+    Ok(mark_filtered(with_query_meta(app, ok_json(&list), index), filtered))
+}
+
+/// Writes to an existing session need `session:write` on its node.
+fn require_session_write(app: &App, req: &Req, id: &str) -> Result<(), ApiError> {
+    let authz = authorize(app, req)?;
+    if let Some(s) = app.sm.read(|s| s.session_get(id).1) {
+        require(&authz, Resource::Session, &s.node, Access::Write)?;
+    }
+    Ok(())
 }
 
 /// Validates a create request into a session entry, as Consul's session endpoint does.
@@ -82,10 +108,11 @@ fn build_session(app: &App, r: SessionRequest) -> Result<SessionEntry, ApiError>
         Some(_) => return Err(ApiError::BadRequest("Invalid LockDelay".into())),
     }
     .min(MAX_LOCK_DELAY);
-    let mut checks: Vec<String> = r.node_checks.unwrap_or_default();
-    checks.extend(r.checks.unwrap_or_default());
-    let node_checks =
-        if checks.is_empty() && r.service_checks.is_none() { vec!["serfHealth".to_string()] } else { checks };
+    // Absent check lists mean the node's serfHealth; an explicit empty list means no checks.
+    let node_checks = match (r.node_checks, r.checks, &r.service_checks) {
+        (None, None, None) => vec!["serfHealth".to_string()],
+        (a, b, _) => a.into_iter().chain(b).flatten().collect(),
+    };
     Ok(SessionEntry {
         id: uuid::Uuid::new_v4().to_string(),
         name: r.name.unwrap_or_default(),
@@ -103,6 +130,7 @@ fn build_session(app: &App, r: SessionRequest) -> Result<SessionEntry, ApiError>
 async fn create(app: &Arc<App>, req: &Req) -> ApiResult {
     let r: SessionRequest = super::json::decode_or_default(&req.body)?;
     let session = build_session(app, r)?;
+    require(&authorize(app, req)?, Resource::Session, &session.node, Access::Write)?;
     require_leader(app)?;
     let (id, ttl) = (session.id.clone(), session.ttl.clone());
     match app.propose(Command::SessionCreate { session }).await?.1 {
@@ -115,17 +143,19 @@ async fn create(app: &Arc<App>, req: &Req) -> ApiResult {
     }
 }
 
-async fn destroy(app: &Arc<App>, id: &str) -> ApiResult {
+async fn destroy(app: &Arc<App>, req: &Req, id: &str) -> ApiResult {
     if id.is_empty() {
         return Err(ApiError::BadRequest("Missing session".into()));
     }
+    require_session_write(app, req, id)?;
     require_leader(app)?;
     app.propose(Command::SessionDestroy { id: id.to_string(), now_ms: now_ms() }).await?;
     Ok(ok_json(&true))
 }
 
 /// Renewal resets the leader's TTL timer; it writes nothing to the log (as in Consul).
-async fn renew(app: &Arc<App>, id: &str) -> ApiResult {
+async fn renew(app: &Arc<App>, req: &Req, id: &str) -> ApiResult {
+    require_session_write(app, req, id)?;
     require_leader(app)?;
     let (index, session) = app.sm.read(|s| s.session_get(id));
     match session {

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use warp::http::Method;
 
+use super::acl::{authorize, require_global};
 use super::{ok_json, require_leader, ApiError, ApiResult, Req};
+use crate::acl::{Access, Global};
 use crate::api::{RaftConfiguration, RaftServer};
 use crate::server::App;
 
@@ -44,6 +46,8 @@ fn configuration(app: &App) -> RaftConfiguration {
 }
 
 pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
+    let need = if req.method == Method::GET { Access::Read } else { Access::Write };
+    require_global(&authorize(app, req)?, Global::Operator, need)?;
     match (tail, &req.method) {
         ("raft/configuration", &Method::GET) => {
             let opts = super::QueryOpts::parse(req)?;

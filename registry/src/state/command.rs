@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{DeregisterRequest, HealthStatus, RegisterRequest, SessionEntry, TxnKvOp};
+use crate::api::{
+    AclPolicy, AclRole, AclToken, DeregisterRequest, HealthStatus, RegisterRequest, SessionEntry, TxnKvOp,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvSetMode {
@@ -61,6 +63,28 @@ pub enum Command {
         output: String,
         now_ms: u64,
     },
+    /// Creates the global-management policy and the first management token, once.
+    AclBootstrap {
+        token: AclToken,
+    },
+    AclPolicySet {
+        policy: AclPolicy,
+    },
+    AclPolicyDelete {
+        id: String,
+    },
+    AclRoleSet {
+        role: AclRole,
+    },
+    AclRoleDelete {
+        id: String,
+    },
+    AclTokenSet {
+        token: AclToken,
+    },
+    AclTokenDelete {
+        accessor: String,
+    },
 }
 
 impl Command {
@@ -75,6 +99,13 @@ impl Command {
             Command::Register { .. } => "register",
             Command::Deregister { .. } => "deregister",
             Command::CheckStatus { .. } => "check_status",
+            Command::AclBootstrap { .. } => "acl_bootstrap",
+            Command::AclPolicySet { .. } => "acl_policy_set",
+            Command::AclPolicyDelete { .. } => "acl_policy_delete",
+            Command::AclRoleSet { .. } => "acl_role_set",
+            Command::AclRoleDelete { .. } => "acl_role_delete",
+            Command::AclTokenSet { .. } => "acl_token_set",
+            Command::AclTokenDelete { .. } => "acl_token_delete",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! it touched. Reads are plain methods returning `(index, value)`, as Consul's state store does; the
 //! index is what `X-Consul-Index` carries and what blocking queries compare against.
 
+pub mod acl;
 mod catalog;
 pub mod command;
 mod kv;
@@ -28,6 +29,8 @@ pub struct TableIndexes {
     pub services: u64,
     pub checks: u64,
     pub sessions: u64,
+    #[serde(default)]
+    pub acl: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,6 +49,8 @@ pub struct State {
     indexes: TableIndexes,
     /// Service name -> last index that touched any instance of it (kept after the last one goes).
     service_indexes: BTreeMap<String, u64>,
+    #[serde(default)]
+    acl: acl::AclTables,
     /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
     #[serde(skip)]
     by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -71,6 +76,7 @@ impl State {
 
     /// Rebuilds the derived indexes (after deserializing a snapshot).
     pub fn rebuild_derived(&mut self) {
+        self.acl.rebuild_derived();
         self.by_service_name.clear();
         for (node, svcs) in &self.services {
             for (id, svc) in svcs {
@@ -109,6 +115,13 @@ impl State {
             Command::CheckStatus { node, check_id, status, output, now_ms } => {
                 self.check_status(index, &node, &check_id, status, output, now_ms, touched)
             }
+            Command::AclBootstrap { token } => self.acl_bootstrap(index, token, touched),
+            Command::AclPolicySet { policy } => self.acl_policy_set(index, policy, touched),
+            Command::AclPolicyDelete { id } => self.acl_policy_delete(index, &id, touched),
+            Command::AclRoleSet { role } => self.acl_role_set(index, role, touched),
+            Command::AclRoleDelete { id } => self.acl_role_delete(index, &id, touched),
+            Command::AclTokenSet { token } => self.acl_token_set(index, token, touched),
+            Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor, touched),
         }
     }
 }

@@ -16,6 +16,7 @@ pub enum Table {
     Services,
     Checks,
     Sessions,
+    Acl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

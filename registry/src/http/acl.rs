@@ -1,0 +1,365 @@
+//! `/v1/acl/*`, and how every other endpoint learns what the caller's token may do.
+//!
+//! The token travels as `X-Consul-Token`, `Authorization: Bearer`, or `?token=`; none means the
+//! anonymous token. Tokens are resolved against the replicated ACL tables on every request (and on
+//! every wake of a blocking query), so a change takes effect at once.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use warp::http::Method;
+
+use super::blocking::{self, QueryOpts};
+use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
+use crate::acl::{Access, Authorizer, Global, Resource};
+use crate::api::{parse_go_duration, AclPolicy, AclRole, AclToken, ANONYMOUS_TOKEN_ACCESSOR, ANONYMOUS_TOKEN_SECRET};
+use crate::server::App;
+use crate::state::acl::Resolved;
+use crate::state::{Command, CommandResult, State, Table, WatchKey};
+
+/// The secret a request carries, if any.
+pub fn token_of(req: &Req) -> Option<String> {
+    if let Some(t) = req.headers.get("x-consul-token").and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty()) {
+        return Some(t.to_string());
+    }
+    if let Some(t) = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .filter(|t| !t.is_empty())
+    {
+        return Some(t.trim().to_string());
+    }
+    req.get("token").filter(|t| !t.is_empty()).map(str::to_string)
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// What the caller may do, resolved against `state` (call it inside blocking-query closures so each
+/// wake re-checks).
+pub fn authorizer_in(app: &App, state: &State, token: &Option<String>) -> Result<Authorizer, ApiError> {
+    if !app.config.acl_enabled {
+        return Ok(Authorizer::management());
+    }
+    let default_allow = app.config.acl_default_allow();
+    let secret = token.as_deref().unwrap_or(ANONYMOUS_TOKEN_SECRET);
+    match state.acl_resolve(secret, default_allow, &now_rfc3339()) {
+        Resolved::Token { authorizer, .. } => Ok(authorizer),
+        Resolved::NotFound if token.is_none() => Ok(Authorizer::new(default_allow, [])),
+        Resolved::NotFound => Err(ApiError::Forbidden("ACL not found".into())),
+    }
+}
+
+/// Resolves the request's token against the current state.
+pub fn authorize(app: &App, req: &Req) -> Result<Authorizer, ApiError> {
+    let token = token_of(req);
+    app.sm.read(|s| authorizer_in(app, s, &token))
+}
+
+pub fn denied(resource: &str, name: &str, access: Access) -> ApiError {
+    let need = match access {
+        Access::Write => "write",
+        Access::List => "list",
+        _ => "read",
+    };
+    ApiError::Forbidden(format!("Permission denied: token lacks permission '{resource}:{need}' on {name:?}"))
+}
+
+pub fn require(a: &Authorizer, resource: Resource, name: &str, access: Access) -> Result<(), ApiError> {
+    if a.allows(resource, name, access) {
+        Ok(())
+    } else {
+        Err(denied(resource.name(), name, access))
+    }
+}
+
+pub fn require_global(a: &Authorizer, global: Global, access: Access) -> Result<(), ApiError> {
+    if a.allows_global(global, access) {
+        Ok(())
+    } else {
+        let name = match global {
+            Global::Operator => "operator",
+            Global::Acl => "acl",
+            Global::Keyring => "keyring",
+            Global::Mesh => "mesh",
+        };
+        Err(ApiError::Forbidden(format!(
+            "Permission denied: token lacks permission '{name}:{}'",
+            if access == Access::Write { "write" } else { "read" }
+        )))
+    }
+}
+
+/// Drops what the caller may not read; says whether anything was dropped.
+pub fn filter_by<T>(list: Vec<T>, allowed: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
+    let before = list.len();
+    let kept: Vec<T> = list.into_iter().filter(|x| allowed(x)).collect();
+    let filtered = kept.len() != before;
+    (kept, filtered)
+}
+
+pub fn mark_filtered(mut resp: super::Resp, filtered: bool) -> super::Resp {
+    if filtered {
+        resp.headers_mut().insert("x-consul-results-filtered-by-acls", warp::http::HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Secrets are shown only to callers with `acl:write`.
+fn redact(mut t: AclToken, a: &Authorizer) -> AclToken {
+    if !a.allows_global(Global::Acl, Access::Write) {
+        t.secret_id = "<hidden>".into();
+    }
+    t
+}
+
+async fn write(app: &App, cmd: Command) -> Result<(), ApiError> {
+    match app.propose(cmd).await?.1 {
+        CommandResult::Rejected(msg) if msg.starts_with("ACL bootstrap no longer allowed") => {
+            Err(ApiError::Forbidden(msg))
+        }
+        CommandResult::Rejected(msg) => Err(ApiError::BadRequest(msg)),
+        _ => Ok(()),
+    }
+}
+
+fn new_token(mut t: AclToken) -> Result<AclToken, ApiError> {
+    if t.accessor_id.is_empty() {
+        t.accessor_id = new_uuid();
+    }
+    if t.secret_id.is_empty() {
+        t.secret_id = new_uuid();
+    }
+    t.create_time = now_rfc3339();
+    if let Some(ttl) = t.expiration_ttl.take().filter(|s| !s.is_empty()) {
+        let d = parse_go_duration(&ttl).map_err(|e| ApiError::BadRequest(format!("Invalid ExpirationTTL: {e}")))?;
+        t.expiration_time = Some(humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
+    }
+    Ok(t)
+}
+
+pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
+    if !app.config.acl_enabled {
+        return Err(ApiError::Unauthorized("ACL support disabled".into()));
+    }
+    let parts: Vec<&str> = tail.split('/').collect();
+    let m = req.method.clone();
+    if parts.as_slice() == ["bootstrap"] && m == Method::PUT {
+        require_leader(app)?;
+        let token =
+            new_token(AclToken { description: "Bootstrap Token (Global Management)".into(), ..Default::default() })?;
+        write(app, Command::AclBootstrap { token: token.clone() }).await?;
+        let (_, t) = app.sm.read(|s| s.acl_token(&token.accessor_id));
+        return Ok(ok_json(&t.unwrap_or(token)));
+    }
+    let authz = authorize(app, req)?;
+    let token = token_of(req);
+    match (parts.as_slice(), &m) {
+        (["token", "self"], &Method::GET) => {
+            let secret = token.unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());
+            let t = app.sm.read(|s| s.acl_token_by_secret(&secret, &now_rfc3339()).cloned());
+            t.map(|t| ok_json(&t)).ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
+        }
+        (["tokens"], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            list(app, req, |s| s.acl_tokens(), move |t| redact(t, &authz)).await
+        }
+        (["policies"], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            list(app, req, |s| s.acl_policies(), |p| p).await
+        }
+        (["roles"], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            list(app, req, |s| s.acl_roles(), |r| r).await
+        }
+        (["token"], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let t = new_token(super::json::decode::<AclToken>(&req.body)?)?;
+            require_leader(app)?;
+            write(app, Command::AclTokenSet { token: t.clone() }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_token(&t.accessor_id).1)))
+        }
+        (["token", id], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            let (index, t) = app.sm.read(|s| s.acl_token(id));
+            let t = t.ok_or_else(|| ApiError::NotFound("ACL not found".into()))?;
+            Ok(with_query_meta(app, ok_json(&redact(t, &authz)), index))
+        }
+        (["token", id], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let mut t: AclToken = super::json::decode(&req.body)?;
+            let (_, old) = app.sm.read(|s| s.acl_token(id));
+            let old = old.ok_or_else(|| ApiError::NotFound(format!("Cannot find token {id:?}")))?;
+            t.accessor_id = id.to_string();
+            if t.secret_id.is_empty() {
+                t.secret_id = old.secret_id;
+            }
+            t.expiration_time = old.expiration_time;
+            require_leader(app)?;
+            write(app, Command::AclTokenSet { token: t }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_token(id).1)))
+        }
+        (["token", id, "clone"], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let (_, old) = app.sm.read(|s| s.acl_token(id));
+            let old = old.ok_or_else(|| ApiError::NotFound(format!("Cannot find token {id:?}")))?;
+            #[derive(serde::Deserialize, Default)]
+            #[serde(rename_all = "PascalCase", default)]
+            struct Clone {
+                description: Option<String>,
+            }
+            let c: Clone = super::json::decode_or_default(&req.body)?;
+            let t = new_token(AclToken {
+                description: c.description.unwrap_or(old.description),
+                policies: old.policies,
+                roles: old.roles,
+                expiration_time: old.expiration_time,
+                ..Default::default()
+            })?;
+            require_leader(app)?;
+            write(app, Command::AclTokenSet { token: t.clone() }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_token(&t.accessor_id).1)))
+        }
+        (["token", id], &Method::DELETE) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            require_leader(app)?;
+            write(app, Command::AclTokenDelete { accessor: id.to_string() }).await?;
+            Ok(ok_json(&true))
+        }
+        (["policy"], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let mut p: AclPolicy = super::json::decode(&req.body)?;
+            // Validate before anything is written: a bad rule names its line.
+            crate::acl::Rules::parse(&p.rules).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            p.id = new_uuid();
+            require_leader(app)?;
+            write(app, Command::AclPolicySet { policy: p.clone() }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_policy(&p.id).1)))
+        }
+        (["policy", "name", name], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            let (index, p) = app.sm.read(|s| s.acl_policy_by_name(name));
+            let p = p.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
+            Ok(with_query_meta(app, ok_json(&p), index))
+        }
+        (["policy", id], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            let (index, p) = app.sm.read(|s| s.acl_policy(id));
+            let p = p.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
+            Ok(with_query_meta(app, ok_json(&p), index))
+        }
+        (["policy", id], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let mut p: AclPolicy = super::json::decode(&req.body)?;
+            crate::acl::Rules::parse(&p.rules).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if app.sm.read(|s| s.acl_policy(id).1).is_none() {
+                return Err(ApiError::NotFound(format!("Cannot find policy {id:?}")));
+            }
+            p.id = id.to_string();
+            require_leader(app)?;
+            write(app, Command::AclPolicySet { policy: p }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_policy(id).1)))
+        }
+        (["policy", id], &Method::DELETE) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            require_leader(app)?;
+            write(app, Command::AclPolicyDelete { id: id.to_string() }).await?;
+            Ok(ok_json(&true))
+        }
+        (["role"], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let mut r: AclRole = super::json::decode(&req.body)?;
+            r.id = new_uuid();
+            require_leader(app)?;
+            write(app, Command::AclRoleSet { role: r.clone() }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_role(&r.id).1)))
+        }
+        (["role", id], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            let (index, r) = app.sm.read(|s| s.acl_role(id));
+            let r = r.ok_or_else(|| ApiError::NotFound("ACL role not found".into()))?;
+            Ok(with_query_meta(app, ok_json(&r), index))
+        }
+        (["role", id], &Method::PUT) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            let mut r: AclRole = super::json::decode(&req.body)?;
+            if app.sm.read(|s| s.acl_role(id).1).is_none() {
+                return Err(ApiError::NotFound(format!("Cannot find role {id:?}")));
+            }
+            r.id = id.to_string();
+            require_leader(app)?;
+            write(app, Command::AclRoleSet { role: r }).await?;
+            Ok(ok_json(&app.sm.read(|s| s.acl_role(id).1)))
+        }
+        (["role", id], &Method::DELETE) => {
+            require_global(&authz, Global::Acl, Access::Write)?;
+            require_leader(app)?;
+            write(app, Command::AclRoleDelete { id: id.to_string() }).await?;
+            Ok(ok_json(&true))
+        }
+        (["bootstrap"] | ["token", ..] | ["tokens"] | ["policy", ..] | ["policies"] | ["role", ..] | ["roles"], m) => {
+            Err(ApiError::MethodNotAllowed(m.clone()))
+        }
+        _ => Err(ApiError::NotFound(String::new())),
+    }
+}
+
+async fn list<T: serde::Serialize, U: serde::Serialize>(
+    app: &App,
+    req: &Req,
+    query: impl Fn(&State) -> (u64, Vec<T>),
+    shape: impl Fn(T) -> U,
+) -> ApiResult {
+    let opts = QueryOpts::parse(req)?;
+    let (index, items) = blocking::run(app, &opts, || vec![WatchKey::Table(Table::Acl)], query).await?;
+    let items: Vec<U> = items.into_iter().map(shape).collect();
+    Ok(with_query_meta(app, ok_json(&items), index))
+}
+
+/// Leader start-up duty with ACLs on: the anonymous token exists, and the configured initial
+/// management token (bootstrapping with it, as Consul does).
+pub async fn ensure_acl_bootstrap(app: &App) -> Result<(), crate::server::ProposeError> {
+    if !app.config.acl_enabled {
+        return Ok(());
+    }
+    if let Some(secret) = app.config.acl_initial_management.clone().filter(|s| !s.is_empty()) {
+        let exists = app.sm.read(|s| s.acl_token_by_secret(&secret, &now_rfc3339()).is_some());
+        if !exists {
+            let token = AclToken {
+                accessor_id: new_uuid(),
+                secret_id: secret,
+                description: "Initial Management Token".into(),
+                create_time: now_rfc3339(),
+                policies: vec![crate::api::AclLink {
+                    id: crate::api::GLOBAL_MANAGEMENT_POLICY_ID.into(),
+                    name: crate::api::GLOBAL_MANAGEMENT_POLICY_NAME.into(),
+                }],
+                ..Default::default()
+            };
+            let cmd = if app.sm.read(|s| s.acl_bootstrapped()) {
+                Command::AclTokenSet { token }
+            } else {
+                Command::AclBootstrap { token }
+            };
+            app.propose(cmd).await?;
+        }
+    }
+    if app.sm.read(|s| s.acl_token(ANONYMOUS_TOKEN_ACCESSOR).1.is_none()) {
+        let token = AclToken {
+            accessor_id: ANONYMOUS_TOKEN_ACCESSOR.into(),
+            secret_id: ANONYMOUS_TOKEN_SECRET.into(),
+            description: "Anonymous Token".into(),
+            create_time: now_rfc3339(),
+            ..Default::default()
+        };
+        app.propose(Command::AclTokenSet { token }).await?;
+    }
+    Ok(())
+}

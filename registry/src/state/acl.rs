@@ -1,0 +1,297 @@
+//! ACL tables: tokens, policies, roles, and whether bootstrap already happened.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::{CommandResult, State, Table, Touched, WatchKey};
+use crate::acl::{Authorizer, Rules};
+use crate::api::{
+    AclLink, AclPolicy, AclRole, AclToken, ANONYMOUS_TOKEN_ACCESSOR, GLOBAL_MANAGEMENT_POLICY_ID,
+    GLOBAL_MANAGEMENT_POLICY_NAME,
+};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AclTables {
+    tokens: BTreeMap<String, AclToken>,
+    policies: BTreeMap<String, AclPolicy>,
+    roles: BTreeMap<String, AclRole>,
+    /// Log index of the bootstrap, once done (Consul's "reset index").
+    bootstrapped_at: Option<u64>,
+    /// Derived: secret -> accessor.
+    #[serde(skip)]
+    by_secret: HashMap<String, String>,
+    /// Derived: policy ID -> parsed rules (rules are validated before they are written).
+    #[serde(skip)]
+    compiled: HashMap<String, Rules>,
+}
+
+impl AclTables {
+    pub fn rebuild_derived(&mut self) {
+        self.by_secret = self.tokens.values().map(|t| (t.secret_id.clone(), t.accessor_id.clone())).collect();
+        self.compiled =
+            self.policies.values().filter_map(|p| Some((p.id.clone(), Rules::parse(&p.rules).ok()?))).collect();
+    }
+}
+
+/// The built-in management policy, written by bootstrap.
+pub fn global_management_policy() -> AclPolicy {
+    AclPolicy {
+        id: GLOBAL_MANAGEMENT_POLICY_ID.into(),
+        name: GLOBAL_MANAGEMENT_POLICY_NAME.into(),
+        description: "Builtin Policy that grants unlimited access".into(),
+        rules: String::new(),
+        ..Default::default()
+    }
+}
+
+/// What a request's token resolves to.
+pub enum Resolved {
+    /// The token exists and has not expired.
+    Token { accessor: String, authorizer: Authorizer },
+    /// No such token (or expired): Consul answers 403 "ACL not found".
+    NotFound,
+}
+
+impl State {
+    fn acl_touch(&mut self, index: u64, touched: &mut Touched) {
+        self.indexes.acl = index;
+        touched.push(WatchKey::Table(Table::Acl));
+    }
+
+    fn resolve_links(&self, links: &[AclLink], roles: bool) -> Result<Vec<AclLink>, String> {
+        links
+            .iter()
+            .map(|l| {
+                let found = if roles {
+                    self.acl
+                        .roles
+                        .values()
+                        .find(|r| r.id == l.id || (!l.name.is_empty() && r.name == l.name))
+                        .map(|r| (&r.id, &r.name))
+                } else {
+                    self.acl
+                        .policies
+                        .values()
+                        .find(|p| p.id == l.id || (!l.name.is_empty() && p.name == l.name))
+                        .map(|p| (&p.id, &p.name))
+                };
+                found.map(|(id, name)| AclLink { id: id.clone(), name: name.clone() }).ok_or_else(|| {
+                    format!(
+                        "{} does not exist: {:?}",
+                        if roles { "Role" } else { "Policy" },
+                        if l.id.is_empty() { &l.name } else { &l.id }
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn acl_bootstrap(&mut self, index: u64, mut token: AclToken, touched: &mut Touched) -> CommandResult {
+        if let Some(at) = self.acl.bootstrapped_at {
+            return CommandResult::Rejected(format!("ACL bootstrap no longer allowed (reset index: {at})"));
+        }
+        if !self.acl.policies.contains_key(GLOBAL_MANAGEMENT_POLICY_ID) {
+            let mut p = global_management_policy();
+            p.create_index = index;
+            p.modify_index = index;
+            self.acl.compiled.insert(p.id.clone(), Rules::default());
+            self.acl.policies.insert(p.id.clone(), p);
+        }
+        token.policies =
+            vec![AclLink { id: GLOBAL_MANAGEMENT_POLICY_ID.into(), name: GLOBAL_MANAGEMENT_POLICY_NAME.into() }];
+        token.create_index = index;
+        token.modify_index = index;
+        self.acl.by_secret.insert(token.secret_id.clone(), token.accessor_id.clone());
+        self.acl.tokens.insert(token.accessor_id.clone(), token);
+        self.acl.bootstrapped_at = Some(index);
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    pub(super) fn acl_policy_set(&mut self, index: u64, mut p: AclPolicy, touched: &mut Touched) -> CommandResult {
+        let rules = match Rules::parse(&p.rules) {
+            Ok(r) => r,
+            Err(e) => return CommandResult::Rejected(e.to_string()),
+        };
+        if p.name.is_empty() {
+            return CommandResult::Rejected("Invalid Policy: no Name is set".into());
+        }
+        if self.acl.policies.values().any(|o| o.name == p.name && o.id != p.id) {
+            return CommandResult::Rejected(format!("Invalid Policy: A Policy with Name {:?} already exists", p.name));
+        }
+        if p.id == GLOBAL_MANAGEMENT_POLICY_ID && !p.rules.is_empty() {
+            return CommandResult::Rejected(
+                "Changing the Rules for the builtin global-management policy is not permitted".into(),
+            );
+        }
+        p.create_index = self.acl.policies.get(&p.id).map_or(index, |o| o.create_index);
+        p.modify_index = index;
+        // Links carry names: keep them current.
+        for t in self.acl.tokens.values_mut() {
+            t.policies.iter_mut().filter(|l| l.id == p.id).for_each(|l| l.name = p.name.clone());
+        }
+        for r in self.acl.roles.values_mut() {
+            r.policies.iter_mut().filter(|l| l.id == p.id).for_each(|l| l.name = p.name.clone());
+        }
+        self.acl.compiled.insert(p.id.clone(), rules);
+        self.acl.policies.insert(p.id.clone(), p);
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    pub(super) fn acl_policy_delete(&mut self, index: u64, id: &str, touched: &mut Touched) -> CommandResult {
+        if id == GLOBAL_MANAGEMENT_POLICY_ID {
+            return CommandResult::Rejected("Delete of the builtin global-management policy is not permitted".into());
+        }
+        if self.acl.policies.remove(id).is_some() {
+            self.acl.compiled.remove(id);
+            for t in self.acl.tokens.values_mut() {
+                t.policies.retain(|l| l.id != id);
+            }
+            for r in self.acl.roles.values_mut() {
+                r.policies.retain(|l| l.id != id);
+            }
+            self.acl_touch(index, touched);
+        }
+        CommandResult::Bool(true)
+    }
+
+    pub(super) fn acl_role_set(&mut self, index: u64, mut r: AclRole, touched: &mut Touched) -> CommandResult {
+        if r.name.is_empty() {
+            return CommandResult::Rejected("Invalid Role: no Name is set".into());
+        }
+        if self.acl.roles.values().any(|o| o.name == r.name && o.id != r.id) {
+            return CommandResult::Rejected(format!("Invalid Role: A Role with Name {:?} already exists", r.name));
+        }
+        r.policies = match self.resolve_links(&r.policies, false) {
+            Ok(l) => l,
+            Err(e) => return CommandResult::Rejected(e),
+        };
+        r.create_index = self.acl.roles.get(&r.id).map_or(index, |o| o.create_index);
+        r.modify_index = index;
+        for t in self.acl.tokens.values_mut() {
+            t.roles.iter_mut().filter(|l| l.id == r.id).for_each(|l| l.name = r.name.clone());
+        }
+        self.acl.roles.insert(r.id.clone(), r);
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    pub(super) fn acl_role_delete(&mut self, index: u64, id: &str, touched: &mut Touched) -> CommandResult {
+        if self.acl.roles.remove(id).is_some() {
+            for t in self.acl.tokens.values_mut() {
+                t.roles.retain(|l| l.id != id);
+            }
+            self.acl_touch(index, touched);
+        }
+        CommandResult::Bool(true)
+    }
+
+    pub(super) fn acl_token_set(&mut self, index: u64, mut t: AclToken, touched: &mut Touched) -> CommandResult {
+        if let Some(owner) = self.acl.by_secret.get(&t.secret_id) {
+            if owner != &t.accessor_id {
+                return CommandResult::Rejected("Invalid Token: SecretID is already in use".into());
+            }
+        }
+        t.policies = match self.resolve_links(&t.policies, false) {
+            Ok(l) => l,
+            Err(e) => return CommandResult::Rejected(e),
+        };
+        t.roles = match self.resolve_links(&t.roles, true) {
+            Ok(l) => l,
+            Err(e) => return CommandResult::Rejected(e),
+        };
+        if let Some(old) = self.acl.tokens.get(&t.accessor_id) {
+            if old.secret_id != t.secret_id {
+                return CommandResult::Rejected("Cannot change a token's SecretID".into());
+            }
+            t.create_index = old.create_index;
+            t.create_time = old.create_time.clone();
+        } else {
+            t.create_index = index;
+        }
+        t.modify_index = index;
+        self.acl.by_secret.insert(t.secret_id.clone(), t.accessor_id.clone());
+        self.acl.tokens.insert(t.accessor_id.clone(), t);
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    pub(super) fn acl_token_delete(&mut self, index: u64, accessor: &str, touched: &mut Touched) -> CommandResult {
+        if accessor == ANONYMOUS_TOKEN_ACCESSOR {
+            return CommandResult::Rejected("Delete of the anonymous token is not allowed".into());
+        }
+        if let Some(t) = self.acl.tokens.remove(accessor) {
+            self.acl.by_secret.remove(&t.secret_id);
+            self.acl_touch(index, touched);
+        }
+        CommandResult::Bool(true)
+    }
+
+    // ---- reads ----
+
+    pub fn acl_bootstrapped(&self) -> bool {
+        self.acl.bootstrapped_at.is_some()
+    }
+
+    pub fn acl_token(&self, accessor: &str) -> (u64, Option<AclToken>) {
+        (self.indexes.acl, self.acl.tokens.get(accessor).cloned())
+    }
+
+    pub fn acl_tokens(&self) -> (u64, Vec<AclToken>) {
+        (self.indexes.acl, self.acl.tokens.values().cloned().collect())
+    }
+
+    pub fn acl_policy(&self, id: &str) -> (u64, Option<AclPolicy>) {
+        (self.indexes.acl, self.acl.policies.get(id).cloned())
+    }
+
+    pub fn acl_policy_by_name(&self, name: &str) -> (u64, Option<AclPolicy>) {
+        (self.indexes.acl, self.acl.policies.values().find(|p| p.name == name).cloned())
+    }
+
+    pub fn acl_policies(&self) -> (u64, Vec<AclPolicy>) {
+        (self.indexes.acl, self.acl.policies.values().cloned().collect())
+    }
+
+    pub fn acl_role(&self, id: &str) -> (u64, Option<AclRole>) {
+        (self.indexes.acl, self.acl.roles.get(id).cloned())
+    }
+
+    pub fn acl_roles(&self) -> (u64, Vec<AclRole>) {
+        (self.indexes.acl, self.acl.roles.values().cloned().collect())
+    }
+
+    /// The token with this secret, compared in constant time; `now_rfc3339` for expiry checks.
+    pub fn acl_token_by_secret(&self, secret: &str, now_rfc3339: &str) -> Option<&AclToken> {
+        let accessor = self.acl.by_secret.get(secret)?;
+        let token = self.acl.tokens.get(accessor)?;
+        if !bool::from(token.secret_id.as_bytes().ct_eq(secret.as_bytes())) {
+            return None;
+        }
+        // RFC 3339 UTC timestamps of equal form compare as strings.
+        if token.expiration_time.as_deref().is_some_and(|exp| exp <= now_rfc3339) {
+            return None;
+        }
+        Some(token)
+    }
+
+    /// Resolves a secret to an authorizer: its policies plus its roles' policies.
+    pub fn acl_resolve(&self, secret: &str, default_allow: bool, now_rfc3339: &str) -> Resolved {
+        let Some(token) = self.acl_token_by_secret(secret, now_rfc3339) else { return Resolved::NotFound };
+        let mut policy_ids: Vec<&str> = token.policies.iter().map(|l| l.id.as_str()).collect();
+        for role in &token.roles {
+            if let Some(r) = self.acl.roles.get(&role.id) {
+                policy_ids.extend(r.policies.iter().map(|l| l.id.as_str()));
+            }
+        }
+        let authorizer = if policy_ids.contains(&GLOBAL_MANAGEMENT_POLICY_ID) {
+            Authorizer::management()
+        } else {
+            Authorizer::new(default_allow, policy_ids.iter().filter_map(|id| self.acl.compiled.get(*id)))
+        };
+        Resolved::Token { accessor: token.accessor_id.clone(), authorizer }
+    }
+}

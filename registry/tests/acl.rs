@@ -1,0 +1,313 @@
+//! The ACL matrix: every endpoint family hit with each kind of token against a dev server with
+//! `default_policy = deny`, asserting exactly what is allowed, denied, and filtered.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const HTTP: &str = "127.0.0.1:19510";
+const RPC: &str = "127.0.0.1:19511";
+const MANAGEMENT: &str = "6d0a8a5e-0000-4000-8000-management0";
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+}
+
+/// What a request answered: status, body, and whether results were filtered by ACLs.
+struct Answer {
+    status: u16,
+    body: Value,
+    filtered: bool,
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("http://{HTTP}{path}"));
+        if let Some(t) = token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let filtered = resp.headers().contains_key("x-consul-results-filtered-by-acls");
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer { status, body, filtered }
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let a = self.call(method, path, Some(MANAGEMENT), body).await;
+        assert!(a.status < 300, "{method} {path}: {} {}", a.status, a.body);
+        a.body
+    }
+}
+
+/// Expected outcome of one request for one token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Want {
+    /// 2xx.
+    Ok,
+    /// 403.
+    Denied,
+    /// 409 (a transaction that was allowed but failed its own check).
+    Conflict,
+    /// A listing of exactly n items; `true` if ACLs must have filtered it.
+    List(usize, bool),
+}
+use Want::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_matrix() {
+    let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["dev", "--http-addr", HTTP, "--rpc-addr", RPC, "--acl-enabled", "--acl-default-policy", "deny"])
+        .env("ROSTER_ACL_INITIAL_MANAGEMENT", MANAGEMENT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn roster dev");
+    let _dev = Dev(child);
+    let api = Api { http: registry::client::http_builder().timeout(Duration::from_secs(10)).build().expect("client") };
+
+    // Wait until the leader has created the management token.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.call("GET", "/v1/acl/token/self", Some(MANAGEMENT), None).await.status != 200 {
+        assert!(Instant::now() < deadline, "management token never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Data.
+    for (k, v) in [("app/config", "c"), ("app/secret/pw", "p"), ("other/x", "x")] {
+        api.ok("PUT", &format!("/v1/kv/{k}"), Some(json!(v))).await;
+    }
+    api.ok(
+        "PUT",
+        "/v1/catalog/register",
+        Some(json!({"Node": "n1", "Address": "10.0.0.1",
+        "Service": {"ID": "web-1", "Service": "web", "Port": 80},
+        "Check": {"CheckID": "web-ok", "Name": "web", "Status": "passing", "ServiceID": "web-1"}})),
+    )
+    .await;
+    api.ok(
+        "PUT",
+        "/v1/catalog/register",
+        Some(json!({"Node": "n1", "Address": "10.0.0.1",
+        "Service": {"ID": "db-1", "Service": "db", "Port": 5432}})),
+    )
+    .await;
+
+    // Policies and tokens.
+    let policies = [
+        (
+            "read-only",
+            r#"key_prefix "" { policy = "read" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+session_prefix "" { policy = "read" }
+agent_prefix "" { policy = "read" }
+operator = "read"
+acl = "read""#,
+        ),
+        (
+            "app-writer",
+            r#"key_prefix "app/" { policy = "write" }
+service "web" { policy = "write" }
+node_prefix "" { policy = "read" }
+session_prefix "" { policy = "write" }"#,
+        ),
+        (
+            "deny-inside",
+            r#"key_prefix "app/" { policy = "write" }
+key_prefix "app/secret/" { policy = "deny" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }"#,
+        ),
+    ];
+    let mut secrets = Vec::new();
+    for (name, rules) in policies {
+        api.ok("PUT", "/v1/acl/policy", Some(json!({"Name": name, "Rules": rules}))).await;
+        let t = api.ok("PUT", "/v1/acl/token", Some(json!({"Description": name, "Policies": [{"Name": name}]}))).await;
+        secrets.push(t["SecretID"].as_str().expect("secret").to_string());
+    }
+    // Columns: no token, explicit anonymous, read-only, prefix writer, deny inside prefix, management.
+    let tokens: [Option<&str>; 6] =
+        [None, Some("anonymous"), Some(&secrets[0]), Some(&secrets[1]), Some(&secrets[2]), Some(MANAGEMENT)];
+
+    let session_body = json!({"Node": "n1", "NodeChecks": [], "TTL": "30s"});
+    let register_web =
+        json!({"Node": "n1", "SkipNodeUpdate": true, "Service": {"ID": "web-1", "Service": "web", "Port": 80}});
+    let agent_web = json!({"Name": "web", "ID": "web-agent", "Port": 81});
+    let new_policy = json!({"Name": "p-new", "Rules": "key \"z\" { policy = \"read\" }"});
+    // (method, path, body, [no token, anonymous, read-only, writer, deny-inside, management])
+    let matrix: Vec<(&str, &str, Option<Value>, [Want; 6])> = vec![
+        ("GET", "/v1/kv/app/config", None, [Denied, Denied, Ok, Ok, Ok, Ok]),
+        ("GET", "/v1/kv/app/secret/pw", None, [Denied, Denied, Ok, Ok, Denied, Ok]),
+        (
+            "GET",
+            "/v1/kv/?recurse",
+            None,
+            [List(0, true), List(0, true), List(3, false), List(2, true), List(1, true), List(3, false)],
+        ),
+        (
+            "GET",
+            "/v1/kv/?keys",
+            None,
+            [List(0, true), List(0, true), List(3, false), List(2, true), List(1, true), List(3, false)],
+        ),
+        ("PUT", "/v1/kv/app/config", Some(json!("c")), [Denied, Denied, Denied, Ok, Ok, Ok]),
+        ("PUT", "/v1/kv/other/x", Some(json!("x")), [Denied, Denied, Denied, Denied, Denied, Ok]),
+        ("DELETE", "/v1/kv/app/tmp/?recurse", None, [Denied, Denied, Denied, Ok, Ok, Ok]),
+        // A recursive delete of app/ is denied when a rule below it denies; permitted callers reach
+        // the failing check and get 409, so nothing is deleted either way.
+        (
+            "PUT",
+            "/v1/txn",
+            Some(json!([{"KV": {"Verb": "check-index", "Key": "app/config", "Index": 1}},
+                {"KV": {"Verb": "delete-tree", "Key": "app/"}}])),
+            [Denied, Denied, Denied, Conflict, Denied, Conflict],
+        ),
+        (
+            "PUT",
+            "/v1/txn",
+            Some(json!([{"KV": {"Verb": "get", "Key": "app/config"}}])),
+            [Denied, Denied, Ok, Ok, Ok, Ok],
+        ),
+        (
+            "PUT",
+            "/v1/txn",
+            Some(json!([{"KV": {"Verb": "set", "Key": "app/secret/pw", "Value": "cA=="}}])),
+            [Denied, Denied, Denied, Ok, Denied, Ok],
+        ),
+        (
+            "GET",
+            "/v1/catalog/services",
+            None,
+            [List(0, true), List(0, true), List(3, false), List(1, true), List(3, false), List(3, false)],
+        ),
+        (
+            "GET",
+            "/v1/catalog/nodes",
+            None,
+            [List(0, true), List(0, true), List(2, false), List(2, false), List(2, false), List(2, false)],
+        ),
+        (
+            "GET",
+            "/v1/catalog/service/web",
+            None,
+            [List(0, true), List(0, true), List(1, false), List(1, false), List(1, false), List(1, false)],
+        ),
+        (
+            "GET",
+            "/v1/health/service/web",
+            None,
+            [List(0, true), List(0, true), List(1, false), List(1, false), List(1, false), List(1, false)],
+        ),
+        (
+            "GET",
+            "/v1/health/checks/web",
+            None,
+            [List(0, true), List(0, true), List(1, false), List(1, false), List(1, false), List(1, false)],
+        ),
+        ("PUT", "/v1/catalog/register", Some(register_web), [Denied, Denied, Denied, Ok, Denied, Ok]),
+        ("PUT", "/v1/session/create", Some(session_body), [Denied, Denied, Denied, Ok, Denied, Ok]),
+        (
+            "GET",
+            "/v1/session/list",
+            None,
+            [List(0, true), List(0, true), List(2, false), List(2, false), List(0, true), List(2, false)],
+        ),
+        ("GET", "/v1/agent/self", None, [Denied, Denied, Ok, Denied, Denied, Ok]),
+        ("PUT", "/v1/agent/service/register", Some(agent_web), [Denied, Denied, Denied, Ok, Denied, Ok]),
+        ("GET", "/v1/operator/raft/configuration", None, [Denied, Denied, Ok, Denied, Denied, Ok]),
+        ("GET", "/v1/acl/policies", None, [Denied, Denied, Ok, Denied, Denied, Ok]),
+        ("PUT", "/v1/acl/policy", Some(new_policy), [Denied, Denied, Denied, Denied, Denied, Ok]),
+        ("GET", "/v1/acl/token/self", None, [Ok, Ok, Ok, Ok, Ok, Ok]),
+        ("GET", "/v1/status/leader", None, [Ok, Ok, Ok, Ok, Ok, Ok]),
+    ];
+
+    let mut failures = Vec::new();
+    for (method, path, body, wants) in &matrix {
+        for (col, (token, want)) in tokens.iter().zip(wants.iter()).enumerate() {
+            let a = api.call(method, path, *token, body.clone()).await;
+            let ok = match want {
+                Ok => (200..300).contains(&a.status),
+                Denied => a.status == 403,
+                Conflict => a.status == 409,
+                List(n, filtered) => {
+                    let count = match &a.body {
+                        Value::Array(v) => v.len(),
+                        Value::Object(m) => m.len(),
+                        _ => 0,
+                    };
+                    // Consul answers an empty KV listing with 404.
+                    (a.status == 200 || (a.status == 404 && *n == 0)) && count == *n && a.filtered == *filtered
+                }
+            };
+            if !ok {
+                failures.push(format!(
+                    "{method} {path} as column {col}: want {want:?}, got {} filtered={} {}",
+                    a.status, a.filtered, a.body
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "ACL matrix mismatches:\n{}", failures.join("\n"));
+
+    // A token that does not exist is refused everywhere, even where anonymous would be allowed.
+    assert_eq!(api.call("GET", "/v1/status/leader", Some("no-such-token"), None).await.status, 200);
+    assert_eq!(api.call("GET", "/v1/kv/app/config", Some("no-such-token"), None).await.status, 403);
+
+    // Secrets are hidden from tokens without acl:write.
+    let listed = api.call("GET", "/v1/acl/tokens", Some(&secrets[0]), None).await;
+    assert!(listed.body.as_array().expect("tokens").iter().all(|t| t["SecretID"] == "<hidden>"));
+
+    // The anonymous token's policies are editable: give it read on app/ and it reads at once.
+    let anon = api.ok("GET", "/v1/acl/token/00000000-0000-0000-0000-000000000002", None).await;
+    api.ok(
+        "PUT",
+        "/v1/acl/policy",
+        Some(json!({"Name": "anon-app", "Rules": "key_prefix \"app/config\" { policy = \"read\" }"})),
+    )
+    .await;
+    api.ok(
+        "PUT",
+        "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+        Some(json!({
+        "Description": anon["Description"], "Policies": [{"Name": "anon-app"}]})),
+    )
+    .await;
+    assert_eq!(api.call("GET", "/v1/kv/app/config", None, None).await.status, 200);
+
+    // Deleting a token takes effect for the next request.
+    let self_of_writer = api.call("GET", "/v1/acl/token/self", Some(&secrets[1]), None).await;
+    let accessor = self_of_writer.body["AccessorID"].as_str().expect("accessor").to_string();
+    api.ok("DELETE", &format!("/v1/acl/token/{accessor}"), None).await;
+    assert_eq!(api.call("PUT", "/v1/kv/app/config", Some(&secrets[1]), Some(json!("c"))).await.status, 403);
+
+    // A bad rule is rejected at write time, naming the line.
+    let bad = api
+        .call(
+            "PUT",
+            "/v1/acl/policy",
+            Some(MANAGEMENT),
+            Some(json!({"Name": "bad", "Rules": "key \"a\" { policy = \"read\" }\nnode \"b\" { policy = \"owner\" }"})),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.as_str().is_some_and(|m| m.contains("line 2")), "{}", bad.body);
+
+    // Bootstrap is one-shot.
+    assert_eq!(api.call("PUT", "/v1/acl/bootstrap", None, None).await.status, 403);
+}
