@@ -177,8 +177,13 @@ impl ServerArgs {
             bootstrap_expect,
             kv_max_value_size,
             snapshot_threshold,
-            log_format
+            log_format,
+            acl_enabled,
+            acl_default_policy
         );
+        if self.acl_initial_management.is_some() {
+            c.acl_initial_management = self.acl_initial_management;
+        }
         if self.data_dir.is_some() {
             c.data_dir = self.data_dir;
         }

@@ -13,6 +13,8 @@ struct Server {
     http: String,
     rpc: String,
     dir: PathBuf,
+    /// Extra flags (ACL settings).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -27,6 +29,7 @@ impl Server {
             .args(["--bootstrap-expect", &expect.to_string()])
             .args(["--retry-join", &join.join(",")])
             .args(["--snapshot-threshold", &snapshot_threshold.to_string()])
+            .args(&self.extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -64,6 +67,10 @@ struct Cluster {
 impl Cluster {
     /// `n` servers on 127.0.0.1..n, HTTP on `port`, RPC on `port + 1`.
     fn new(n: usize, port: u16, snapshot_threshold: u64) -> Cluster {
+        Self::with_flags(n, port, snapshot_threshold, &[])
+    }
+
+    fn with_flags(n: usize, port: u16, snapshot_threshold: u64, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("temp dir");
         let servers: Vec<Server> = (1..=n)
             .map(|i| Server {
@@ -71,6 +78,7 @@ impl Cluster {
                 http: format!("127.0.0.{i}:{port}"),
                 rpc: format!("127.0.0.{i}:{}", port + 1),
                 dir: tmp.path().join(format!("s{i}")),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
                 child: None,
             })
             .collect();
@@ -291,6 +299,7 @@ async fn removing_and_adding_servers_keeps_the_cluster_writable() {
         http: "127.0.0.4:19300".into(),
         rpc: "127.0.0.4:19301".into(),
         dir: tmp.path().join("s4"),
+        extra: Vec::new(),
         child: None,
     };
     newcomer.start(&c.join, 3, 10_000);
@@ -383,4 +392,83 @@ async fn dead_servers_go_critical_and_a_stopping_leader_hands_off() {
     let exit = tokio::task::spawn_blocking(move || stopping.wait()).await.expect("join").expect("wait");
     assert!(exit.success(), "graceful stop exited with {exit:?}");
     assert_eq!(c.put(new_leader, "after/handoff", "ok").await, Ok(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acl_changes_replicate_survive_restarts_and_apply_at_once() {
+    const ROOT: &str = "root-secret-for-the-cluster-test";
+    let flags = ["--acl-enabled", "true", "--acl-default-policy", "deny", "--acl-initial-management", ROOT];
+    let mut c = Cluster::with_flags(3, 19500, 10_000, &flags);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let (http, addrs): (reqwest::Client, Vec<String>) =
+        (c.http.clone(), c.servers.iter().map(|s| s.http.clone()).collect());
+    let call = |i: usize, method: reqwest::Method, path: String, token: String, body: Option<serde_json::Value>| {
+        let mut r = http.request(method, format!("http://{}{path}", addrs[i])).header("X-Consul-Token", token);
+        if let Some(b) = body {
+            r = r.body(b.to_string());
+        }
+        async move { r.send().await.expect("request") }
+    };
+    // The initial management token appears once the leader has written it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(leader, reqwest::Method::GET, "/v1/acl/token/self".into(), ROOT.into(), None).await.status() != 200 {
+        assert!(Instant::now() < deadline, "initial management token never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Policy and token created through one follower...
+    let f1 = (leader + 1) % 3;
+    let f2 = (leader + 2) % 3;
+    let r = call(
+        f1,
+        reqwest::Method::PUT,
+        "/v1/acl/policy".into(),
+        ROOT.into(),
+        Some(serde_json::json!({"Name": "cfg", "Rules": "key_prefix \"cfg/\" { policy = \"write\" }"})),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = call(
+        f1,
+        reqwest::Method::PUT,
+        "/v1/acl/token".into(),
+        ROOT.into(),
+        Some(serde_json::json!({"Policies": [{"Name": "cfg"}]})),
+    )
+    .await;
+    let token: serde_json::Value = r.json().await.expect("token");
+    let secret = token["SecretID"].as_str().expect("secret").to_string();
+    let accessor = token["AccessorID"].as_str().expect("accessor").to_string();
+    // ...work at once through the other follower, and deny what the policy does not grant.
+    let r = call(f2, reqwest::Method::PUT, "/v1/kv/cfg/a".into(), secret.clone(), Some(serde_json::json!("1"))).await;
+    assert_eq!(r.status(), 200);
+    let r = call(f2, reqwest::Method::PUT, "/v1/kv/other".into(), secret.clone(), Some(serde_json::json!("1"))).await;
+    assert_eq!(r.status(), 403);
+
+    // Every server restarts: tokens and policies come back from disk.
+    for s in c.servers.iter_mut() {
+        s.kill();
+    }
+    let join = c.join.clone();
+    for s in c.servers.iter_mut() {
+        s.start(&join, 3, 10_000);
+    }
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let r = call(
+        (leader + 1) % 3,
+        reqwest::Method::PUT,
+        "/v1/kv/cfg/b".into(),
+        secret.clone(),
+        Some(serde_json::json!("2")),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "token lost in the restart");
+
+    // Deleting the token denies its very next request, on any server.
+    let r = call(leader, reqwest::Method::DELETE, format!("/v1/acl/token/{accessor}"), ROOT.into(), None).await;
+    assert_eq!(r.status(), 200);
+    for i in 0..3 {
+        let r =
+            call(i, reqwest::Method::PUT, "/v1/kv/cfg/c".into(), secret.clone(), Some(serde_json::json!("3"))).await;
+        assert_eq!(r.status(), 403, "server {i} still accepted a deleted token");
+    }
 }
