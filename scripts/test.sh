@@ -26,6 +26,13 @@ target/debug/roster dev --http-addr 127.0.0.1:18500 --rpc-addr 127.0.0.1:18300 >
 pids+=($!)
 ROSTER_HTTP_ADDR=127.0.0.1:18500 bash e2e/compat/run.sh || { tail -50 "$log_dir/dev.log"; exit 1; }
 
+echo "== ACLs through a Consul client (fresh dev server, default deny)"
+target/debug/roster dev --http-addr 127.0.0.1:18510 --rpc-addr 127.0.0.1:18310 \
+    --acl-enabled --acl-default-policy deny >"$log_dir/acl.log" 2>&1 &
+pids+=($!)
+ROSTER_ACL_ADDR=127.0.0.1:18510 e2e/compat/.venv/bin/python -m pytest -q -p no:cacheprovider e2e/compat/test_acl.py \
+    || { tail -50 "$log_dir/acl.log"; exit 1; }
+
 echo "== Consul client compatibility against a 3-server cluster"
 data="$(mktemp -d)"
 for i in 1 2 3; do
@@ -37,3 +44,6 @@ done
 ROSTER_HTTP_ADDRS=127.0.0.1:18600,127.0.0.2:18600,127.0.0.3:18600 ROSTER_HTTP_ADDR=127.0.0.1:18600 \
     bash e2e/compat/run.sh || { tail -30 "$log_dir"/s*.log; exit 1; }
 rm -rf "$data"
+
+echo "== Benchmark harness, smoke mode (tiny counts: keeps the harness working; not a measurement)"
+target/debug/roster-bench --smoke --roster-bin target/debug/roster --out "$log_dir/bench"

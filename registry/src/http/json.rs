@@ -53,6 +53,16 @@ const CANONICAL: &[&str] = &[
     "Flags",
     "Index",
     "Session",
+    "Rules",
+    "Description",
+    "Policies",
+    "Roles",
+    "AccessorID",
+    "SecretID",
+    "Local",
+    "ExpirationTime",
+    "ExpirationTTL",
+    "Datacenters",
 ];
 
 /// Fields whose value is a user map: keys are data, not field names.
