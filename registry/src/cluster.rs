@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use warp::Filter;
 
@@ -126,9 +125,9 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
 }
 
 async fn handle_forwarded_write(app: &App, cmd: Command) -> ForwardReply {
-    match app.raft.client_write(cmd).await {
-        Ok(resp) => Ok(Some((resp.log_id.index, resp.data))),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+    match app.proposer.propose(cmd).await {
+        Ok(r) => Ok(Some(r)),
+        Err(crate::server::ProposeError::NotLeader) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }

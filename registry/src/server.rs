@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::watch;
 
 use crate::api::{parse_go_duration, HealthStatus};
@@ -26,6 +25,9 @@ pub fn now_ms() -> u64 {
 pub enum ProposeError {
     #[error("No cluster leader")]
     NoLeader,
+    /// This server stopped leading while the write was queued: retry through the new leader.
+    #[error("not the leader")]
+    NotLeader,
     #[error("{0}")]
     Raft(String),
 }
@@ -44,6 +46,8 @@ pub struct App {
     pub config: Config,
     pub raft: Raft,
     pub sm: StateMachineStore,
+    /// Batches this server's writes into log entries while it leads.
+    pub proposer: crate::proposer::Proposer,
     /// Client for forwarding HTTP requests and commands to the leader.
     pub http: reqwest::Client,
     pub metrics: Metrics,
@@ -112,10 +116,12 @@ impl App {
                 return Err(ProposeError::NoLeader);
             };
             if leader_id == self.id {
-                match self.raft.client_write(cmd.clone()).await {
-                    Ok(resp) => return Ok((resp.log_id.index, resp.data)),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => continue,
-                    Err(e) => return Err(ProposeError::Raft(e.to_string())),
+                match self.proposer.propose(cmd.clone()).await {
+                    Err(ProposeError::NotLeader) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    other => return other,
                 }
             }
             match crate::cluster::forward_command(&self.http, &leader.rpc_addr, &cmd).await {
@@ -366,6 +372,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         id,
         me,
         config,
+        proposer: crate::proposer::Proposer::start(raft.clone()),
         raft,
         sm,
         http,

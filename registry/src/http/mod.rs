@@ -80,7 +80,7 @@ pub enum ApiError {
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         match e {
-            ProposeError::NoLeader => ApiError::NoLeader,
+            ProposeError::NoLeader | ProposeError::NotLeader => ApiError::NoLeader,
             ProposeError::Raft(m) => ApiError::Internal(m),
         }
     }

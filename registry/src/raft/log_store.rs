@@ -192,7 +192,14 @@ fn writer_loop(db: Database, rx: mpsc::Receiver<WriteOp>) {
 }
 
 fn write_batch(db: &Database, batch: &[WriteOp]) -> Result<(), redb::Error> {
-    let tx = db.begin_write()?;
+    let mut tx = db.begin_write()?;
+    // The committed index and purges need no fsync of their own (openraft tolerates both being
+    // behind after a crash); they become durable with the next append or vote.
+    let needs_fsync =
+        batch.iter().any(|op| !matches!(op, WriteOp::Meta(KEY_COMMITTED | KEY_PURGED, _, None) | WriteOp::Purge(_)));
+    if !needs_fsync {
+        tx.set_durability(redb::Durability::None)?;
+    }
     {
         let mut logs = tx.open_table(LOGS)?;
         let mut meta = tx.open_table(META)?;

@@ -85,6 +85,9 @@ pub enum Command {
     AclTokenDelete {
         accessor: String,
     },
+    /// Several commands in one log entry (one fsync, one replication round), applied in order at
+    /// the same index. The leader batches concurrent client writes this way.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -106,6 +109,21 @@ impl Command {
             Command::AclRoleDelete { .. } => "acl_role_delete",
             Command::AclTokenSet { .. } => "acl_token_set",
             Command::AclTokenDelete { .. } => "acl_token_delete",
+            Command::Batch(_) => "batch",
+        }
+    }
+}
+
+impl Command {
+    /// Rough encoded size, to keep batched log entries bounded.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::KvSet { key, value, .. } => 64 + key.len() + value.len(),
+            Command::Txn { ops, .. } => {
+                ops.iter().map(|o| 64 + o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum()
+            }
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            _ => 512,
         }
     }
 }
@@ -121,4 +139,6 @@ pub enum CommandResult {
     Txn(crate::api::TxnResponse),
     /// A rejected command: nothing was written. Carries the client-facing message.
     Rejected(String),
+    /// One answer per command of a `Batch`, in order.
+    Batch(Vec<CommandResult>),
 }

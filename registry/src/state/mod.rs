@@ -122,6 +122,9 @@ impl State {
             Command::AclRoleDelete { id } => self.acl_role_delete(index, &id, touched),
             Command::AclTokenSet { token } => self.acl_token_set(index, token, touched),
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor, touched),
+            Command::Batch(cmds) => {
+                CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c, touched)).collect())
+            }
         }
     }
 }

@@ -1518,3 +1518,30 @@ impl Harness {
         self.st.catalog_service(name).1.into_iter().map(|s| s.node).collect()
     }
 }
+
+#[test]
+fn batch_applies_in_order_at_one_index_with_one_answer_each() {
+    let mut h = Harness::new();
+    let set = |key: &str, mode: KvSetMode| Command::KvSet {
+        key: key.into(),
+        value: b"v".to_vec(),
+        flags: 0,
+        mode,
+        now_ms: 0,
+    };
+    // The second write sees the first (CAS 0 fails on a key the batch just created).
+    let r = h.apply(Command::Batch(vec![
+        set("b/1", KvSetMode::Plain),
+        set("b/1", KvSetMode::Cas(0)),
+        set("b/2", KvSetMode::Plain),
+    ]));
+    assert_eq!(
+        r,
+        CommandResult::Batch(vec![CommandResult::Bool(true), CommandResult::Bool(false), CommandResult::Bool(true)])
+    );
+    let i = h.idx();
+    let (_, one) = h.st.kv_get("b/1");
+    let (_, two) = h.st.kv_get("b/2");
+    assert_eq!(one.unwrap().modify_index, i);
+    assert_eq!(two.unwrap().modify_index, i);
+}

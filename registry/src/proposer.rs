@@ -1,0 +1,115 @@
+//! Leader-side batching of client writes into Raft entries.
+//!
+//! openraft 0.9 appends (and fsyncs) each `client_write` on its own before it replicates it, so one
+//! entry per request would cost one leader fsync and one replication round per write. Instead, every
+//! write is queued here; a loop takes everything queued (bounded in count and bytes) and proposes it
+//! as one `Command::Batch`. Up to `MAX_IN_FLIGHT` batches are in flight, so the next batch fills while
+//! the previous one is on disk and on the wire. Under load one fsync serves hundreds of writes; a lone
+//! write pays what it would pay anyway.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::raft::Raft;
+use crate::server::ProposeError;
+use crate::state::{Command, CommandResult};
+
+const MAX_BATCH_COMMANDS: usize = 1024;
+const MAX_BATCH_BYTES: usize = 4 << 20;
+const MAX_IN_FLIGHT: usize = 2;
+
+type Reply = oneshot::Sender<Result<(u64, CommandResult), ProposeError>>;
+
+struct Pending {
+    cmd: Command,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Proposes on this server's Raft; `ProposeError::NotLeader` if it does not lead.
+    pub async fn propose(&self, cmd: Command) -> Result<(u64, CommandResult), ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Pending { cmd, reply }).map_err(|_| ProposeError::Raft("proposer stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Raft("proposer stopped".into()))?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // Waiting for a slot lets more writes queue up: they join this batch.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let mut bytes = first.cmd.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            let Ok(p) = rx.try_recv() else { break };
+            let size = p.cmd.approx_size();
+            if bytes + size > MAX_BATCH_BYTES {
+                carry = Some(p);
+                break;
+            }
+            bytes += size;
+            batch.push(p);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            write(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write(raft: &Raft, batch: Vec<Pending>) {
+    let (cmds, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let single = cmds.len() == 1;
+    let cmd = if single { cmds.into_iter().next().unwrap_or(Command::Batch(Vec::new())) } else { Command::Batch(cmds) };
+    match raft.client_write(cmd).await {
+        Ok(resp) => {
+            let index = resp.log_id.index;
+            match resp.data {
+                CommandResult::Batch(results) if !single => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok((index, result)));
+                    }
+                }
+                result => {
+                    for reply in replies {
+                        let _ = reply.send(Ok((index, result.clone())));
+                    }
+                }
+            }
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::NotLeader));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::Raft(msg.clone())));
+            }
+        }
+    }
+}
