@@ -113,3 +113,42 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
         }
     }
 }
+
+/// Shares one leadership confirmation among concurrent `?consistent` reads.
+///
+/// A read may only use a confirmation round that started after it arrived. Reads queue here; a loop
+/// takes everything queued, runs one `ensure_linearizable` (a heartbeat round to a quorum, then
+/// waiting for the read index to be applied) and releases them all. Reads that arrive meanwhile wait
+/// for the next round. One round per batch instead of one per read.
+#[derive(Clone)]
+pub struct ReadBarrier {
+    tx: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+}
+
+impl ReadBarrier {
+    pub fn start(raft: Raft) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiting = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    waiting.push(more);
+                }
+                let confirmed = raft.ensure_linearizable().await.is_ok();
+                for w in waiting {
+                    let _ = w.send(confirmed);
+                }
+            }
+        });
+        ReadBarrier { tx }
+    }
+
+    /// True once this server is confirmed leader and has applied everything committed before the call.
+    pub async fn confirm(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(tx).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}

@@ -48,6 +48,8 @@ pub struct App {
     pub sm: StateMachineStore,
     /// Batches this server's writes into log entries while it leads.
     pub proposer: crate::proposer::Proposer,
+    /// Batches leadership confirmations of `?consistent` reads.
+    pub read_barrier: crate::proposer::ReadBarrier,
     /// Client for forwarding HTTP requests and commands to the leader.
     pub http: reqwest::Client,
     pub metrics: Metrics,
@@ -69,10 +71,17 @@ impl App {
     }
 
     pub fn leader(&self) -> Option<(NodeId, ServerNode)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrow, don't clone the whole metrics: this runs on every answer.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
+    }
+
+    /// Whether a leader is known (the `X-Consul-KnownLeader` header).
+    pub fn knows_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
     }
 
     /// Waits (up to `timeout`) for a leader to be known.
@@ -373,6 +382,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         me,
         config,
         proposer: crate::proposer::Proposer::start(raft.clone()),
+        read_barrier: crate::proposer::ReadBarrier::start(raft.clone()),
         raft,
         sm,
         http,

@@ -67,7 +67,11 @@ pub async fn check_read(app: &App, opts: &QueryOpts) -> Result<(), ApiError> {
         Consistency::Default => super::require_leader(app),
         Consistency::Consistent => {
             super::require_leader(app)?;
-            app.raft.ensure_linearizable().await.map(|_| ()).map_err(|_| ApiError::NotLeader)
+            if app.read_barrier.confirm().await {
+                Ok(())
+            } else {
+                Err(ApiError::NotLeader)
+            }
         }
     }
 }

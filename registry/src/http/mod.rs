@@ -133,7 +133,7 @@ pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Resp {
 pub fn with_query_meta(app: &App, mut resp: Resp, index: u64) -> Resp {
     let h = resp.headers_mut();
     h.insert("x-consul-index", HeaderValue::from(crate::state::nonzero(index)));
-    let known = if app.leader().is_some() { "true" } else { "false" };
+    let known = if app.knows_leader() { "true" } else { "false" };
     h.insert("x-consul-knownleader", HeaderValue::from_static(known));
     h.insert("x-consul-lastcontact", HeaderValue::from(app.last_contact_ms()));
     resp
