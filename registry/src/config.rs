@@ -59,7 +59,8 @@ impl Default for Config {
             kv_max_value_size: 512 * 1024,
             raft_heartbeat_ms: 100,
             raft_election_timeout_ms: 1000,
-            snapshot_threshold: 10_000,
+            // Entries, and an entry is a batch of writes under load: keep the log (mirrored in memory) short.
+            snapshot_threshold: 2_048,
             log_format: "text".into(),
             acl_enabled: false,
             acl_default_policy: "allow".into(),

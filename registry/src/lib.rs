@@ -19,7 +19,7 @@ pub mod state;
 #[cfg(feature = "server")]
 pub mod raft;
 
-#[cfg(feature = "server")]
+#[cfg(feature = "acl")]
 pub mod acl;
 #[cfg(feature = "server")]
 pub mod cluster;

@@ -53,6 +53,13 @@ pub fn authorizer_in(app: &App, state: &State, token: &Option<String>) -> Result
     }
 }
 
+/// For writes: resolve on the leader (a follower forwards first), so a token created a moment ago
+/// through another server is already known.
+pub fn authorize_write(app: &App, req: &Req) -> Result<Authorizer, ApiError> {
+    require_leader(app)?;
+    authorize(app, req)
+}
+
 /// Resolves the request's token against the current state.
 pub fn authorize(app: &App, req: &Req) -> Result<Authorizer, ApiError> {
     let token = token_of(req);
@@ -159,7 +166,8 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         let (_, t) = app.sm.read(|s| s.acl_token(&token.accessor_id));
         return Ok(ok_json(&t.unwrap_or(token)));
     }
-    let authz = authorize(app, req)?;
+    // ACL reads and writes are answered by the leader, like Consul's default consistency.
+    let authz = authorize_write(app, req)?;
     let token = token_of(req);
     match (parts.as_slice(), &m) {
         (["token", "self"], &Method::GET) => {

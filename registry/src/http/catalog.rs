@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use warp::http::Method;
 
-use super::acl::{authorize, authorizer_in, filter_by, mark_filtered, require, token_of};
+use super::acl::{authorize_write, authorizer_in, filter_by, mark_filtered, require, token_of};
 use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Authorizer, Resource};
@@ -187,7 +187,7 @@ async fn register(app: &Arc<App>, req: &Req) -> ApiResult {
             return Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}")));
         }
     }
-    let authz = authorize(app, req)?;
+    let authz = authorize_write(app, req)?;
     let node = r.node.clone().unwrap_or_default();
     // Changing the node itself needs node:write; a service or its checks need service:write.
     let existing = app.sm.read(|s| s.catalog_node(&node).1.map(|n| n.node));
@@ -216,7 +216,7 @@ async fn deregister(app: &Arc<App>, req: &Req) -> ApiResult {
         return Err(ApiError::MethodNotAllowed(req.method.clone()));
     }
     let r: DeregisterRequest = super::json::decode(&req.body)?;
-    let authz = authorize(app, req)?;
+    let authz = authorize_write(app, req)?;
     let node = r.node.clone().unwrap_or_default();
     match r.service_id.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use warp::http::{HeaderValue, Method, StatusCode};
 
-use super::acl::{authorize, authorizer_in, denied, filter_by, mark_filtered, require, token_of};
+use super::acl::{authorize_write, authorizer_in, denied, filter_by, mark_filtered, require, token_of};
 use super::blocking::{self, QueryOpts};
 use super::{json, ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Resource};
@@ -118,7 +118,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
 
 async fn put(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
     check_key(key)?;
-    require(&authorize(app, req)?, Resource::Key, key, Access::Write)?;
+    require(&authorize_write(app, req)?, Resource::Key, key, Access::Write)?;
     let flags = parse_u64(req, "flags")?.unwrap_or(0);
     let max = app.config.kv_max_value_size;
     if req.body.len() > max {
@@ -150,7 +150,7 @@ async fn delete(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
     if !recurse {
         check_key(key)?;
     }
-    let authz = authorize(app, req)?;
+    let authz = authorize_write(app, req)?;
     if recurse && !authz.allows_write_prefix(Resource::Key, key) {
         return Err(denied("key", key, Access::Write));
     }
@@ -182,7 +182,7 @@ pub async fn txn(app: &Arc<App>, req: &Req) -> ApiResult {
             ops.len()
         )));
     }
-    let authz = authorize(app, req)?;
+    let authz = authorize_write(app, req)?;
     let mut kv_ops = Vec::with_capacity(ops.len());
     for (i, op) in ops.into_iter().enumerate() {
         let kv =

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use warp::http::{Method, StatusCode};
 
-use super::acl::{authorize, authorizer_in, filter_by, mark_filtered, require, token_of};
+use super::acl::{authorize_write, authorizer_in, filter_by, mark_filtered, require, token_of};
 use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Resource};
@@ -69,7 +69,7 @@ async fn read(
 
 /// Writes to an existing session need `session:write` on its node.
 fn require_session_write(app: &App, req: &Req, id: &str) -> Result<(), ApiError> {
-    let authz = authorize(app, req)?;
+    let authz = authorize_write(app, req)?;
     if let Some(s) = app.sm.read(|s| s.session_get(id).1) {
         require(&authz, Resource::Session, &s.node, Access::Write)?;
     }
@@ -130,7 +130,7 @@ fn build_session(app: &App, r: SessionRequest) -> Result<SessionEntry, ApiError>
 async fn create(app: &Arc<App>, req: &Req) -> ApiResult {
     let r: SessionRequest = super::json::decode_or_default(&req.body)?;
     let session = build_session(app, r)?;
-    require(&authorize(app, req)?, Resource::Session, &session.node, Access::Write)?;
+    require(&authorize_write(app, req)?, Resource::Session, &session.node, Access::Write)?;
     require_leader(app)?;
     let (id, ttl) = (session.id.clone(), session.ttl.clone());
     match app.propose(Command::SessionCreate { session }).await?.1 {

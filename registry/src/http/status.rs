@@ -46,8 +46,14 @@ fn configuration(app: &App) -> RaftConfiguration {
 }
 
 pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
+    let authz = if req.method == Method::GET {
+        super::blocking::check_read(app, &super::QueryOpts::parse(req)?).await?;
+        authorize(app, req)?
+    } else {
+        super::acl::authorize_write(app, req)?
+    };
     let need = if req.method == Method::GET { Access::Read } else { Access::Write };
-    require_global(&authorize(app, req)?, Global::Operator, need)?;
+    require_global(&authz, Global::Operator, need)?;
     match (tail, &req.method) {
         ("raft/configuration", &Method::GET) => {
             let opts = super::QueryOpts::parse(req)?;

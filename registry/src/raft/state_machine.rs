@@ -35,13 +35,14 @@ pub struct StateMachineStore {
     hub: WatchHub,
     applied_index: watch::Sender<u64>,
     snapshot_dir: Option<PathBuf>,
-    current: Arc<RwLock<Option<SnapshotFile>>>,
+    current: Arc<RwLock<Option<CurrentSnapshot>>>,
 }
 
-impl Clone for SnapshotFile {
-    fn clone(&self) -> Self {
-        SnapshotFile { meta: self.meta.clone(), data: self.data.clone() }
-    }
+/// The latest snapshot. On disk only its metadata stays in memory: the bytes are read back when a
+/// follower needs them, so a large state is not held twice.
+enum CurrentSnapshot {
+    InMemory(SnapshotFile),
+    OnDisk(SnapshotMeta<NodeId, ServerNode>),
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -63,7 +64,7 @@ impl StateMachineStore {
                 let file: SnapshotFile = decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
                 applied = decode(&file.data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
                 applied.state.rebuild_derived();
-                current = Some(file);
+                current = Some(CurrentSnapshot::OnDisk(file.meta));
             }
         }
         let index = applied.last_applied.map_or(0, |l| l.index);
@@ -97,6 +98,19 @@ impl StateMachineStore {
         let _ = rx.wait_for(|i| *i >= index).await;
     }
 
+    /// Writes the snapshot to disk (when there is a data dir) and makes it the current one.
+    fn make_current(&self, file: SnapshotFile) -> Result<(), StorageError> {
+        let current = match self.snapshot_dir {
+            Some(_) => {
+                self.persist(&file)?;
+                CurrentSnapshot::OnDisk(file.meta)
+            }
+            None => CurrentSnapshot::InMemory(file),
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(current);
+        Ok(())
+    }
+
     fn persist(&self, file: &SnapshotFile) -> Result<(), StorageError> {
         let Some(dir) = &self.snapshot_dir else { return Ok(()) };
         let bytes = encode(file).map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -125,10 +139,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             None => format!("empty-{}", rand::random::<u32>()),
         };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let file = SnapshotFile { meta: meta.clone(), data };
-        self.persist(&file)?;
-        let snapshot = Box::new(Cursor::new(file.data.clone()));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        let snapshot = Box::new(Cursor::new(data.clone()));
+        self.make_current(SnapshotFile { meta: meta.clone(), data })?;
         Ok(Snapshot { meta, snapshot })
     }
 }
@@ -190,13 +202,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The snapshot's own metadata is authoritative for what it covers.
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
-        let file = SnapshotFile { meta: meta.clone(), data };
-        self.persist(&file)?;
+        self.make_current(SnapshotFile { meta: meta.clone(), data })?;
         {
             let mut guard = self.applied.write().unwrap_or_else(|p| p.into_inner());
             *guard = applied;
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
         // Everything may have changed: wake every watcher.
         self.hub.notify_all();
         if let Some(l) = meta.last_log_id {
@@ -206,7 +216,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
-        Ok(guard.as_ref().map(|f| Snapshot { meta: f.meta.clone(), snapshot: Box::new(Cursor::new(f.data.clone())) }))
+        let current = match &*self.current.read().unwrap_or_else(|p| p.into_inner()) {
+            None => return Ok(None),
+            Some(CurrentSnapshot::InMemory(f)) => {
+                return Ok(Some(Snapshot { meta: f.meta.clone(), snapshot: Box::new(Cursor::new(f.data.clone())) }))
+            }
+            Some(CurrentSnapshot::OnDisk(meta)) => meta.clone(),
+        };
+        let Some(dir) = &self.snapshot_dir else { return Ok(None) };
+        let bytes = std::fs::read(dir.join("snapshot.bin")).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let file: SnapshotFile = decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        // A newer snapshot may have replaced the file since: serve what the file holds.
+        let meta = if file.meta.snapshot_id == current.snapshot_id { current } else { file.meta };
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(file.data)) }))
     }
 }
