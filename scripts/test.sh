@@ -4,17 +4,33 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-echo "== cargo fmt --check"
+# Prerequisites, installed once (Debian; as root, or with sudo available):
+# python3-venv for the Consul-client suite, etcd 3.4 for the benchmark harness, cargo-fuzz.
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed apt-get install -y -qq "${missing[@]}"
+fi
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+
+stages=0
+stage() { stages=$((stages + 1)); echo "== $*"; }
+
+stage "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo test"
+stage "cargo test"
 cargo build --workspace --bins
 cargo test --workspace
 
-echo "== Consul client compatibility (py-consul) against a dev server"
+stage "Consul client compatibility (py-consul) against a dev server"
 pids=()
 cleanup() {
     for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -26,14 +42,14 @@ target/debug/roster dev --http-addr 127.0.0.1:18500 --rpc-addr 127.0.0.1:18300 >
 pids+=($!)
 ROSTER_HTTP_ADDR=127.0.0.1:18500 bash e2e/compat/run.sh || { tail -50 "$log_dir/dev.log"; exit 1; }
 
-echo "== ACLs through a Consul client (fresh dev server, default deny)"
+stage "ACLs through a Consul client (fresh dev server, default deny)"
 target/debug/roster dev --http-addr 127.0.0.1:18510 --rpc-addr 127.0.0.1:18310 \
     --acl-enabled --acl-default-policy deny >"$log_dir/acl.log" 2>&1 &
 pids+=($!)
 ROSTER_ACL_ADDR=127.0.0.1:18510 e2e/compat/.venv/bin/python -m pytest -q -p no:cacheprovider e2e/compat/test_acl.py \
     || { tail -50 "$log_dir/acl.log"; exit 1; }
 
-echo "== Consul client compatibility against a 3-server cluster"
+stage "Consul client compatibility against a 3-server cluster"
 data="$(mktemp -d)"
 for i in 1 2 3; do
     target/debug/roster server --node-name "server-$i" --data-dir "$data/s$i" \
@@ -45,5 +61,15 @@ ROSTER_HTTP_ADDRS=127.0.0.1:18600,127.0.0.2:18600,127.0.0.3:18600 ROSTER_HTTP_AD
     bash e2e/compat/run.sh || { tail -30 "$log_dir"/s*.log; exit 1; }
 rm -rf "$data"
 
-echo "== Benchmark harness, smoke mode (tiny counts: keeps the harness working; not a measurement)"
+stage "Benchmark harness, smoke mode (tiny counts: keeps the harness working; not a measurement)"
 target/debug/roster-bench --smoke --roster-bin target/debug/roster --out "$log_dir/bench"
+
+stage "Fuzz the ACL rule parser and authorizer for 60 s (fuzz/README.md)"
+corpus="$(mktemp -d)"
+cp fuzz/seeds/* "$corpus/"
+# cargo-fuzz passes nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run acl_rules "$corpus" -- -max_total_time=60 -print_final_stats=1 2>&1 | tail -5)
+rm -rf "$corpus"
+
+# Every stage above stops the script on failure (set -e), so reaching here means all passed.
+echo "stages: ${stages} passed, 0 failed"
