@@ -1,0 +1,258 @@
+//! LAN gossip membership, wrapped in one type over chitchat.
+//!
+//! Every sidecar and server gossips a few small keys about itself (constants below, well under 1 KiB
+//! per node). Failure detection is chitchat's phi-accrual detector, spread over all members. The
+//! pure `diff` turns two views of the live members into typed change events; `Membership` feeds it
+//! from chitchat's live-node watch. The transport is injected, so tests run in process and cut links
+//! to simulate partitions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chitchat::transport::Transport;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
+use tokio::sync::watch;
+
+/// Gossip keys. Changing one breaks mixed-version pools: add new ones instead.
+pub const KEY_ADDRESS: &str = "addr";
+pub const KEY_DATACENTER: &str = "dc";
+pub const KEY_ROLE: &str = "role";
+pub const KEY_VERSION: &str = "vsn";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "server" => Some(Role::Server),
+            "client" => Some(Role::Client),
+            _ => None,
+        }
+    }
+}
+
+/// What the pool knows about one live member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub address: String,
+    pub datacenter: String,
+    pub role: Role,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    Joined(Member),
+    Updated(Member),
+    /// Failed or left: no longer live.
+    Left(String),
+}
+
+/// Reads members out of gossip state; nodes that have not gossiped every key yet are skipped.
+pub fn members_from_states(states: &BTreeMap<ChitchatId, NodeState>) -> BTreeMap<String, Member> {
+    states
+        .iter()
+        .filter_map(|(id, state)| {
+            let member = Member {
+                name: id.node_id.to_string(),
+                address: state.get(KEY_ADDRESS)?.to_string(),
+                datacenter: state.get(KEY_DATACENTER)?.to_string(),
+                role: Role::parse(state.get(KEY_ROLE)?)?,
+                version: state.get(KEY_VERSION)?.to_string(),
+            };
+            Some((member.name.clone(), member))
+        })
+        .collect()
+}
+
+/// The changes that turn `before` into `after`.
+pub fn diff(before: &BTreeMap<String, Member>, after: &BTreeMap<String, Member>) -> Vec<MembershipChange> {
+    let mut changes = Vec::new();
+    for (name, member) in after {
+        match before.get(name) {
+            None => changes.push(MembershipChange::Joined(member.clone())),
+            Some(old) if old != member => changes.push(MembershipChange::Updated(member.clone())),
+            Some(_) => {}
+        }
+    }
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        changes.push(MembershipChange::Left(name.clone()));
+    }
+    changes
+}
+
+/// How this node joins the pool.
+pub struct MembershipConfig {
+    pub me: Member,
+    pub gossip_addr: SocketAddr,
+    /// host:port of other members (DNS names allowed, re-resolved by chitchat).
+    pub seeds: Vec<String>,
+    pub cluster_id: String,
+    pub gossip_interval: Duration,
+    pub failure_detector: FailureDetectorConfig,
+}
+
+/// This node's membership in the gossip pool.
+pub struct Membership {
+    handle: ChitchatHandle,
+}
+
+impl Membership {
+    pub async fn start(config: MembershipConfig, transport: &dyn Transport) -> anyhow::Result<Membership> {
+        // A new generation on every start: peers tell a restart from a node that never left.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.me.name.clone(), generation, config.gossip_addr),
+            cluster_id: config.cluster_id,
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.gossip_addr,
+            seed_nodes: config.seeds,
+            failure_detector_config: config.failure_detector,
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let me = &config.me;
+        let keys = vec![
+            (KEY_ADDRESS.to_string(), me.address.clone()),
+            (KEY_DATACENTER.to_string(), me.datacenter.clone()),
+            (KEY_ROLE.to_string(), me.role.as_str().to_string()),
+            (KEY_VERSION.to_string(), me.version.clone()),
+        ];
+        let handle = spawn_chitchat(chitchat_config, keys, transport).await?;
+        Ok(Membership { handle })
+    }
+
+    /// The live members now (this node included).
+    pub async fn live_members(&self) -> BTreeMap<String, Member> {
+        let chitchat = self.handle.chitchat();
+        let guard = chitchat.lock().await;
+        let live: BTreeMap<ChitchatId, NodeState> = guard.live_nodes_watcher().borrow().clone();
+        members_from_states(&live)
+    }
+
+    /// A receiver of the live members, updated as gossip changes them; feed it to `diff`.
+    pub async fn watch(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
+        self.handle.chitchat().lock().await.live_nodes_watcher()
+    }
+
+    /// Leaves the pool (stops gossiping; peers detect the absence).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.handle.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chitchat::transport::ChannelTransport;
+    use std::time::Instant;
+
+    fn member(name: &str, version: &str) -> Member {
+        Member {
+            name: name.into(),
+            address: format!("10.0.0.{}", name.len()),
+            datacenter: "dc1".into(),
+            role: Role::Client,
+            version: version.into(),
+        }
+    }
+
+    #[test]
+    fn diff_reports_joins_updates_and_leaves() {
+        let before: BTreeMap<_, _> =
+            [member("a", "1"), member("b", "1")].into_iter().map(|m| (m.name.clone(), m)).collect();
+        let after: BTreeMap<_, _> =
+            [member("b", "2"), member("c", "1")].into_iter().map(|m| (m.name.clone(), m)).collect();
+        assert_eq!(
+            diff(&before, &after),
+            vec![
+                MembershipChange::Updated(member("b", "2")),
+                MembershipChange::Joined(member("c", "1")),
+                MembershipChange::Left("a".into()),
+            ]
+        );
+        assert!(diff(&after, &after).is_empty());
+    }
+
+    async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn members_see_each_other_detect_a_partition_and_heal() {
+        let transport = ChannelTransport::with_mtu(65_507);
+        let addr = |i: u16| -> SocketAddr { ([127, 0, 0, 1], 20_000 + i).into() };
+        let mut nodes = Vec::new();
+        for i in 1..=3u16 {
+            let config = MembershipConfig {
+                me: Member {
+                    name: format!("pod-{i}"),
+                    address: format!("10.0.0.{i}"),
+                    datacenter: "dc1".into(),
+                    role: if i == 1 { Role::Server } else { Role::Client },
+                    version: "0.1.0".into(),
+                },
+                gossip_addr: addr(i),
+                seeds: vec![addr(1).to_string()],
+                cluster_id: "test".into(),
+                gossip_interval: Duration::from_millis(50),
+                failure_detector: FailureDetectorConfig {
+                    initial_interval: Duration::from_millis(100),
+                    max_interval: Duration::from_secs(1),
+                    ..Default::default()
+                },
+            };
+            nodes.push(Membership::start(config, &transport).await.expect("start"));
+        }
+        for n in &nodes {
+            eventually("everyone to see 3 members", Duration::from_secs(10), async || {
+                n.live_members().await.len() == 3
+            })
+            .await;
+        }
+        let seen = nodes[1].live_members().await;
+        assert_eq!(seen["pod-1"].role, Role::Server);
+        assert_eq!(seen["pod-3"].address, "10.0.0.3");
+
+        // Cut pod-3 off: the others detect it as gone, and it loses them.
+        let before = nodes[0].live_members().await;
+        transport.remove_link(addr(3), addr(1)).await;
+        transport.remove_link(addr(3), addr(2)).await;
+        eventually("pod-3 to be detected", Duration::from_secs(20), async || {
+            !nodes[0].live_members().await.contains_key("pod-3")
+        })
+        .await;
+        let after = nodes[0].live_members().await;
+        assert_eq!(diff(&before, &after), vec![MembershipChange::Left("pod-3".into())]);
+
+        // Heal: pod-3 is back.
+        transport.add_link(addr(3), addr(1)).await;
+        transport.add_link(addr(3), addr(2)).await;
+        eventually("pod-3 to rejoin", Duration::from_secs(20), async || nodes[0].live_members().await.len() == 3).await;
+        for n in nodes {
+            n.shutdown().await.expect("shutdown");
+        }
+    }
+}
