@@ -6,16 +6,6 @@
 use libfuzzer_sys::fuzz_target;
 use registry::acl::{Access, Authorizer, Resource, Rules};
 
-const RESOURCES: [Resource; 7] = [
-    Resource::Key,
-    Resource::Service,
-    Resource::Node,
-    Resource::Session,
-    Resource::Agent,
-    Resource::Event,
-    Resource::Query,
-];
-
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let Ok(rules) = Rules::parse(&text) else { return };
@@ -27,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             names.push(r.name.clone());
             names.push(format!("{}/sub", r.name));
         }
-        for res in RESOURCES {
+        for res in Resource::ALL {
             for name in &names {
                 let write = a.allows(res, name, Access::Write);
                 let read = a.allows(res, name, Access::Read);
@@ -48,5 +38,5 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let m = Authorizer::management();
-    assert!(RESOURCES.iter().all(|r| m.allows(*r, &text, Access::Write)));
+    assert!(Resource::ALL.iter().all(|r| m.allows(*r, &text, Access::Write)));
 });

@@ -60,7 +60,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 7] = [
         Resource::Key,
         Resource::Service,
         Resource::Node,

@@ -61,6 +61,22 @@ impl HealthStatus {
     }
 }
 
+/// Consul keeps at most 4 KiB of a check's output.
+pub const MAX_CHECK_OUTPUT: usize = 4096;
+
+/// Truncates check output to `MAX_CHECK_OUTPUT` on a character boundary, saying so.
+pub fn cap_check_output(mut output: String) -> String {
+    if output.len() > MAX_CHECK_OUTPUT {
+        let mut cut = MAX_CHECK_OUTPUT;
+        while !output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        output.truncate(cut);
+        output.push_str(" ... (truncated)");
+    }
+    output
+}
+
 /// `/v1/operator/raft/configuration`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]

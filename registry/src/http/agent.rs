@@ -382,23 +382,13 @@ async fn deregister_check(app: &Arc<App>, id: &str) -> ApiResult {
     Ok(super::text(StatusCode::OK, ""))
 }
 
-/// Consul keeps at most 4 KiB of check output.
-const MAX_OUTPUT: usize = 4096;
-
-async fn update_ttl(app: &Arc<App>, id: &str, status: HealthStatus, mut output: String) -> ApiResult {
+async fn update_ttl(app: &Arc<App>, id: &str, status: HealthStatus, output: String) -> ApiResult {
     let ttl = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(|c| c.ttl);
     let Some(ttl) = ttl else {
         // Consul answers 500; a 400 with its message is the better answer to a client's mistake.
         return Err(ApiError::BadRequest(format!("CheckID {id:?} does not have associated TTL")));
     };
-    if output.len() > MAX_OUTPUT {
-        let mut cut = MAX_OUTPUT;
-        while !output.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        output.truncate(cut);
-        output.push_str(" ... (captured 4096 of more bytes)");
-    }
+    let output = crate::api::cap_check_output(output);
     arm_ttl(app, id, Some(ttl));
     let cmd =
         Command::CheckStatus { node: app.me.name.clone(), check_id: id.to_string(), status, output, now_ms: now_ms() };

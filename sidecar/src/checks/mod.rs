@@ -11,8 +11,7 @@ pub use ttl::TtlCheck;
 
 use registry::api::HealthStatus;
 
-/// Consul keeps at most 4 KiB of a check's output.
-pub const MAX_OUTPUT: usize = 4096;
+pub use registry::api::{cap_check_output as cap_output, MAX_CHECK_OUTPUT as MAX_OUTPUT};
 
 /// One probe's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,19 +24,6 @@ impl Probe {
     pub fn new(status: HealthStatus, output: impl Into<String>) -> Self {
         Probe { status, output: cap_output(output.into()) }
     }
-}
-
-/// Truncates on a character boundary, saying so.
-pub fn cap_output(mut output: String) -> String {
-    if output.len() > MAX_OUTPUT {
-        let mut cut = MAX_OUTPUT;
-        while !output.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        output.truncate(cut);
-        output.push_str(" ... (truncated)");
-    }
-    output
 }
 
 /// A check kind that can be probed once (the scheduler calls it every interval).
