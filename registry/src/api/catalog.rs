@@ -174,6 +174,25 @@ pub struct ServiceEntry {
     pub checks: Vec<HealthCheck>,
 }
 
+/// `ServiceEntry` borrowing from the state, so a large answer is encoded without copying it first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceEntryRef<'a> {
+    pub node: &'a Node,
+    pub service: &'a NodeService,
+    pub checks: Vec<&'a HealthCheck>,
+}
+
+impl ServiceEntryRef<'_> {
+    pub fn to_owned_entry(&self) -> ServiceEntry {
+        ServiceEntry {
+            node: self.node.clone(),
+            service: self.service.clone(),
+            checks: self.checks.iter().map(|c| (*c).clone()).collect(),
+        }
+    }
+}
+
 /// `/v1/catalog/node/:node`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -8,7 +8,7 @@ use super::acl::{authorize_write, authorizer_in, filter_by, mark_filtered, requi
 use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Authorizer, Resource};
-use crate::api::{DeregisterRequest, HealthStatus, RegisterRequest, ServiceEntry};
+use crate::api::{DeregisterRequest, HealthStatus, RegisterRequest};
 use crate::filter::Filter;
 use crate::server::{now_ms, App};
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
@@ -31,7 +31,7 @@ fn has_tags(tags: &[String], wanted: &[String]) -> bool {
 
 /// Runs a (possibly blocking) read and answers it with the query headers. The query gets the
 /// caller's authorizer, resolved again on every wake, and says whether it dropped anything.
-async fn read<T: serde::Serialize>(
+async fn read<T: Body>(
     app: &Arc<App>,
     req: &Req,
     keys: impl Fn() -> Vec<WatchKey>,
@@ -49,7 +49,29 @@ async fn read<T: serde::Serialize>(
     })
     .await?;
     let (value, filtered) = result?;
-    Ok(mark_filtered(super::with_consistency(with_query_meta(app, ok_json(&value), index), &opts), filtered))
+    Ok(mark_filtered(super::with_consistency(with_query_meta(app, value.into_response(), index), &opts), filtered))
+}
+
+/// An answer body: any serializable value, or JSON already encoded under the state's read lock.
+trait Body {
+    fn into_response(self) -> super::Resp;
+}
+
+impl<T: serde::Serialize> Body for T {
+    fn into_response(self) -> super::Resp {
+        ok_json(&self)
+    }
+}
+
+/// JSON bytes encoded while the state was locked.
+struct Encoded(Vec<u8>);
+
+impl Body for Encoded {
+    fn into_response(self) -> super::Resp {
+        let mut r = warp::http::Response::new(bytes::Bytes::from(self.0));
+        r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("application/json"));
+        r
+    }
 }
 
 fn can_read_node(a: &Authorizer, node: &str) -> bool {
@@ -238,11 +260,6 @@ async fn deregister(app: &Arc<App>, req: &Req) -> ApiResult {
     }
 }
 
-/// `?passing`: only entries whose every check is passing.
-fn all_passing(e: &ServiceEntry) -> bool {
-    e.checks.iter().all(|c| c.status == HealthStatus::Passing)
-}
-
 pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     get_only(req)?;
     let (op, arg) = tail.split_once('/').unwrap_or((tail, ""));
@@ -285,16 +302,18 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 req,
                 || vec![WatchKey::Service(arg.to_string())],
                 |s, a| {
-                    let (i, list) = s.health_service(arg);
+                    // Borrowed entries, encoded under the read lock: a 10,000-instance answer is
+                    // not deep-copied first.
+                    let (i, list) = s.health_service_refs(arg);
                     let list: Vec<_> = list
                         .into_iter()
-                        .filter(|e| !passing || all_passing(e))
+                        .filter(|e| !passing || e.checks.iter().all(|c| c.status == HealthStatus::Passing))
                         .filter(|e| has_tags(&e.service.tags, &wanted))
                         .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)))
                         .collect();
                     let (list, f) =
                         filter_by(list, |e| can_read_service(a, &e.service.service) && can_read_node(a, &e.node.node));
-                    (i, list, f)
+                    (i, Encoded(serde_json::to_vec(&list).unwrap_or_default()), f)
                 },
             )
             .await

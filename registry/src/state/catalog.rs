@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::{CommandResult, State, Table, Touched, WatchKey};
 use crate::api::{
     CatalogNode, CatalogService, DeregisterRequest, HealthCheck, HealthStatus, Node, NodeService, RegisterRequest,
-    ServiceEntry,
+    ServiceEntry, ServiceEntryRef,
 };
 
 impl State {
@@ -357,17 +357,21 @@ impl State {
 
     /// `/v1/health/service/:name`: each instance with its node-level and service-level checks.
     pub fn health_service(&self, name: &str) -> (u64, Vec<ServiceEntry>) {
+        let (index, refs) = self.health_service_refs(name);
+        (index, refs.iter().map(ServiceEntryRef::to_owned_entry).collect())
+    }
+
+    /// The same, borrowing from the state (encode it while the read lock is held).
+    pub fn health_service_refs(&self, name: &str) -> (u64, Vec<ServiceEntryRef<'_>>) {
         let entries = self
             .instances(name)
-            .map(|(node, svc)| ServiceEntry {
-                node: node.clone(),
-                service: svc.clone(),
+            .map(|(node, svc)| ServiceEntryRef {
+                node,
+                service: svc,
                 checks: self
                     .checks
                     .get(&node.node)
-                    .map(|m| {
-                        m.values().filter(|c| c.service_id.is_empty() || c.service_id == svc.id).cloned().collect()
-                    })
+                    .map(|m| m.values().filter(|c| c.service_id.is_empty() || c.service_id == svc.id).collect())
                     .unwrap_or_default(),
             })
             .collect();
