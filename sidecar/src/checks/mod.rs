@@ -2,6 +2,7 @@
 //! flap damping (`success_before_passing`, `failures_before_critical`) shared by all of them.
 
 mod http;
+pub mod scheduler;
 mod tcp;
 mod ttl;
 
