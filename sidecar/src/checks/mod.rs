@@ -1,11 +1,13 @@
 //! Health checks the sidecar runs against its app: one file per kind behind one trait, and the
 //! flap damping (`success_before_passing`, `failures_before_critical`) shared by all of them.
 
+mod exec;
 mod http;
 pub mod scheduler;
 mod tcp;
 mod ttl;
 
+pub use exec::ExecCheck;
 pub use http::HttpCheck;
 pub use tcp::TcpCheck;
 pub use ttl::TtlCheck;
