@@ -1,10 +1,11 @@
 //! A typed HTTP client for Roster's (and Consul's) `/v1` API, shared by the sidecar, the operator and
 //! the servers themselves (leader forwarding). Rustls with the ring provider only.
 
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use crate::api::{KvPair, RegisterRequest, ServiceEntry};
+use crate::api::{CatalogNode, DeregisterRequest, HealthCheck, KvPair, RegisterRequest, ServiceEntry};
 
 static CRYPTO: Once = Once::new();
 
@@ -31,11 +32,14 @@ pub enum ClientError {
     NoServer(String),
 }
 
-/// A client over one or more servers: each call tries them in order until one answers.
+/// A client over one or more servers: each call starts at the last server that answered and fails
+/// over to the others in turn.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    servers: Vec<String>,
+    servers: Arc<Vec<String>>,
+    preferred: Arc<AtomicUsize>,
+    token: Option<String>,
 }
 
 /// A read's answer with its `X-Consul-Index`.
@@ -45,13 +49,88 @@ pub struct Indexed<T> {
     pub value: T,
 }
 
+/// An answer passed through as it came (the sidecar forwards these to its app).
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
 impl Client {
+    /// `servers` are HTTP addresses (host:port, DNS names allowed). No request timeout: blocking
+    /// queries may take minutes; connecting is bounded.
     pub fn new(servers: Vec<String>) -> Result<Self, ClientError> {
         let http = http_builder()
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| ClientError::Transport { addr: String::new(), source: e })?;
-        Ok(Client { http, servers })
+        Ok(Client { http, servers: Arc::new(servers), preferred: Arc::new(AtomicUsize::new(0)), token: None })
+    }
+
+    /// Sends this ACL token (`X-Consul-Token`) on every call that does not carry its own.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// Sends one request, failing over between servers. A write is retried on another server only
+    /// when it could not be sent (connection refused or reset before an answer); a read also when
+    /// the server answers 5xx and `retry_5xx` is set.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+        retry_5xx: bool,
+    ) -> Result<RawResponse, ClientError> {
+        let n = self.servers.len();
+        if n == 0 {
+            return Err(ClientError::NoServer("no servers configured".into()));
+        }
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let idempotent = matches!(method, reqwest::Method::GET | reqwest::Method::HEAD);
+        let mut last = String::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let server = &self.servers[i];
+            let mut req = self
+                .http
+                .request(method.clone(), format!("http://{server}{path_and_query}"))
+                .headers(headers.clone())
+                .body(body.clone());
+            if let Some(t) = &self.token {
+                if !headers.contains_key("x-consul-token") {
+                    req = req.header("x-consul-token", t);
+                }
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    match resp.bytes().await {
+                        Ok(body) => {
+                            if retry_5xx && status.is_server_error() && k + 1 < n {
+                                last = format!("{server}: {status}");
+                                continue;
+                            }
+                            self.preferred.store(i, Ordering::Relaxed);
+                            return Ok(RawResponse { status, headers, body });
+                        }
+                        Err(e) if idempotent => last = format!("{server}: {e}"),
+                        Err(e) => return Err(ClientError::Transport { addr: server.clone(), source: e }),
+                    }
+                }
+                Err(e) if idempotent || e.is_connect() => last = format!("{server}: {e}"),
+                Err(e) => return Err(ClientError::Transport { addr: server.clone(), source: e }),
+            }
+        }
+        Err(ClientError::NoServer(last))
     }
 
     async fn send(
@@ -60,33 +139,12 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u64, reqwest::StatusCode, bytes::Bytes), ClientError> {
-        let mut last = String::from("no servers configured");
-        for server in &self.servers {
-            let mut req = self.http.request(method.clone(), format!("http://{server}{path_and_query}"));
-            if let Some(b) = &body {
-                req = req.body(b.clone());
-            }
-            match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let index = resp
-                        .headers()
-                        .get("x-consul-index")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    let bytes =
-                        resp.bytes().await.map_err(|e| ClientError::Transport { addr: server.clone(), source: e })?;
-                    if status.is_server_error() {
-                        last = format!("{server}: {status}");
-                        continue;
-                    }
-                    return Ok((index, status, bytes));
-                }
-                Err(e) => last = format!("{server}: {e}"),
-            }
-        }
-        Err(ClientError::NoServer(last))
+        let resp = self
+            .raw(method, path_and_query, Default::default(), body.map(bytes::Bytes::from).unwrap_or_default(), true)
+            .await?;
+        let index =
+            resp.headers.get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((index, resp.status, resp.body))
     }
 
     fn check(status: reqwest::StatusCode, body: &bytes::Bytes) -> Result<(), ClientError> {
@@ -97,6 +155,10 @@ impl Client {
         }
     }
 
+    fn parse<T: serde::de::DeserializeOwned>(status: reqwest::StatusCode, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Status { status: status.as_u16(), body: e.to_string() })
+    }
+
     /// `GET /v1/kv/:key`; `None` when the key does not exist.
     pub async fn kv_get(&self, key: &str) -> Result<Indexed<Option<KvPair>>, ClientError> {
         let (index, status, body) = self.send(reqwest::Method::GET, &format!("/v1/kv/{key}"), None).await?;
@@ -104,8 +166,7 @@ impl Client {
             return Ok(Indexed { index, value: None });
         }
         Self::check(status, &body)?;
-        let mut list: Vec<KvPair> = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Status { status: status.as_u16(), body: e.to_string() })?;
+        let mut list: Vec<KvPair> = Self::parse(status, &body)?;
         Ok(Indexed { index, value: list.pop() })
     }
 
@@ -126,13 +187,32 @@ impl Client {
         Self::check(status, &body)
     }
 
+    pub async fn catalog_deregister(&self, r: &DeregisterRequest) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(r).map_err(|e| ClientError::Status { status: 0, body: e.to_string() })?;
+        let (_, status, body) = self.send(reqwest::Method::PUT, "/v1/catalog/deregister", Some(body)).await?;
+        Self::check(status, &body)
+    }
+
+    /// `GET /v1/catalog/node/:node`: the node and its services; `None` when it is not registered.
+    pub async fn catalog_node(&self, node: &str) -> Result<Option<CatalogNode>, ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::GET, &format!("/v1/catalog/node/{node}"), None).await?;
+        Self::check(status, &body)?;
+        Self::parse(status, &body)
+    }
+
+    /// `GET /v1/health/node/:node`: the node's checks.
+    pub async fn health_node(&self, node: &str) -> Result<Vec<HealthCheck>, ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::GET, &format!("/v1/health/node/{node}"), None).await?;
+        Self::check(status, &body)?;
+        Self::parse(status, &body)
+    }
+
     /// `GET /v1/health/service/:name[?passing]`.
     pub async fn health_service(&self, name: &str, passing: bool) -> Result<Indexed<Vec<ServiceEntry>>, ClientError> {
         let path = format!("/v1/health/service/{name}{}", if passing { "?passing" } else { "" });
         let (index, status, body) = self.send(reqwest::Method::GET, &path, None).await?;
         Self::check(status, &body)?;
-        let value = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Status { status: status.as_u16(), body: e.to_string() })?;
+        let value = Self::parse(status, &body)?;
         Ok(Indexed { index, value })
     }
 }

@@ -42,6 +42,18 @@ pub struct Config {
     pub acl_default_policy: String,
     /// A management token's secret to create at start (Consul's `acl.tokens.initial_management`).
     pub acl_initial_management: Option<String>,
+    /// LAN gossip listener (UDP; Consul's serf_lan port is 8301). None: no gossip, so sidecars'
+    /// health is not tracked by failure detection.
+    pub gossip_addr: Option<SocketAddr>,
+    /// Gossip address other members dial (the pod IP when listening on 0.0.0.0).
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses (host:port, DNS names allowed) of other members, usually the other servers.
+    pub gossip_seeds: Vec<String>,
+    /// Gossip round interval and failure-detector sensitivity (see docs/benchmarks.md for the trade-off).
+    pub gossip_interval_ms: u64,
+    pub gossip_phi_threshold: f64,
+    /// A member failed this long is removed from the catalog (Consul's `reconnect_timeout`, 72 h).
+    pub reap_after_secs: u64,
 }
 
 impl Default for Config {
@@ -65,6 +77,12 @@ impl Default for Config {
             acl_enabled: false,
             acl_default_policy: "allow".into(),
             acl_initial_management: None,
+            gossip_addr: None,
+            gossip_advertise: None,
+            gossip_seeds: Vec::new(),
+            gossip_interval_ms: crate::gossip::DEFAULT_INTERVAL_MS,
+            gossip_phi_threshold: crate::gossip::DEFAULT_PHI_THRESHOLD,
+            reap_after_secs: 72 * 3600,
         }
     }
 }
@@ -74,9 +92,9 @@ fn default_node_name() -> String {
 }
 
 impl Config {
-    /// `roster dev`: one server, in memory, API on 127.0.0.1:8500.
+    /// `roster dev`: one server, in memory, API on 127.0.0.1:8500, gossip on 127.0.0.1:8301.
     pub fn dev() -> Self {
-        Config::default()
+        Config { gossip_addr: Some(([127, 0, 0, 1], 8301).into()), ..Config::default() }
     }
 
     /// Upper bound of the randomized election timeout (and openraft's leader lease).
@@ -113,6 +131,9 @@ impl Config {
         }
         if self.acl_default_policy != "allow" && self.acl_default_policy != "deny" {
             return Err(format!("acl_default_policy must be \"allow\" or \"deny\", not {:?}", self.acl_default_policy));
+        }
+        if self.gossip_interval_ms == 0 || self.gossip_phi_threshold.is_nan() || self.gossip_phi_threshold <= 0.0 {
+            return Err("gossip_interval_ms and gossip_phi_threshold must be positive".into());
         }
         if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms * 3 {
             return Err("raft_election_timeout_ms must be more than 3 x raft_heartbeat_ms".into());
@@ -159,6 +180,17 @@ pub struct ServerArgs {
     /// Prefer the environment (for example from a Kubernetes Secret) over a flag: flags show in `ps`.
     #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
     pub acl_initial_management: Option<String>,
+    #[arg(long, env = "ROSTER_GOSSIP_ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_GOSSIP_ADVERTISE")]
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Repeatable; or comma-separated in ROSTER_GOSSIP_SEEDS.
+    #[arg(long, env = "ROSTER_GOSSIP_SEEDS", value_delimiter = ',')]
+    pub gossip_seeds: Vec<String>,
+    #[arg(long, env = "ROSTER_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    #[arg(long, env = "ROSTER_REAP_AFTER_SECS")]
+    pub reap_after_secs: Option<u64>,
 }
 
 impl ServerArgs {
@@ -180,8 +212,19 @@ impl ServerArgs {
             snapshot_threshold,
             log_format,
             acl_enabled,
-            acl_default_policy
+            acl_default_policy,
+            gossip_interval_ms,
+            reap_after_secs
         );
+        if self.gossip_addr.is_some() {
+            c.gossip_addr = self.gossip_addr;
+        }
+        if self.gossip_advertise.is_some() {
+            c.gossip_advertise = self.gossip_advertise;
+        }
+        if !self.gossip_seeds.is_empty() {
+            c.gossip_seeds = self.gossip_seeds;
+        }
         if self.acl_initial_management.is_some() {
             c.acl_initial_management = self.acl_initial_management;
         }

@@ -3,6 +3,7 @@
 //! Layers, bottom up (nothing imports upward):
 //! - [`api`]: Consul wire types. Always built; no tokio, warp or openraft.
 //! - `client`: a typed HTTP client over `api` (feature `client`), shared by the sidecar and the operator.
+//! - `gossip`: LAN gossip membership over chitchat (feature `gossip`), shared by servers and sidecars.
 //! - `state`: the pure state machine (catalog, KV, sessions) and the watch hub for blocking queries.
 //! - `raft`: openraft glue: durable log with group commit, state machine with snapshots, RPC network.
 //! - `http`: Consul's `/v1` API over warp, forwarding to the leader where Consul would.
@@ -27,12 +28,16 @@ pub mod cluster;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod filter;
+#[cfg(feature = "gossip")]
+pub mod gossip;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod proposer;
+#[cfg(feature = "server")]
+pub mod reconcile;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -20,6 +20,9 @@ enum Cmd {
         /// Server RPC address.
         #[arg(long, default_value = "127.0.0.1:8300")]
         rpc_addr: std::net::SocketAddr,
+        /// LAN gossip address sidecars join ("off" for none).
+        #[arg(long, default_value = "127.0.0.1:8301")]
+        gossip_addr: String,
         /// Enforce ACLs (off by default, as in `consul agent -dev`).
         #[arg(long)]
         acl_enabled: bool,
@@ -37,8 +40,19 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
-        Cmd::Dev { http_addr, rpc_addr, acl_enabled, acl_default_policy, acl_initial_management } => {
+        Cmd::Dev { http_addr, rpc_addr, gossip_addr, acl_enabled, acl_default_policy, acl_initial_management } => {
+            let gossip_addr = match gossip_addr.as_str() {
+                "off" => None,
+                a => match a.parse() {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        eprintln!("roster: --gossip-addr {a:?}: {e}");
+                        return std::process::ExitCode::from(2);
+                    }
+                },
+            };
             let c = Config {
+                gossip_addr,
                 http_addr,
                 rpc_addr,
                 acl_enabled,

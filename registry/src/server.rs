@@ -62,6 +62,8 @@ pub struct App {
     pub agent_checks: Mutex<std::collections::BTreeSet<String>>,
     /// When this server last heard from a leader (for X-Consul-LastContact).
     pub last_contact: Mutex<Option<Instant>>,
+    /// This server's place in the LAN gossip pool, when gossip is on.
+    pub gossip: Option<Arc<crate::gossip::Membership>>,
     pub shutdown: watch::Sender<bool>,
 }
 
@@ -375,6 +377,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         rpc_addr: config.advertised_rpc(),
         http_addr: config.advertised_http(),
     };
+    let gossip = match config.gossip_addr {
+        Some(addr) => Some(Arc::new(start_gossip(&config, &me, addr).await?)),
+        None => None,
+    };
     let http = crate::client::http_builder().build()?;
     let metrics = Metrics::new();
     let app = Arc::new(App {
@@ -392,6 +398,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         agent_services: Mutex::new(Default::default()),
         agent_checks: Mutex::new(Default::default()),
         last_contact: Mutex::new(None),
+        gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
     });
 
@@ -414,8 +421,35 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     handles.push(tokio::spawn(agent_loop(app.clone())));
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
+    if let Some(g) = gossip {
+        handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g)));
+    }
     tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, rpc = %bound.rpc, "roster server started");
     Ok((app, Tasks { handles, bound }))
+}
+
+async fn start_gossip(config: &Config, me: &ServerNode, addr: SocketAddr) -> anyhow::Result<crate::gossip::Membership> {
+    use crate::gossip::{Member, Membership, MembershipConfig, Role};
+    let interval = Duration::from_millis(config.gossip_interval_ms);
+    let host = me.rpc_addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(me.rpc_addr.clone());
+    let membership = MembershipConfig {
+        me: Member {
+            name: me.name.clone(),
+            address: host,
+            datacenter: config.datacenter.clone(),
+            role: Role::Server,
+            version: env!("CARGO_PKG_VERSION").into(),
+            gossip_addr: config.gossip_advertise.unwrap_or(addr),
+        },
+        gossip_addr: addr,
+        advertise_addr: config.gossip_advertise,
+        seeds: config.gossip_seeds.clone(),
+        cluster_id: crate::gossip::cluster_id(&config.datacenter),
+        gossip_interval: interval,
+        failure_detector: crate::gossip::failure_detector(interval, config.gossip_phi_threshold),
+    };
+    let transport = chitchat::transport::UdpTransport;
+    Membership::start(membership, &transport).await.map_err(|e| anyhow::anyhow!("cannot start gossip on {addr}: {e:#}"))
 }
 
 /// Graceful stop: hand leadership off, stop serving, then shut Raft down.
@@ -427,6 +461,9 @@ pub async fn stop(app: Arc<App>, tasks: Tasks) {
         }
     }
     let _ = app.shutdown.send(true);
+    if let Some(g) = &app.gossip {
+        let _ = g.leave().await;
+    }
     // In-flight blocking queries may wait minutes: give everything 3 s, then cut it off.
     let aborts: Vec<_> = tasks.handles.iter().map(|h| h.abort_handle()).collect();
     if tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks.handles)).await.is_err() {

@@ -1,7 +1,129 @@
-//! Roster's sidecar (issue 4, in progress): gossip membership and the check runners so far.
+//! Roster's sidecar: one per pod. It joins the LAN gossip pool (failure detection spread over the
+//! pods), registers the pod as a node with its services, runs their health checks against the app,
+//! keeps the servers in sync (anti-entropy), and answers the app on localhost with Consul's agent
+//! API, forwarding every other `/v1` call to the servers.
 //!
-//! Still to come: pod registration, health checks, anti-entropy with the servers and the localhost
-//! agent API. See the open issue.
+//! Layout: `config` (file, env, flags) -> `agent` (local state in `local`, check runners in
+//! `checks`) -> `sync` (anti-entropy) and `http` (the localhost API); `Sidecar` wires them up.
 
+pub mod agent;
 pub mod checks;
-pub mod membership;
+pub mod config;
+pub mod http;
+pub mod local;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry::api::DeregisterRequest;
+use registry::client::Client;
+use registry::gossip::{Member, Membership, MembershipConfig, Role};
+use tokio::sync::watch;
+
+pub use config::{Config, SidecarArgs};
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub http_addr: SocketAddr,
+    pub agent: Arc<agent::Agent>,
+    pub gossip: Option<Arc<Membership>>,
+    client: Client,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sidecar {
+    pub async fn start(config: Config) -> anyhow::Result<Sidecar> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let node = local::NodeInfo {
+            name: config.node_name.clone(),
+            address: config.address.clone(),
+            datacenter: config.datacenter.clone(),
+            meta: config.node_meta.clone(),
+        };
+        let (agent, updates) = agent::Agent::new(node, config.enable_script_checks);
+        for def in config.service_definitions().map_err(anyhow::Error::msg)? {
+            agent.register_service(&def).map_err(|e| anyhow::anyhow!("service {:?}: {e}", def.name))?;
+        }
+        let client = Client::new(config.servers.clone())?.with_token(config.token.clone());
+        let gossip = match config.gossip_addr {
+            Some(addr) => Some(Arc::new(start_gossip(&config, addr).await?)),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?;
+        let http_addr = listener.local_addr()?;
+        let (shutdown, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(http::Ctx { agent: agent.clone(), client: client.clone(), gossip: gossip.clone() });
+        let mut graceful = stop_rx.clone();
+        let tasks = vec![
+            tokio::spawn(
+                warp::serve(http::routes(ctx))
+                    .incoming(listener)
+                    .graceful(async move {
+                        let _ = graceful.wait_for(|s| *s).await;
+                    })
+                    .run(),
+            ),
+            tokio::spawn(agent.clone().run(updates, stop_rx.clone())),
+            tokio::spawn(sync::sync_loop(agent.clone(), client.clone(), config.sync_interval(), stop_rx)),
+        ];
+        tracing::info!(node = %config.node_name, http = %http_addr, servers = ?config.servers, "roster sidecar started");
+        Ok(Sidecar { http_addr, agent, gossip, client, shutdown, tasks })
+    }
+
+    /// Clean shutdown: deregister this node at once, announce the leave to the pool, stop.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let node = self.agent.node();
+        let dereg = DeregisterRequest {
+            node: Some(node.name.clone()),
+            datacenter: Some(node.datacenter),
+            ..Default::default()
+        };
+        match tokio::time::timeout(Duration::from_secs(3), self.client.catalog_deregister(&dereg)).await {
+            Ok(Ok(())) => tracing::info!("deregistered from the catalog"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not deregister; the leader will when it sees the leave"),
+            Err(_) => tracing::warn!("deregistering timed out; the leader will when it sees the leave"),
+        }
+        if let Some(g) = &self.gossip {
+            let _ = g.leave().await;
+        }
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        if tokio::time::timeout(Duration::from_secs(3), futures_join(self.tasks)).await.is_err() {
+            aborts.iter().for_each(|a| a.abort());
+        }
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn start_gossip(config: &Config, addr: SocketAddr) -> anyhow::Result<Membership> {
+    let interval = config.gossip_interval();
+    let membership = MembershipConfig {
+        me: Member {
+            name: config.node_name.clone(),
+            address: config.address.clone(),
+            datacenter: config.datacenter.clone(),
+            role: Role::Client,
+            version: env!("CARGO_PKG_VERSION").into(),
+            gossip_addr: config.gossip_advertise.unwrap_or(addr),
+        },
+        gossip_addr: addr,
+        advertise_addr: config.gossip_advertise,
+        seeds: config.gossip_seeds.clone(),
+        cluster_id: registry::gossip::cluster_id(&config.datacenter),
+        gossip_interval: interval,
+        failure_detector: registry::gossip::failure_detector(interval, config.gossip_phi_threshold),
+    };
+    Membership::start(membership, &chitchat::transport::UdpTransport)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start gossip on {addr}: {e:#}"))
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use registry::api::HealthStatus;
-use roster_sidecar::checks::{Check, HttpCheck, TcpCheck, TtlCheck};
+use roster_sidecar::checks::{Check, GrpcCheck, HttpCheck, TcpCheck};
 use warp::Filter;
 
 /// An app with /ok (200), /busy (429), /broken (500) and /slow (answers after 2 s).
@@ -50,16 +50,28 @@ async fn tcp_check_passes_on_connect_and_fails_on_refusal() {
 }
 
 #[tokio::test]
-async fn ttl_check_follows_updates_and_expires() {
-    let check = TtlCheck::new(Duration::from_millis(300));
-    assert_eq!(check.probe().await.status, HealthStatus::Critical, "critical until the first update");
-    check.update(HealthStatus::Passing, "ok");
-    let p = check.probe().await;
-    assert_eq!((p.status, p.output.as_str()), (HealthStatus::Passing, "ok"));
-    check.update(HealthStatus::Warning, "slow");
-    assert_eq!(check.probe().await.status, HealthStatus::Warning);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let expired = check.probe().await;
-    assert_eq!(expired.status, HealthStatus::Critical);
-    assert!(expired.output.contains("TTL expired"));
+async fn grpc_check_speaks_the_health_protocol() {
+    use tonic_health::ServingStatus;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter.set_service_status("db", ServingStatus::NotServing).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let probe =
+        |target: String| async move { GrpcCheck::new(&target, Duration::from_secs(1)).expect("check").probe().await };
+    let ok = probe(addr.to_string()).await;
+    assert_eq!(ok.status, HealthStatus::Passing, "{}", ok.output);
+    let db = probe(format!("{addr}/db")).await;
+    assert_eq!(db.status, HealthStatus::Critical);
+    assert!(db.output.contains("NOT_SERVING"), "{}", db.output);
+    let unknown = probe(format!("{addr}/nope")).await;
+    assert_eq!(unknown.status, HealthStatus::Critical, "an unknown service is not serving: {}", unknown.output);
+    server.abort();
+    let down = probe(addr.to_string()).await;
+    assert_eq!(down.status, HealthStatus::Critical, "{}", down.output);
 }

@@ -46,8 +46,15 @@ pub struct AgentCheckRegistration {
     #[serde(rename = "GRPC")]
     pub grpc: Option<String>,
     pub args: Option<Vec<String>>,
+    /// HTTP method of an HTTP check (GET by default).
+    pub method: Option<String>,
+    /// gRPC over TLS; the sidecar speaks plaintext gRPC only and refuses this.
+    #[serde(rename = "GRPCUseTLS")]
+    pub grpc_use_tls: Option<bool>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
+    pub success_before_passing: Option<u32>,
+    pub failures_before_critical: Option<u32>,
     pub deregister_critical_service_after: Option<String>,
 }
 

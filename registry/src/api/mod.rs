@@ -7,6 +7,7 @@ mod acl;
 mod agent;
 mod catalog;
 mod duration;
+pub mod json;
 mod kv;
 mod session;
 

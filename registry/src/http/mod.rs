@@ -8,7 +8,6 @@ pub mod acl;
 mod agent;
 mod blocking;
 mod catalog;
-mod json;
 mod kv;
 mod session;
 mod status;
@@ -24,6 +23,19 @@ use warp::Filter;
 use crate::server::{App, ProposeError};
 
 pub use blocking::{Consistency, QueryOpts};
+
+/// Request bodies, decoded as Consul decodes them (see `api::json`), failing with a 400.
+mod json {
+    use super::ApiError;
+
+    pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+        crate::api::json::decode(body).map_err(ApiError::BadRequest)
+    }
+
+    pub fn decode_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+        crate::api::json::decode_or_default(body).map_err(ApiError::BadRequest)
+    }
+}
 
 /// Marks a request already forwarded once, so two servers that disagree on the leader cannot loop.
 const FORWARDED: &str = "x-roster-forwarded";

@@ -1,16 +1,17 @@
 //! Health checks the sidecar runs against its app: one file per kind behind one trait, and the
 //! flap damping (`success_before_passing`, `failures_before_critical`) shared by all of them.
+//! TTL checks have no runner: the app pushes their status (see `local::LocalState::update_ttl`).
 
 mod exec;
+mod grpc;
 mod http;
 pub mod scheduler;
 mod tcp;
-mod ttl;
 
 pub use exec::ExecCheck;
+pub use grpc::GrpcCheck;
 pub use http::HttpCheck;
 pub use tcp::TcpCheck;
-pub use ttl::TtlCheck;
 
 use registry::api::HealthStatus;
 

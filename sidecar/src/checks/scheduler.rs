@@ -66,11 +66,21 @@ pub fn spawn<C: Check + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::TtlCheck;
+    use crate::checks::Probe;
+    use std::sync::Mutex;
+
+    /// A check that answers whatever the test last set.
+    struct Scripted(Mutex<Probe>);
+
+    impl Check for Scripted {
+        async fn probe(&self) -> Probe {
+            self.0.lock().unwrap().clone()
+        }
+    }
 
     #[tokio::test]
     async fn reports_changes_only_and_stops() {
-        let check = Arc::new(TtlCheck::new(Duration::from_secs(60)));
+        let check = Arc::new(Scripted(Mutex::new(Probe::new(HealthStatus::Critical, ""))));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let schedule = Schedule {
@@ -82,7 +92,7 @@ mod tests {
         let task = spawn(check.clone(), schedule, tx, stop_rx);
         let first = rx.recv().await.expect("first update");
         assert_eq!(first.status, HealthStatus::Critical);
-        check.update(HealthStatus::Passing, "ok");
+        *check.0.lock().unwrap() = Probe::new(HealthStatus::Passing, "ok");
         // The first pass changes only the output (still damped to critical); the second one turns
         // it passing; after that, probes that change nothing send nothing.
         async fn next(rx: &mut mpsc::UnboundedReceiver<CheckUpdate>) -> CheckUpdate {

@@ -1,4 +1,4 @@
-//! LAN gossip membership, wrapped in one type over chitchat.
+//! LAN gossip membership, wrapped in one type over chitchat (feature `gossip`; servers and sidecars).
 //!
 //! Every sidecar and server gossips a few small keys about itself (constants below, well under 1 KiB
 //! per node). Failure detection is chitchat's phi-accrual detector, spread over all members. The
@@ -8,10 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::transport::Transport;
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+};
 use tokio::sync::watch;
 
 /// Gossip keys. Changing one breaks mixed-version pools: add new ones instead.
@@ -19,6 +22,8 @@ pub const KEY_ADDRESS: &str = "addr";
 pub const KEY_DATACENTER: &str = "dc";
 pub const KEY_ROLE: &str = "role";
 pub const KEY_VERSION: &str = "vsn";
+/// Set by a member that is shutting down cleanly: the leader deregisters it instead of waiting.
+pub const KEY_LEFT: &str = "left";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -27,14 +32,14 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Server => "server",
             Role::Client => "client",
         }
     }
 
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "server" => Some(Role::Server),
             "client" => Some(Role::Client),
@@ -51,6 +56,8 @@ pub struct Member {
     pub datacenter: String,
     pub role: Role,
     pub version: String,
+    /// Where it gossips (from its chitchat ID).
+    pub gossip_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,21 +68,21 @@ pub enum MembershipChange {
     Left(String),
 }
 
+/// Reads one member out of its gossip state; `None` until it has gossiped every key.
+pub fn member_of(id: &ChitchatId, state: &NodeState) -> Option<Member> {
+    Some(Member {
+        name: id.node_id.to_string(),
+        address: state.get(KEY_ADDRESS)?.to_string(),
+        datacenter: state.get(KEY_DATACENTER)?.to_string(),
+        role: Role::parse(state.get(KEY_ROLE)?)?,
+        version: state.get(KEY_VERSION)?.to_string(),
+        gossip_addr: id.gossip_advertise_addr,
+    })
+}
+
 /// Reads members out of gossip state; nodes that have not gossiped every key yet are skipped.
 pub fn members_from_states(states: &BTreeMap<ChitchatId, NodeState>) -> BTreeMap<String, Member> {
-    states
-        .iter()
-        .filter_map(|(id, state)| {
-            let member = Member {
-                name: id.node_id.to_string(),
-                address: state.get(KEY_ADDRESS)?.to_string(),
-                datacenter: state.get(KEY_DATACENTER)?.to_string(),
-                role: Role::parse(state.get(KEY_ROLE)?)?,
-                version: state.get(KEY_VERSION)?.to_string(),
-            };
-            Some((member.name.clone(), member))
-        })
-        .collect()
+    states.iter().filter_map(|(id, state)| member_of(id, state)).map(|m| (m.name.clone(), m)).collect()
 }
 
 /// The changes that turn `before` into `after`.
@@ -94,10 +101,72 @@ pub fn diff(before: &BTreeMap<String, Member>, after: &BTreeMap<String, Member>)
     changes
 }
 
+/// Gossip round interval: each member gossips with a few others this often.
+pub const DEFAULT_INTERVAL_MS: u64 = 200;
+/// Phi-accrual threshold: lower detects sooner, higher tolerates more loss (docs/benchmarks.md).
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+
+/// The failure detector for a gossip interval: chitchat's phi accrual, with heartbeat intervals
+/// assumed at one gossip round before samples arrive, and failed members kept an hour so the
+/// pool can tell "failed" from "never known".
+pub fn failure_detector(interval: Duration, phi_threshold: f64) -> FailureDetectorConfig {
+    FailureDetectorConfig {
+        phi_threshold,
+        initial_interval: interval,
+        max_interval: interval * 10,
+        dead_node_grace_period: Duration::from_secs(3600),
+        ..Default::default()
+    }
+}
+
+/// One pool per datacenter: members of another datacenter's pool ignore our messages.
+pub fn cluster_id(datacenter: &str) -> String {
+    format!("roster-{datacenter}")
+}
+
+/// Everything the pool knows, by node name: live members, members the failure detector gave up on,
+/// and members that announced a clean leave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolView {
+    pub live: BTreeMap<String, Member>,
+    pub failed: BTreeMap<String, Member>,
+    pub left: BTreeMap<String, Member>,
+}
+
+/// Sorts gossip state into a [`PoolView`]. Only a name's newest generation counts: a pod that left
+/// and came back under the same name is whatever its new incarnation is.
+pub fn pool_view<'a>(
+    states: &BTreeMap<ChitchatId, NodeState>,
+    live_ids: impl IntoIterator<Item = &'a ChitchatId>,
+) -> PoolView {
+    let live_ids: std::collections::BTreeSet<&ChitchatId> = live_ids.into_iter().collect();
+    let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
+    for (id, state) in states {
+        let slot = newest.entry(&*id.node_id).or_insert((id, state));
+        if id.generation_id > slot.0.generation_id {
+            *slot = (id, state);
+        }
+    }
+    let mut view = PoolView::default();
+    for (id, state) in newest.into_values() {
+        let Some(member) = member_of(id, state) else { continue };
+        if state.get(KEY_LEFT).is_some() {
+            view.left.insert(member.name.clone(), member);
+        } else if live_ids.contains(id) {
+            view.live.insert(member.name.clone(), member);
+        } else {
+            view.failed.insert(member.name.clone(), member);
+        }
+    }
+    view
+}
+
 /// How this node joins the pool.
 pub struct MembershipConfig {
     pub me: Member,
     pub gossip_addr: SocketAddr,
+    /// What other members dial (the pod IP when listening on 0.0.0.0); defaults to `gossip_addr`.
+    pub advertise_addr: Option<SocketAddr>,
     /// host:port of other members (DNS names allowed, re-resolved by chitchat).
     pub seeds: Vec<String>,
     pub cluster_id: String,
@@ -107,7 +176,11 @@ pub struct MembershipConfig {
 
 /// This node's membership in the gossip pool.
 pub struct Membership {
-    handle: ChitchatHandle,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    id: ChitchatId,
+    interval: Duration,
+    /// Taken by the first `shutdown`/`leave`.
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
 }
 
 impl Membership {
@@ -118,7 +191,11 @@ impl Membership {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.me.name.clone(), generation, config.gossip_addr),
+            chitchat_id: ChitchatId::new(
+                config.me.name.clone(),
+                generation,
+                config.advertise_addr.unwrap_or(config.gossip_addr),
+            ),
             cluster_id: config.cluster_id,
             gossip_interval: config.gossip_interval,
             listen_addr: config.gossip_addr,
@@ -136,26 +213,53 @@ impl Membership {
             (KEY_ROLE.to_string(), me.role.as_str().to_string()),
             (KEY_VERSION.to_string(), me.version.clone()),
         ];
+        let interval = chitchat_config.gossip_interval;
         let handle = spawn_chitchat(chitchat_config, keys, transport).await?;
-        Ok(Membership { handle })
+        Ok(Membership {
+            chitchat: handle.chitchat(),
+            id: handle.chitchat_id().clone(),
+            interval,
+            handle: tokio::sync::Mutex::new(Some(handle)),
+        })
     }
 
     /// The live members now (this node included).
     pub async fn live_members(&self) -> BTreeMap<String, Member> {
-        let chitchat = self.handle.chitchat();
-        let guard = chitchat.lock().await;
+        let guard = self.chitchat.lock().await;
         let live: BTreeMap<ChitchatId, NodeState> = guard.live_nodes_watcher().borrow().clone();
         members_from_states(&live)
     }
 
-    /// A receiver of the live members, updated as gossip changes them; feed it to `diff`.
-    pub async fn watch(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
-        self.handle.chitchat().lock().await.live_nodes_watcher()
+    /// Live, failed and left members as this node sees them now.
+    pub async fn view(&self) -> PoolView {
+        let guard = self.chitchat.lock().await;
+        let live: Vec<ChitchatId> = guard.live_nodes().cloned().collect();
+        pool_view(guard.node_states(), live.iter())
     }
 
-    /// Leaves the pool (stops gossiping; peers detect the absence).
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.handle.shutdown().await
+    /// The gossip address other members reach this one at.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.id.gossip_advertise_addr
+    }
+
+    /// Announces a clean leave and gives gossip a few rounds to carry it, then stops gossiping.
+    pub async fn leave(&self) -> anyhow::Result<()> {
+        self.chitchat.lock().await.self_node_state().set(KEY_LEFT, "1");
+        tokio::time::sleep(self.interval * 5).await;
+        self.shutdown().await
+    }
+
+    /// A receiver of the live members, updated as gossip changes them; feed it to `diff`.
+    pub async fn watch(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
+        self.chitchat.lock().await.live_nodes_watcher()
+    }
+
+    /// Stops gossiping without a word: peers detect the absence as a failure.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        match self.handle.lock().await.take() {
+            Some(h) => h.shutdown().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -172,6 +276,7 @@ mod tests {
             datacenter: "dc1".into(),
             role: Role::Client,
             version: version.into(),
+            gossip_addr: ([127, 0, 0, 1], 8301).into(),
         }
     }
 
@@ -190,6 +295,34 @@ mod tests {
             ]
         );
         assert!(diff(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn only_the_newest_generation_of_a_name_counts() {
+        let state = |left: bool| {
+            let mut st = NodeState::for_test();
+            for (k, v) in [(KEY_ADDRESS, "10.0.0.1"), (KEY_DATACENTER, "dc1"), (KEY_ROLE, "client"), (KEY_VERSION, "1")]
+            {
+                st.set(k, v);
+            }
+            if left {
+                st.set(KEY_LEFT, "1");
+            }
+            st
+        };
+        let addr: SocketAddr = ([10, 0, 0, 1], 8301).into();
+        let old = ChitchatId::new("pod-a".to_string(), 1, addr);
+        let new = ChitchatId::new("pod-a".to_string(), 2, addr);
+        let other = ChitchatId::new("pod-b".to_string(), 1, addr);
+        let states =
+            BTreeMap::from([(old.clone(), state(true)), (new.clone(), state(false)), (other.clone(), state(false))]);
+        // The old incarnation left; the new one is live, then fails: failed, not left.
+        let view = pool_view(&states, [&new, &other]);
+        assert!(view.live.contains_key("pod-a") && view.left.is_empty() && view.failed.is_empty());
+        let view = pool_view(&states, [&other]);
+        assert!(view.failed.contains_key("pod-a"), "{view:?}");
+        assert!(!view.left.contains_key("pod-a"));
+        assert!(view.live.contains_key("pod-b"));
     }
 
     async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -213,8 +346,10 @@ mod tests {
                     datacenter: "dc1".into(),
                     role: if i == 1 { Role::Server } else { Role::Client },
                     version: "0.1.0".into(),
+                    gossip_addr: addr(i),
                 },
                 gossip_addr: addr(i),
+                advertise_addr: None,
                 seeds: vec![addr(1).to_string()],
                 cluster_id: "test".into(),
                 gossip_interval: Duration::from_millis(50),
@@ -251,6 +386,15 @@ mod tests {
         transport.add_link(addr(3), addr(1)).await;
         transport.add_link(addr(3), addr(2)).await;
         eventually("pod-3 to rejoin", Duration::from_secs(20), async || nodes[0].live_members().await.len() == 3).await;
+
+        // A clean leave is told apart from a failure.
+        let leaver = nodes.pop().expect("pod-3");
+        leaver.leave().await.expect("leave");
+        eventually("pod-3's leave to spread", Duration::from_secs(10), async || {
+            let view = nodes[0].view().await;
+            view.left.contains_key("pod-3") && !view.live.contains_key("pod-3") && !view.failed.contains_key("pod-3")
+        })
+        .await;
         for n in nodes {
             n.shutdown().await.expect("shutdown");
         }

@@ -1,0 +1,259 @@
+//! Sidecar configuration: a file (YAML or JSON), then `ROSTER_*` environment variables, then flags.
+//!
+//! Built for Kubernetes: the node name and address come from the downward API (`ROSTER_NODE_NAME`
+//! from `metadata.name`, `ROSTER_ADVERTISE_ADDR` from `status.podIP`), node meta from labels or
+//! namespace (`ROSTER_NODE_META=k8s-namespace=shop,k8s-node=worker-1`), and services from the file
+//! or from `ROSTER_SERVICES` (JSON, for example copied from a pod annotation). Service definitions use
+//! Consul's format in any key case (`name`, `Name`, `check`, `checks`, ...).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use registry::api::AgentServiceRegistration;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Node name in the catalog: the pod name.
+    pub node_name: String,
+    pub datacenter: String,
+    /// The node's address in the catalog (the pod IP); services without their own address use it.
+    pub address: String,
+    pub node_meta: BTreeMap<String, String>,
+    /// The agent API for the app (Consul's default port).
+    pub http_addr: SocketAddr,
+    /// Registry servers' HTTP addresses (host:port, DNS names allowed), tried in turn.
+    pub servers: Vec<String>,
+    /// ACL token for the sidecar's own calls, and for forwarded calls that carry none.
+    pub token: Option<String>,
+    /// LAN gossip listener and the address others dial; None turns gossip off.
+    pub gossip_addr: Option<SocketAddr>,
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses of the servers (their headless Service name:8301).
+    pub gossip_seeds: Vec<String>,
+    pub gossip_interval_ms: u64,
+    pub gossip_phi_threshold: f64,
+    /// Full anti-entropy pass every this many seconds (changes are pushed at once regardless).
+    pub sync_interval_secs: u64,
+    /// Script checks run commands inside the pod: off unless asked for, as in Consul.
+    pub enable_script_checks: bool,
+    /// Service definitions to register at start.
+    pub services: Vec<serde_json::Value>,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "roster-pod".into()),
+            datacenter: "dc1".into(),
+            address: "127.0.0.1".into(),
+            node_meta: BTreeMap::new(),
+            http_addr: ([127, 0, 0, 1], 8500).into(),
+            servers: Vec::new(),
+            token: None,
+            gossip_addr: None,
+            gossip_advertise: None,
+            gossip_seeds: Vec::new(),
+            gossip_interval_ms: registry::gossip::DEFAULT_INTERVAL_MS,
+            gossip_phi_threshold: registry::gossip::DEFAULT_PHI_THRESHOLD,
+            sync_interval_secs: 60,
+            enable_script_checks: false,
+            services: Vec::new(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// The service definitions, decoded as Consul decodes them; the error names the bad one.
+    pub fn service_definitions(&self) -> Result<Vec<AgentServiceRegistration>, String> {
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let bytes = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+                registry::api::json::decode(&bytes).map_err(|e| format!("services[{i}]: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_secs(self.sync_interval_secs.max(1))
+    }
+
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms.max(1))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_name.is_empty() {
+            return Err("node_name must not be empty".into());
+        }
+        if self.address.is_empty() {
+            return Err("address must not be empty (the pod IP)".into());
+        }
+        if self.servers.is_empty() {
+            return Err("servers must list at least one registry server (host:port)".into());
+        }
+        if self.gossip_addr.is_some() && self.gossip_seeds.is_empty() {
+            return Err("gossip_seeds must list the servers' gossip addresses when gossip is on".into());
+        }
+        self.service_definitions()?;
+        Ok(())
+    }
+}
+
+/// Flags of `roster-sidecar`, each also a `ROSTER_*` environment variable.
+#[derive(Debug, Args, Default)]
+pub struct SidecarArgs {
+    /// Config file (YAML or JSON); flags and environment override it.
+    #[arg(long, env = "ROSTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "ROSTER_NODE_NAME")]
+    pub node_name: Option<String>,
+    #[arg(long, env = "ROSTER_DATACENTER")]
+    pub datacenter: Option<String>,
+    /// The pod IP.
+    #[arg(long, env = "ROSTER_ADVERTISE_ADDR")]
+    pub address: Option<String>,
+    /// key=value pairs, comma-separated in the environment.
+    #[arg(long, env = "ROSTER_NODE_META", value_delimiter = ',')]
+    pub node_meta: Vec<String>,
+    #[arg(long, env = "ROSTER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_SERVERS", value_delimiter = ',')]
+    pub servers: Vec<String>,
+    #[arg(long, env = "ROSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "ROSTER_GOSSIP_ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_GOSSIP_ADVERTISE")]
+    pub gossip_advertise: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_GOSSIP_SEEDS", value_delimiter = ',')]
+    pub gossip_seeds: Vec<String>,
+    #[arg(long, env = "ROSTER_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+    #[arg(long, env = "ROSTER_SYNC_INTERVAL_SECS")]
+    pub sync_interval_secs: Option<u64>,
+    #[arg(long, env = "ROSTER_ENABLE_SCRIPT_CHECKS")]
+    pub enable_script_checks: Option<bool>,
+    /// A JSON list of service definitions (Consul's format), added to the file's.
+    #[arg(long, env = "ROSTER_SERVICES")]
+    pub services: Option<String>,
+    #[arg(long, env = "ROSTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl SidecarArgs {
+    pub fn into_config(self) -> Result<Config, String> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            node_name,
+            datacenter,
+            address,
+            http_addr,
+            gossip_interval_ms,
+            sync_interval_secs,
+            enable_script_checks,
+            log_format
+        );
+        for pair in &self.node_meta {
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("node meta {pair:?} is not key=value"))?;
+            c.node_meta.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        if !self.servers.is_empty() {
+            c.servers = self.servers;
+        }
+        if self.token.is_some() {
+            c.token = self.token;
+        }
+        if self.gossip_addr.is_some() {
+            c.gossip_addr = self.gossip_addr;
+        }
+        if self.gossip_advertise.is_some() {
+            c.gossip_advertise = self.gossip_advertise;
+        }
+        if !self.gossip_seeds.is_empty() {
+            c.gossip_seeds = self.gossip_seeds;
+        }
+        if let Some(json) = &self.services {
+            let list: Vec<serde_json::Value> =
+                serde_json::from_str(json).map_err(|e| format!("ROSTER_SERVICES is not a JSON list: {e}"))?;
+            c.services.extend(list);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SidecarArgs,
+    }
+
+    #[test]
+    fn file_env_style_flags_and_consul_service_definitions() {
+        let dir = std::env::temp_dir().join(format!("roster-sidecar-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidecar.yaml");
+        std::fs::write(
+            &path,
+            "servers: [roster-server:8500]\nservices:\n  - name: web\n    port: 8080\n    tags: [v1]\n    check:\n      http: http://127.0.0.1:8080/health\n      interval: 5s\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--node-name",
+            "web-7d9f",
+            "--address",
+            "10.1.2.3",
+            "--node-meta",
+            "k8s-namespace=shop,k8s-node=worker-1",
+            "--services",
+            r#"[{"Name":"metrics","Port":9100}]"#,
+        ]);
+        let c = cli.args.into_config().unwrap();
+        assert_eq!(c.node_name, "web-7d9f");
+        assert_eq!(c.node_meta["k8s-namespace"], "shop");
+        let defs = c.service_definitions().unwrap();
+        assert_eq!(defs[0].name, "web");
+        assert_eq!(defs[0].check.as_ref().unwrap().http.as_deref(), Some("http://127.0.0.1:8080/health"));
+        assert_eq!(defs[1].name, "metrics");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_config_is_refused_with_a_reason() {
+        let cli = Cli::parse_from(["x", "--address", "10.0.0.1"]);
+        assert!(cli.args.into_config().unwrap_err().contains("servers"));
+        let cli = Cli::parse_from(["x", "--servers", "s:8500", "--services", r#"[{"Name":"web","Port":"eighty"}]"#]);
+        let err = cli.args.into_config().unwrap_err();
+        assert!(err.contains("services[0]"), "{err}");
+        let cli = Cli::parse_from(["x", "--servers", "s:8500", "--node-meta", "novalue"]);
+        assert!(cli.args.into_config().unwrap_err().contains("key=value"));
+    }
+}
