@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command (the README's and CI's): lint, unit and integration tests, then the
-# Consul-client compatibility suite against a dev server and against a 3-server cluster.
+# The project's test command (the README's and CI's): lint, unit and integration tests (server
+# clusters, and servers with sidecars), then the Consul-client compatibility suite against a dev
+# server, an ACL-enabled one, a sidecar and a 3-server cluster, the benchmark harnesses in smoke mode,
+# and a minute of fuzzing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,16 +40,28 @@ cleanup() {
 }
 trap cleanup EXIT
 log_dir="$(mktemp -d)"
-target/debug/roster dev --http-addr 127.0.0.1:18500 --rpc-addr 127.0.0.1:18300 >"$log_dir/dev.log" 2>&1 &
+target/debug/roster dev --http-addr 127.0.0.1:18500 --rpc-addr 127.0.0.1:18300 --gossip-addr 127.0.0.1:18301 \
+    >"$log_dir/dev.log" 2>&1 &
 pids+=($!)
 ROSTER_HTTP_ADDR=127.0.0.1:18500 bash e2e/compat/run.sh || { tail -50 "$log_dir/dev.log"; exit 1; }
 
 stage "ACLs through a Consul client (fresh dev server, default deny)"
-target/debug/roster dev --http-addr 127.0.0.1:18510 --rpc-addr 127.0.0.1:18310 \
+target/debug/roster dev --http-addr 127.0.0.1:18510 --rpc-addr 127.0.0.1:18310 --gossip-addr off \
     --acl-enabled --acl-default-policy deny >"$log_dir/acl.log" 2>&1 &
 pids+=($!)
 ROSTER_ACL_ADDR=127.0.0.1:18510 e2e/compat/.venv/bin/python -m pytest -q -p no:cacheprovider e2e/compat/test_acl.py \
     || { tail -50 "$log_dir/acl.log"; exit 1; }
+
+stage "Consul client compatibility through a sidecar (the app's one address: agent API local, the rest forwarded)"
+target/debug/roster dev --http-addr 127.0.0.1:18520 --rpc-addr 127.0.0.1:18320 --gossip-addr 127.0.0.1:18321 \
+    >"$log_dir/dev-sidecar.log" 2>&1 &
+pids+=($!)
+target/debug/roster-sidecar --node-name pod-compat --address 127.0.0.1 --servers 127.0.0.1:18520 \
+    --gossip-addr 127.0.0.1:18322 --gossip-seeds 127.0.0.1:18321 --http-addr 127.0.0.1:18530 \
+    >"$log_dir/sidecar.log" 2>&1 &
+pids+=($!)
+ROSTER_HTTP_ADDR=127.0.0.1:18530 bash e2e/compat/run.sh \
+    || { tail -30 "$log_dir/dev-sidecar.log" "$log_dir/sidecar.log"; exit 1; }
 
 stage "Consul client compatibility against a 3-server cluster"
 data="$(mktemp -d)"
@@ -63,6 +77,9 @@ rm -rf "$data"
 
 stage "Benchmark harness, smoke mode (tiny counts: keeps the harness working; not a measurement)"
 target/debug/roster-bench --smoke --roster-bin target/debug/roster --out "$log_dir/bench"
+target/debug/roster-gossip-bench --sizes 20 --quiet-secs 2
+target/debug/roster-gossip-bench --footprint --footprint-pool 10 --idle-secs 2 \
+    --roster-bin target/debug/roster --sidecar-bin target/debug/roster-sidecar
 
 stage "Fuzz the ACL rule parser and authorizer for 60 s (fuzz/README.md)"
 corpus="$(mktemp -d)"

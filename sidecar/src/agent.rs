@@ -254,9 +254,12 @@ impl Agent {
 
     pub fn update_ttl(&self, id: &str, status: HealthStatus, output: String) -> Result<(), AgentError> {
         let output = crate::checks::cap_output(output);
+        // Consul answers 500 for both; a 400 with its message is the better answer to a client's mistake
+        // (and what the servers' own agent API answers).
         self.with_state(|s| s.update_ttl(id, status, output, Instant::now())).map_err(|e| match e {
-            TtlError::Unknown => AgentError::NotFound(format!("CheckID {id:?} does not have associated TTL")),
-            TtlError::NotTtl => AgentError::Invalid(format!("CheckID {id:?} does not have associated TTL")),
+            TtlError::Unknown | TtlError::NotTtl => {
+                AgentError::Invalid(format!("CheckID {id:?} does not have associated TTL"))
+            }
         })?;
         self.changed.notify_one();
         Ok(())

@@ -75,9 +75,15 @@ impl Sidecar {
         Ok(Sidecar { http_addr, agent, gossip, client, shutdown, tasks })
     }
 
-    /// Clean shutdown: deregister this node at once, announce the leave to the pool, stop.
+    /// Clean shutdown: stop syncing (so nothing registers again behind us), deregister this node at
+    /// once, announce the leave to the pool.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        // Forwarded blocking queries may hold the HTTP server for minutes: 3 s, then cut them off.
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        if tokio::time::timeout(Duration::from_secs(3), futures_join(self.tasks)).await.is_err() {
+            aborts.iter().for_each(|a| a.abort());
+        }
         let node = self.agent.node();
         let dereg = DeregisterRequest {
             node: Some(node.name.clone()),
@@ -91,10 +97,6 @@ impl Sidecar {
         }
         if let Some(g) = &self.gossip {
             let _ = g.leave().await;
-        }
-        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
-        if tokio::time::timeout(Duration::from_secs(3), futures_join(self.tasks)).await.is_err() {
-            aborts.iter().for_each(|a| a.abort());
         }
     }
 }

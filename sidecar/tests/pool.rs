@@ -1,0 +1,328 @@
+//! The sidecar in a real pool: 3 server processes and 5 sidecar processes on 127.0.0.x, each sidecar
+//! with a small HTTP app (served by this test) to check. Covers registration seen through every
+//! server, an app failing and recovering, a killed sidecar detected and reaped, a sidecar cut off
+//! (SIGSTOP: it neither gossips nor answers) detected and healed, and all servers losing their
+//! state, repaired by anti-entropy. Every process is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use warp::Filter;
+
+const SERVERS: usize = 3;
+const SIDECARS: usize = 5;
+/// Server i: HTTP 127.0.0.i:19601, RPC :19602, gossip :19603. Sidecar i: 127.0.0.(10+i), agent API
+/// :19611, gossip :19613.
+const BASE: u16 = 19600;
+const REAP_AFTER_SECS: u64 = 6;
+const SYNC_INTERVAL_SECS: u64 = 2;
+
+/// A child process killed (SIGKILL) on drop, its stderr in a log file.
+struct Proc {
+    name: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, mut cmd: Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::options().create(true).append(true).open(&log).expect("log file");
+        let child =
+            cmd.env("RUST_LOG", "info,openraft=warn").stdout(Stdio::null()).stderr(file).spawn().expect("spawn");
+        Proc { name: name.into(), log, child: Some(child) }
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().map(|c| c.id().to_string()).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([sig, &self.pid()]).status().expect("kill");
+        assert!(status.success(), "kill {sig} {}", self.name);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die cleanly.
+        if self.child.is_some() {
+            let _ = Command::new("kill").args(["-CONT", &self.pid()]).status();
+        }
+        self.kill();
+    }
+}
+
+fn roster_bin() -> PathBuf {
+    let sidecar = PathBuf::from(env!("CARGO_BIN_EXE_roster-sidecar"));
+    let roster = sidecar.with_file_name("roster");
+    assert!(roster.exists(), "{} is missing: build it first (cargo build -p roster-registry)", roster.display());
+    roster
+}
+
+fn server_http(i: usize) -> String {
+    format!("127.0.0.{i}:{}", BASE + 1)
+}
+
+fn start_server(i: usize, dir: &Path) -> Proc {
+    let data = dir.join(format!("server-{i}"));
+    let join: Vec<String> = (1..=SERVERS).map(|j| format!("127.0.0.{j}:{}", BASE + 2)).collect();
+    let seeds: Vec<String> = (1..=SERVERS).filter(|j| *j != i).map(|j| format!("127.0.0.{j}:{}", BASE + 3)).collect();
+    let mut cmd = Command::new(roster_bin());
+    cmd.args(["server", "--node-name", &format!("server-{i}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--http-addr", &server_http(i), "--rpc-addr", &format!("127.0.0.{i}:{}", BASE + 2)])
+        .args(["--gossip-addr", &format!("127.0.0.{i}:{}", BASE + 3)])
+        .args(["--gossip-seeds", &seeds.join(",")])
+        .args(["--bootstrap-expect", &SERVERS.to_string(), "--retry-join", &join.join(",")])
+        .args(["--reap-after-secs", &REAP_AFTER_SECS.to_string()]);
+    Proc::spawn(&format!("server-{i}"), dir, cmd)
+}
+
+fn sidecar_api(i: usize) -> String {
+    format!("127.0.0.{}:{}", 10 + i, BASE + 11)
+}
+
+fn start_sidecar(i: usize, dir: &Path, app_port: u16) -> Proc {
+    let servers: Vec<String> = (1..=SERVERS).map(server_http).collect();
+    let seeds: Vec<String> = (1..=SERVERS).map(|j| format!("127.0.0.{j}:{}", BASE + 3)).collect();
+    let ip = format!("127.0.0.{}", 10 + i);
+    let services = serde_json::json!([{
+        "name": "app",
+        "id": format!("app-{i}"),
+        "port": app_port,
+        "tags": ["v1"],
+        "check": {"http": format!("http://127.0.0.1:{app_port}/health"), "interval": "1s", "timeout": "1s"},
+    }]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster-sidecar"));
+    cmd.args(["--node-name", &format!("pod-{i}"), "--address", &ip])
+        .args(["--node-meta", "k8s-namespace=test"])
+        .args(["--http-addr", &sidecar_api(i)])
+        .args(["--servers", &servers.join(",")])
+        .args(["--gossip-addr", &format!("{ip}:{}", BASE + 13)])
+        .args(["--gossip-seeds", &seeds.join(",")])
+        .args(["--sync-interval-secs", &SYNC_INTERVAL_SECS.to_string()])
+        .args(["--services", &services.to_string()]);
+    Proc::spawn(&format!("pod-{i}"), dir, cmd)
+}
+
+/// A tiny app whose /health answers 200 or 500 as the test says.
+async fn app() -> (u16, Arc<AtomicBool>) {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let route = warp::path("health").map(move || {
+        let code = if h.load(Ordering::Relaxed) {
+            warp::http::StatusCode::OK
+        } else {
+            warp::http::StatusCode::INTERNAL_SERVER_ERROR
+        };
+        warp::reply::with_status("app", code)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    (port, healthy)
+}
+
+struct Pool {
+    dir: tempfile::TempDir,
+    servers: Vec<Proc>,
+    sidecars: Vec<Proc>,
+    http: reqwest::Client,
+}
+
+impl Pool {
+    fn dump_logs(&self) {
+        for p in self.servers.iter().chain(&self.sidecars) {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("----- {} -----", p.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    async fn get(&self, addr: &str, path: &str) -> Option<Value> {
+        let r = self.http.get(format!("http://{addr}{path}")).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// Node names of passing `app` instances, as server `i` answers (stale: its own state).
+    async fn passing(&self, i: usize) -> Option<Vec<String>> {
+        let list = self.get(&server_http(i), "/v1/health/service/app?passing&stale").await?;
+        let mut nodes: Vec<String> =
+            list.as_array()?.iter().filter_map(|e| e["Node"]["Node"].as_str().map(str::to_string)).collect();
+        nodes.sort();
+        Some(nodes)
+    }
+
+    async fn serf_health(&self, node: &str) -> Option<String> {
+        let checks = self.get(&server_http(1), &format!("/v1/health/node/{node}")).await?;
+        checks
+            .as_array()?
+            .iter()
+            .find(|c| c["CheckID"] == "serfHealth")
+            .and_then(|c| c["Status"].as_str())
+            .map(str::to_string)
+    }
+
+    async fn eventually<F: std::future::Future<Output = bool>>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> F,
+    ) -> Duration {
+        let start = Instant::now();
+        while !f().await {
+            if start.elapsed() > timeout {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = start.elapsed();
+        eprintln!("{what}: {took:.2?}");
+        took
+    }
+
+    async fn wait_servers_ready(&self) {
+        self.eventually("a leader known to every server", Duration::from_secs(30), || async {
+            for i in 1..=SERVERS {
+                match self.get(&server_http(i), "/v1/status/leader").await {
+                    Some(Value::String(l)) if !l.is_empty() => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await;
+    }
+}
+
+fn names(ids: &[usize]) -> Vec<String> {
+    ids.iter().map(|i| format!("pod-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_register_check_fail_over_and_repair() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut pool = Pool {
+        servers: (1..=SERVERS).map(|i| start_server(i, dir.path())).collect(),
+        sidecars: Vec::new(),
+        dir,
+        http: registry::client::http_builder().timeout(Duration::from_secs(5)).build().expect("client"),
+    };
+    pool.wait_servers_ready().await;
+
+    let mut apps = Vec::new();
+    for _ in 1..=SIDECARS {
+        apps.push(app().await);
+    }
+    for (i, (port, _)) in apps.iter().enumerate() {
+        pool.sidecars.push(start_sidecar(i + 1, pool.dir.path(), *port));
+    }
+
+    // Registration: every instance passing, seen through every server.
+    let all = names(&[1, 2, 3, 4, 5]);
+    for s in 1..=SERVERS {
+        pool.eventually(&format!("5 passing instances through server-{s}"), Duration::from_secs(20), || async {
+            pool.passing(s).await.as_ref() == Some(&all)
+        })
+        .await;
+    }
+    let node = pool.get(&server_http(2), "/v1/catalog/node/pod-1").await.expect("pod-1 in the catalog");
+    assert_eq!(node["Node"]["Address"], "127.0.0.11");
+    assert_eq!(node["Node"]["Meta"]["k8s-namespace"], "test");
+    assert_eq!(node["Services"]["app-1"]["Tags"][0], "v1");
+    // The app's localhost view: its own service, and catalog reads forwarded to the servers.
+    let local = pool.get(&sidecar_api(1), "/v1/agent/health/service/name/app").await.expect("agent health");
+    assert_eq!(local[0]["AggregatedStatus"], "passing");
+    let forwarded = pool.get(&sidecar_api(1), "/v1/catalog/service/app").await.expect("forwarded read");
+    assert_eq!(forwarded.as_array().map(Vec::len), Some(5));
+    let members = pool.get(&sidecar_api(1), "/v1/agent/members").await.expect("members");
+    pool.eventually("every sidecar to see 8 live members", Duration::from_secs(10), || async {
+        let m = pool.get(&sidecar_api(5), "/v1/agent/members").await;
+        m.and_then(|m| m.as_array().map(|a| a.iter().filter(|x| x["Status"] == 1).count())) == Some(8)
+    })
+    .await;
+    assert!(members.as_array().is_some_and(|a| a.iter().any(|m| m["Tags"]["role"] == "consul")));
+
+    // An app that starts failing goes critical, and comes back.
+    apps[1].1.store(false, Ordering::Relaxed);
+    pool.eventually("app-2 out of ?passing", Duration::from_secs(10), || async {
+        pool.passing(1).await == Some(names(&[1, 3, 4, 5]))
+    })
+    .await;
+    apps[1].1.store(true, Ordering::Relaxed);
+    pool.eventually("app-2 passing again", Duration::from_secs(10), || async {
+        pool.passing(1).await.as_ref() == Some(&all)
+    })
+    .await;
+
+    // A killed sidecar: detected by gossip, out of ?passing, then reaped.
+    pool.sidecars[2].kill();
+    let detect = pool
+        .eventually("killed pod-3 out of ?passing", Duration::from_secs(15), || async {
+            pool.passing(2).await == Some(names(&[1, 2, 4, 5]))
+        })
+        .await;
+    assert_eq!(pool.serf_health("pod-3").await.as_deref(), Some("critical"));
+    assert!(detect < Duration::from_secs(8), "detection took {detect:?}");
+    pool.eventually("pod-3 reaped from the catalog", Duration::from_secs(REAP_AFTER_SECS + 10), || async {
+        pool.get(&server_http(1), "/v1/catalog/node/pod-3").await == Some(Value::Null)
+    })
+    .await;
+
+    // Cut off (stopped: no gossip, no answers), detected, then healed.
+    pool.sidecars[3].signal("-STOP");
+    pool.eventually("stopped pod-4 critical", Duration::from_secs(15), || async {
+        pool.serf_health("pod-4").await.as_deref() == Some("critical")
+    })
+    .await;
+    pool.sidecars[3].signal("-CONT");
+    pool.eventually("pod-4 healed", Duration::from_secs(15), || async {
+        pool.serf_health("pod-4").await.as_deref() == Some("passing")
+            && pool.passing(1).await == Some(names(&[1, 2, 4, 5]))
+    })
+    .await;
+
+    // A clean stop deregisters at once.
+    let mut pod5 = pool.sidecars.remove(4);
+    pod5.signal("-TERM");
+    pool.eventually("pod-5 gone after a clean stop", Duration::from_secs(5), || async {
+        pool.get(&server_http(1), "/v1/catalog/node/pod-5").await == Some(Value::Null)
+    })
+    .await;
+    pod5.kill();
+
+    // Every server loses its state: anti-entropy registers the survivors again.
+    for s in pool.servers.iter_mut() {
+        s.kill();
+    }
+    for i in 1..=SERVERS {
+        std::fs::remove_dir_all(pool.dir.path().join(format!("server-{i}"))).expect("wipe");
+    }
+    pool.servers = (1..=SERVERS).map(|i| start_server(i, pool.dir.path())).collect();
+    pool.wait_servers_ready().await;
+    pool.eventually("survivors re-registered by anti-entropy", Duration::from_secs(30), || async {
+        pool.passing(3).await == Some(names(&[1, 2, 4]))
+    })
+    .await;
+    assert_eq!(pool.serf_health("pod-1").await.as_deref(), Some("passing"), "gossip shows the new leader who is alive");
+}
