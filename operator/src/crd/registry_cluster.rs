@@ -1,0 +1,125 @@
+//! `RegistryCluster`: a Roster server cluster the operator runs as a StatefulSet.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A Roster registry cluster: 1, 3 or 5 servers replicating one state machine with Raft.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "roster.dev",
+    version = "v1alpha1",
+    kind = "RegistryCluster",
+    doc = "A Roster registry cluster: servers, storage and settings; the operator runs it as a StatefulSet.",
+    namespaced,
+    status = "RegistryClusterStatus",
+    shortname = "rcl",
+    category = "roster",
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyServers"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Leader","type":"string","jsonPath":".status.leader"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryClusterSpec {
+    /// Number of servers: 1 (no fault tolerance), 3 (survives one failure) or 5 (survives two).
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self in [1, 3, 5]").message("replicas must be 1, 3 or 5"))]
+    pub replicas: i32,
+    /// Server image; defaults to the operator's own version of the Roster image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of each server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The persistent volume each server keeps its Raft log and snapshots on.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Datacenter name the servers report (Consul's `datacenter`): a DNS label.
+    #[serde(default = "default_datacenter")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("datacenter must be a DNS label (lowercase letters, digits, '-')"))]
+    pub datacenter: String,
+    /// ACL enforcement.
+    #[serde(default)]
+    pub acl: AclSettings,
+    /// Name of a Secret holding the gossip encryption key under `key` (not enforced yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_key_secret: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_datacenter() -> String {
+    "dc1".into()
+}
+
+/// Per-server persistent storage.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size, as a Kubernetes quantity (for example `1Gi`).
+    #[serde(default = "default_size")]
+    pub size: String,
+    /// StorageClass of the volumes; the cluster's default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec { size: default_size(), storage_class_name: None }
+    }
+}
+
+fn default_size() -> String {
+    "1Gi".into()
+}
+
+/// ACL settings of the servers (Consul's `acl` block).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AclSettings {
+    /// Enforce ACL tokens on every request.
+    #[serde(default)]
+    pub enabled: bool,
+    /// What a token may do where no rule says: `allow` or `deny`.
+    #[serde(default)]
+    pub default_policy: DefaultPolicy,
+}
+
+/// ACL default policy.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// What the operator last saw of the cluster.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryClusterStatus {
+    /// `Pending`, `Running`, `Degraded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Servers that are Raft voters and answer their health endpoint.
+    #[serde(default)]
+    pub ready_servers: i32,
+    /// Node name of the current Raft leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Last Raft index the leader reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_raft_index: Option<u64>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Available`, `Progressing` and `Degraded`, with reasons and messages.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,92 @@
+//! `ServiceRegistration`: an external (non-pod) service registered in the catalog.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A service outside the pods (a database, a SaaS endpoint) registered in the registry, with checks
+/// the servers cannot run themselves given as TTLs or status. Deleting it deregisters the service.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "roster.dev",
+    version = "v1alpha1",
+    kind = "ServiceRegistration",
+    doc = "A service outside the pods registered in the registry; deleting it deregisters the service.",
+    namespaced,
+    status = "ServiceRegistrationStatus",
+    shortname = "svcreg",
+    category = "roster",
+    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".spec.port"}"#,
+    printcolumn = r#"{"name":"Health","type":"string","jsonPath":".status.health"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRegistrationSpec {
+    /// Service name in the catalog.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("name must not be empty"))]
+    pub name: String,
+    /// Instance ID; defaults to the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Catalog node the service is registered on; defaults to `external-<namespace>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Address clients connect to (IP or DNS name).
+    pub address: String,
+    /// Port clients connect to.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
+    /// Tags, as Consul's service tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form key/value metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Health checks of the service.
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    /// The RegistryCluster to register in; the only one in the namespace when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+/// A check of an external service: a TTL the service (or a job) keeps passing, or a fixed status.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ttl) || has(self.status)").message("a check needs a ttl or a status"))]
+pub struct CheckSpec {
+    /// Check name.
+    pub name: String,
+    /// TTL as a Go duration (`30s`): critical unless updated within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Fixed status: `passing`, `warning` or `critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['passing', 'warning', 'critical']").message("status must be passing, warning or critical"))]
+    pub status: Option<String>,
+    /// Shown with the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+/// Whether the service is in the catalog, and how healthy it is there.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRegistrationStatus {
+    /// True once the registry holds the service as specified.
+    #[serde(default)]
+    pub registered: bool,
+    /// Aggregated health of its checks in the registry: `passing`, `warning` or `critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Registered` and `Healthy`, with reasons and messages.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

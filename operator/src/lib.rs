@@ -1,0 +1,5 @@
+//! Roster's Kubernetes operator (issue 5, in progress).
+//!
+//! - [`crd`]: the custom resource types of `roster.dev/v1alpha1`, the single source of `crds/`.
+
+pub mod crd;
