@@ -1,0 +1,244 @@
+//! The objects a valid `RegistryCluster` should have: pure, so every choice here is unit-tested.
+//!
+//! Servers find each other through the headless Service's per-pod DNS names (stable across pod IP
+//! changes), published before the pods are ready so a new cluster can bootstrap. The client Service
+//! selects ready servers only. The PodDisruptionBudget allows one voluntary disruption at a time
+//! for 3 or 5 servers (never a lost quorum) and none for a single server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
+    Probe, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::validate::ValidCluster;
+
+pub const HTTP_PORT: i32 = 8500;
+pub const RPC_PORT: i32 = 8300;
+pub const GOSSIP_PORT: i32 = 8301;
+pub const DATA_DIR: &str = "/data";
+
+/// Everything the operator applies for one cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub headless_service: Service,
+    pub client_service: Service,
+    pub stateful_set: StatefulSet,
+    pub pdb: PodDisruptionBudget,
+}
+
+pub fn headless_name(c: &ValidCluster) -> String {
+    format!("{}-server", c.name)
+}
+
+/// DNS name of server `i` through the headless Service.
+pub fn pod_dns(c: &ValidCluster, i: i32) -> String {
+    format!("{}-{i}.{}.{}.svc", c.name, headless_name(c), c.namespace)
+}
+
+pub fn selector_labels(c: &ValidCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "roster".to_string()),
+        ("app.kubernetes.io/instance".to_string(), c.name.clone()),
+        ("app.kubernetes.io/component".to_string(), "server".to_string()),
+    ])
+}
+
+fn labels(c: &ValidCluster) -> BTreeMap<String, String> {
+    let mut l = selector_labels(c);
+    l.insert("app.kubernetes.io/managed-by".into(), "roster-operator".into());
+    l
+}
+
+fn meta(c: &ValidCluster, name: String, owner: &Option<OwnerReference>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(c.namespace.clone()),
+        labels: Some(labels(c)),
+        owner_references: owner.clone().map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: i32, protocol: &str) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some(protocol.into()),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The server's configuration, as `ROSTER_*` environment (see `roster server --help`).
+pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
+    let headless = headless_name(c);
+    let join: Vec<String> = (0..c.replicas).map(|i| format!("{}:{RPC_PORT}", pod_dns(c, i))).collect();
+    vec![
+        env_field("ROSTER_NODE_NAME", "metadata.name"),
+        env_field("POD_IP", "status.podIP"),
+        env("ROSTER_DATACENTER", &c.datacenter),
+        env("ROSTER_DATA_DIR", DATA_DIR),
+        env("ROSTER_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
+        env("ROSTER_RPC_ADDR", format!("0.0.0.0:{RPC_PORT}")),
+        // Stable names, not pod IPs: a server whose IP changes is still found.
+        env("ROSTER_ADVERTISE_RPC", format!("$(ROSTER_NODE_NAME).{headless}.{}.svc:{RPC_PORT}", c.namespace)),
+        env("ROSTER_ADVERTISE_HTTP", format!("$(ROSTER_NODE_NAME).{headless}.{}.svc:{HTTP_PORT}", c.namespace)),
+        env("ROSTER_BOOTSTRAP_EXPECT", c.replicas.to_string()),
+        env("ROSTER_RETRY_JOIN", join.join(",")),
+        env("ROSTER_GOSSIP_ADDR", format!("0.0.0.0:{GOSSIP_PORT}")),
+        env("ROSTER_GOSSIP_ADVERTISE", format!("$(POD_IP):{GOSSIP_PORT}")),
+        env("ROSTER_GOSSIP_SEEDS", format!("{headless}.{}.svc:{GOSSIP_PORT}", c.namespace)),
+        env("ROSTER_ACL_ENABLED", c.acl_enabled.to_string()),
+        env("ROSTER_ACL_DEFAULT_POLICY", if c.acl_default_deny { "deny" } else { "allow" }),
+        env("ROSTER_LOG_FORMAT", "json"),
+    ]
+}
+
+pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
+    let headless = headless_name(c);
+    let selector = selector_labels(c);
+    let headless_service = Service {
+        metadata: meta(c, headless.clone(), &owner),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Servers must resolve each other before any is ready, or a new cluster never bootstraps.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector.clone()),
+            ports: Some(vec![
+                port("http", HTTP_PORT, "TCP"),
+                port("rpc", RPC_PORT, "TCP"),
+                port("gossip", GOSSIP_PORT, "UDP"),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let client_service = Service {
+        metadata: meta(c, c.name.clone(), &owner),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![port("http", HTTP_PORT, "TCP")]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "roster".into(),
+        image: Some(c.image.clone()),
+        args: Some(vec!["server".into()]),
+        env: Some(server_env(c)),
+        ports: Some(vec![
+            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
+            ContainerPort { name: Some("rpc".into()), container_port: RPC_PORT, ..Default::default() },
+            ContainerPort {
+                name: Some("gossip".into()),
+                container_port: GOSSIP_PORT,
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/v1/status/leader".into()),
+                port: IntOrString::Int(HTTP_PORT),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        resources: c.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let pod_labels = labels(c);
+    let stateful_set = StatefulSet {
+        metadata: meta(c, c.name.clone(), &owner),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(c.replicas),
+            service_name: Some(headless),
+            // All servers start together so `bootstrap_expect` can be met.
+            pod_management_policy: Some("Parallel".into()),
+            // The operator rolls servers itself: one at a time, leader last, each caught up first.
+            update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("OnDelete".into()), ..Default::default() }),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // SIGTERM makes a leader hand off leadership first; give it time.
+                    termination_grace_period_seconds: Some(30),
+                    affinity: Some(Affinity {
+                        pod_anti_affinity: Some(PodAntiAffinity {
+                            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                                weight: 100,
+                                pod_affinity_term: PodAffinityTerm {
+                                    label_selector: Some(LabelSelector {
+                                        match_labels: Some(selector.clone()),
+                                        ..Default::default()
+                                    }),
+                                    topology_key: "kubernetes.io/hostname".into(),
+                                    ..Default::default()
+                                },
+                            }]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta { name: Some("data".into()), ..Default::default() },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: c.storage_class.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([("storage".to_string(), Quantity(c.storage_size.clone()))])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(c, c.name.clone(), &owner),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(if c.replicas >= 3 { 1 } else { 0 })),
+            selector: Some(LabelSelector { match_labels: Some(selector), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Desired { headless_service, client_service, stateful_set, pdb }
+}
