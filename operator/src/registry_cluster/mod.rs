@@ -3,6 +3,7 @@
 //! status (server-side apply, Raft-aware scaling and upgrades) are the controller's, still to come.
 
 pub mod build;
+pub mod status;
 pub mod validate;
 
 pub use build::{build, Desired};
