@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (the README's and CI's): lint, unit and integration tests (server
 # clusters, and servers with sidecars), then the Consul-client compatibility suite against a dev
-# server, an ACL-enabled one, a sidecar and a 3-server cluster, the benchmark harnesses in smoke mode,
-# and a minute of fuzzing.
+# server, an ACL-enabled one, a sidecar and a 3-server cluster, the Helm chart checks (helm and
+# kubernetes-validate from PyPI), the benchmark harnesses in smoke mode, and a minute of fuzzing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -74,6 +74,9 @@ done
 ROSTER_HTTP_ADDRS=127.0.0.1:18600,127.0.0.2:18600,127.0.0.3:18600 ROSTER_HTTP_ADDR=127.0.0.1:18600 \
     bash e2e/compat/run.sh || { tail -30 "$log_dir"/s*.log; exit 1; }
 rm -rf "$data"
+
+stage "Helm chart: lint --strict (helm 3 and 4), values schema, kubernetes-validate --strict of every rendered object"
+bash e2e/chart/check.sh
 
 stage "Benchmark harness, smoke mode (tiny counts: keeps the harness working; not a measurement)"
 target/debug/roster-bench --smoke --roster-bin target/debug/roster --out "$log_dir/bench"

