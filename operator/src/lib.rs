@@ -1,9 +1,13 @@
 //! Roster's Kubernetes operator (issue 5, in progress).
 //!
 //! - [`crd`]: the custom resource types of `roster.dev/v1alpha1`, the single source of `crds/`.
-//! - [`registry_cluster`]: validate, build and status (pure) of a `RegistryCluster`.
-//! - [`controller`]: the controller that applies them (server-side apply) and reports status.
+//! - [`registry_cluster`]: validate, build and status (pure) of a `RegistryCluster`, and its
+//!   controller (server-side apply, status with conditions).
+//! - [`service_registration`]: external services in the catalog, with a finalizer.
 
-pub mod controller;
 pub mod crd;
 pub mod registry_cluster;
+pub mod service_registration;
+
+/// The field manager of every server-side apply this operator makes.
+pub const MANAGER: &str = "roster-operator";

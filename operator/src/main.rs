@@ -14,8 +14,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Reconcile RegistryClusters (in-cluster, or against the current kubeconfig context).
-    Run,
+    /// Reconcile RegistryClusters and ServiceRegistrations (in-cluster, or against the current
+    /// kubeconfig context).
+    Run {
+        /// Registry HTTP address for ServiceRegistrations (host:port), for example through a
+        /// port-forward when running outside the cluster; default: each cluster's client Service.
+        #[arg(long, env = "ROSTER_REGISTRY_ADDR")]
+        registry_addr: Option<String>,
+    },
     /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
     Check { files: Vec<std::path::PathBuf> },
     /// Print every CRD as YAML (documents separated by ---), or write one file per CRD into a directory.
@@ -27,7 +33,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Cmd::Run => {
+        Cmd::Run { registry_addr } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             registry::client::ensure_crypto_provider();
@@ -41,7 +47,10 @@ fn main() -> std::process::ExitCode {
             runtime.block_on(async {
                 match kube::Client::try_default().await {
                     Ok(client) => {
-                        roster_operator::controller::run(client).await;
+                        tokio::join!(
+                            roster_operator::registry_cluster::controller::run(client.clone()),
+                            roster_operator::service_registration::controller::run(client, registry_addr),
+                        );
                         std::process::ExitCode::SUCCESS
                     }
                     Err(e) => {

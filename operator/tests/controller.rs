@@ -7,8 +7,8 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
-use roster_operator::controller::{reconcile, Context};
 use roster_operator::crd::RegistryCluster;
+use roster_operator::registry_cluster::controller::{reconcile, Context};
 use serde_json::Value;
 use tower_test::mock::{self, Handle};
 

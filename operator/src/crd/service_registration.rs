@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// A service outside the pods (a database, a SaaS endpoint) registered in the registry, with checks
-/// the servers cannot run themselves given as TTLs or status. Deleting it deregisters the service.
+/// given as statuses. Deleting it deregisters the service (finalizer).
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "roster.dev",
@@ -54,23 +54,25 @@ pub struct ServiceRegistrationSpec {
     pub cluster: Option<String>,
 }
 
-/// A check of an external service: a TTL the service (or a job) keeps passing, or a fixed status.
+/// A check of an external service, with the status the registry reports for it. Nothing probes
+/// external services yet: the status is set here (or by whoever updates the check through the API).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.ttl) || has(self.status)").message("a check needs a ttl or a status"))]
 pub struct CheckSpec {
-    /// Check name.
+    /// Check name; also its ID on the service.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("check name must not be empty"))]
     pub name: String,
-    /// TTL as a Go duration (`30s`): critical unless updated within it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
-    /// Fixed status: `passing`, `warning` or `critical`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Status to report: `passing`, `warning` or `critical`.
+    #[serde(default = "default_status")]
     #[x_kube(validation = Rule::new("self in ['passing', 'warning', 'critical']").message("status must be passing, warning or critical"))]
-    pub status: Option<String>,
+    pub status: String,
     /// Shown with the check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+}
+
+fn default_status() -> String {
+    "passing".into()
 }
 
 /// Whether the service is in the catalog, and how healthy it is there.

@@ -1,8 +1,10 @@
 //! Reconciling a `RegistryCluster`, as a pipeline: `validate` -> `build` -> apply -> update status.
-//! The first two are pure and tested from YAML fixtures (`operator/tests/fixtures`); apply and
-//! status (server-side apply, Raft-aware scaling and upgrades) are the controller's, still to come.
+//! validate, build and status are pure and tested from YAML fixtures (`operator/tests/fixtures`);
+//! `controller` applies (server-side apply) and writes the status. Raft-aware scaling and upgrades
+//! are still to come.
 
 pub mod build;
+pub mod controller;
 pub mod status;
 pub mod validate;
 

@@ -16,12 +16,10 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
+use super::status::{self, Observed};
+use super::{build, validate, Desired, DEFAULT_IMAGE};
 use crate::crd::{RegistryCluster, RegistryClusterStatus};
-use crate::registry_cluster::status::{self, Observed};
-use crate::registry_cluster::{build, validate, Desired, DEFAULT_IMAGE};
-
-/// The field manager of every server-side apply this operator makes.
-pub const MANAGER: &str = "roster-operator";
+use crate::MANAGER;
 
 pub struct Context {
     pub client: Client,
@@ -75,7 +73,7 @@ async fn patch_status(api: &Api<RegistryCluster>, name: &str, status: RegistryCl
 
 /// Leader and last index as the servers report them through the client Service.
 async fn ask_registry(ctx: &Context, name: &str, ns: &str) -> (Option<String>, Option<u64>) {
-    let base = format!("http://{name}.{ns}.svc:{}", crate::registry_cluster::build::HTTP_PORT);
+    let base = format!("http://{name}.{ns}.svc:{}", super::build::HTTP_PORT);
     let leader = async {
         let r = ctx.http.get(format!("{base}/v1/status/leader")).send().await.ok()?;
         let index = r.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
