@@ -176,6 +176,46 @@ pub struct MembershipConfig {
     pub failure_detector: FailureDetectorConfig,
 }
 
+/// What a server or sidecar says about itself to join its datacenter's pool over UDP.
+pub struct Joining {
+    pub name: String,
+    /// The node's address in the catalog (pod IP).
+    pub address: String,
+    pub datacenter: String,
+    pub role: Role,
+    pub bind: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub seeds: Vec<String>,
+    pub interval: Duration,
+    pub phi_threshold: f64,
+}
+
+impl Joining {
+    /// Joins over real UDP with the servers' and sidecars' common settings.
+    pub async fn join_udp(self) -> anyhow::Result<Membership> {
+        let bind = self.bind;
+        let config = MembershipConfig {
+            me: Member {
+                name: self.name,
+                address: self.address,
+                datacenter: self.datacenter.clone(),
+                role: self.role,
+                version: env!("CARGO_PKG_VERSION").into(),
+                gossip_addr: self.advertise.unwrap_or(bind),
+            },
+            gossip_addr: bind,
+            advertise_addr: self.advertise,
+            seeds: self.seeds,
+            cluster_id: cluster_id(&self.datacenter),
+            gossip_interval: self.interval,
+            failure_detector: failure_detector(self.interval, self.phi_threshold),
+        };
+        Membership::start(config, &chitchat::transport::UdpTransport)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start gossip on {bind}: {e:#}"))
+    }
+}
+
 /// This node's membership in the gossip pool.
 pub struct Membership {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,

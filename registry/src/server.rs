@@ -429,27 +429,20 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
 }
 
 async fn start_gossip(config: &Config, me: &ServerNode, addr: SocketAddr) -> anyhow::Result<crate::gossip::Membership> {
-    use crate::gossip::{Member, Membership, MembershipConfig, Role};
-    let interval = Duration::from_millis(config.gossip_interval_ms);
     let host = me.rpc_addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(me.rpc_addr.clone());
-    let membership = MembershipConfig {
-        me: Member {
-            name: me.name.clone(),
-            address: host,
-            datacenter: config.datacenter.clone(),
-            role: Role::Server,
-            version: env!("CARGO_PKG_VERSION").into(),
-            gossip_addr: config.gossip_advertise.unwrap_or(addr),
-        },
-        gossip_addr: addr,
-        advertise_addr: config.gossip_advertise,
+    crate::gossip::Joining {
+        name: me.name.clone(),
+        address: host,
+        datacenter: config.datacenter.clone(),
+        role: crate::gossip::Role::Server,
+        bind: addr,
+        advertise: config.gossip_advertise,
         seeds: config.gossip_seeds.clone(),
-        cluster_id: crate::gossip::cluster_id(&config.datacenter),
-        gossip_interval: interval,
-        failure_detector: crate::gossip::failure_detector(interval, config.gossip_phi_threshold),
-    };
-    let transport = chitchat::transport::UdpTransport;
-    Membership::start(membership, &transport).await.map_err(|e| anyhow::anyhow!("cannot start gossip on {addr}: {e:#}"))
+        interval: Duration::from_millis(config.gossip_interval_ms),
+        phi_threshold: config.gossip_phi_threshold,
+    }
+    .join_udp()
+    .await
 }
 
 /// Graceful stop: hand leadership off, stop serving, then shut Raft down.

@@ -134,13 +134,7 @@ async fn agent(ctx: &Ctx, method: &Method, tail: &str, query: &str, body: &[u8])
             a.update_ttl(id, status, note).map_or_else(agent_error, |_| ok())
         }
         (["check", "update", id], &Method::PUT) => {
-            #[derive(serde::Deserialize, Default)]
-            #[serde(rename_all = "PascalCase", default)]
-            struct Update {
-                status: Option<String>,
-                output: Option<String>,
-            }
-            let u: Update = match registry::api::json::decode(body) {
+            let u: registry::api::CheckUpdate = match registry::api::json::decode(body) {
                 Ok(u) => u,
                 Err(e) => return text(StatusCode::BAD_REQUEST, e),
             };
@@ -159,7 +153,7 @@ async fn agent(ctx: &Ctx, method: &Method, tail: &str, query: &str, body: &[u8])
             if list.is_empty() {
                 return text(StatusCode::NOT_FOUND, format!("ServiceName {name} Not Found"));
             }
-            let worst = worst(list.iter().map(|h| h.aggregated_status));
+            let worst = registry::api::worst_status(list.iter().map(|h| h.aggregated_status));
             json(health_code(worst), &list)
         }
         (["health", "service", "id", id], &Method::GET) => {
@@ -175,22 +169,18 @@ async fn agent(ctx: &Ctx, method: &Method, tail: &str, query: &str, body: &[u8])
     }
 }
 
-fn worst(statuses: impl Iterator<Item = HealthStatus>) -> HealthStatus {
-    statuses.max_by_key(|s| s.severity()).unwrap_or(HealthStatus::Passing)
-}
-
 fn health_code(s: HealthStatus) -> StatusCode {
-    match s {
-        HealthStatus::Passing => StatusCode::OK,
-        HealthStatus::Warning => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    }
+    StatusCode::from_u16(registry::api::agent_health_http_status(s)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 fn service_health(s: &crate::local::LocalState, svc: &AgentService) -> AgentServiceHealth {
     let checks: Vec<HealthCheck> =
         s.checks().filter(|c| c.check.service_id == svc.id).map(|c| c.check.clone()).collect();
-    AgentServiceHealth { aggregated_status: worst(checks.iter().map(|c| c.status)), service: svc.clone(), checks }
+    AgentServiceHealth {
+        aggregated_status: registry::api::worst_status(checks.iter().map(|c| c.status)),
+        service: svc.clone(),
+        checks,
+    }
 }
 
 fn to_agent_member(m: &Member, status: u8) -> AgentMember {
@@ -198,22 +188,11 @@ fn to_agent_member(m: &Member, status: u8) -> AgentMember {
         Role::Server => "consul",
         Role::Client => "node",
     };
-    AgentMember {
-        name: m.name.clone(),
-        addr: m.gossip_addr.ip().to_string(),
-        port: m.gossip_addr.port(),
-        tags: [("role", role), ("dc", m.datacenter.as_str()), ("build", m.version.as_str())]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        status,
-        protocol_min: 1,
-        protocol_max: 5,
-        protocol_cur: 2,
-        delegate_min: 2,
-        delegate_max: 5,
-        delegate_cur: 4,
-    }
+    let tags = [("role", role), ("dc", m.datacenter.as_str()), ("build", m.version.as_str())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    AgentMember::new(m.name.clone(), m.gossip_addr.ip().to_string(), m.gossip_addr.port(), tags, status)
 }
 
 /// Serf's statuses: 1 alive, 3 left, 4 failed.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use registry::api::DeregisterRequest;
 use registry::client::Client;
-use registry::gossip::{Member, Membership, MembershipConfig, Role};
+use registry::gossip::Membership;
 use tokio::sync::watch;
 
 pub use config::{Config, SidecarArgs};
@@ -108,24 +108,17 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 async fn start_gossip(config: &Config, addr: SocketAddr) -> anyhow::Result<Membership> {
-    let interval = config.gossip_interval();
-    let membership = MembershipConfig {
-        me: Member {
-            name: config.node_name.clone(),
-            address: config.address.clone(),
-            datacenter: config.datacenter.clone(),
-            role: Role::Client,
-            version: env!("CARGO_PKG_VERSION").into(),
-            gossip_addr: config.gossip_advertise.unwrap_or(addr),
-        },
-        gossip_addr: addr,
-        advertise_addr: config.gossip_advertise,
+    registry::gossip::Joining {
+        name: config.node_name.clone(),
+        address: config.address.clone(),
+        datacenter: config.datacenter.clone(),
+        role: registry::gossip::Role::Client,
+        bind: addr,
+        advertise: config.gossip_advertise,
         seeds: config.gossip_seeds.clone(),
-        cluster_id: registry::gossip::cluster_id(&config.datacenter),
-        gossip_interval: interval,
-        failure_detector: registry::gossip::failure_detector(interval, config.gossip_phi_threshold),
-    };
-    Membership::start(membership, &chitchat::transport::UdpTransport)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start gossip on {addr}: {e:#}"))
+        interval: config.gossip_interval(),
+        phi_threshold: config.gossip_phi_threshold,
+    }
+    .join_udp()
+    .await
 }

@@ -324,5 +324,14 @@ async fn sidecars_register_check_fail_over_and_repair() {
         pool.passing(3).await == Some(names(&[1, 2, 4]))
     })
     .await;
-    assert_eq!(pool.serf_health("pod-1").await.as_deref(), Some("passing"), "gossip shows the new leader who is alive");
+    // The new leader learns who is alive from gossip (its view starts empty) and says so in serfHealth.
+    pool.eventually("new leader marks the survivors alive", Duration::from_secs(15), || async {
+        for pod in ["pod-1", "pod-2", "pod-4"] {
+            if pool.serf_health(pod).await.as_deref() != Some("passing") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 }

@@ -101,6 +101,25 @@ pub struct AgentMember {
     pub delegate_cur: u8,
 }
 
+impl AgentMember {
+    /// A member with the Serf protocol versions Consul 1.x reports. Status: 1 alive, 3 left, 4 failed.
+    pub fn new(name: String, addr: String, port: u16, tags: BTreeMap<String, String>, status: u8) -> Self {
+        AgentMember {
+            name,
+            addr,
+            port,
+            tags,
+            status,
+            protocol_min: 1,
+            protocol_max: 5,
+            protocol_cur: 2,
+            delegate_min: 2,
+            delegate_max: 5,
+            delegate_cur: 4,
+        }
+    }
+}
+
 /// One entry of `/v1/agent/health/service/name/:name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -108,4 +127,26 @@ pub struct AgentServiceHealth {
     pub aggregated_status: HealthStatus,
     pub service: AgentService,
     pub checks: Vec<HealthCheck>,
+}
+
+/// Body of `PUT /v1/agent/check/update/:id`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CheckUpdate {
+    pub status: Option<String>,
+    pub output: Option<String>,
+}
+
+/// The worst of some statuses (passing when there are none), as Consul aggregates a service's checks.
+pub fn worst_status(statuses: impl IntoIterator<Item = HealthStatus>) -> HealthStatus {
+    statuses.into_iter().max_by_key(|s| s.severity()).unwrap_or(HealthStatus::Passing)
+}
+
+/// HTTP status of `/v1/agent/health/service/*`: 200 passing, 429 warning, 503 otherwise.
+pub fn agent_health_http_status(s: HealthStatus) -> u16 {
+    match s {
+        HealthStatus::Passing => 200,
+        HealthStatus::Warning => 429,
+        _ => 503,
+    }
 }

@@ -69,13 +69,7 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
             update_ttl(app, id, status, req.get("note").unwrap_or("").to_string()).await
         }
         (["check", "update", id], &Method::PUT) => {
-            #[derive(serde::Deserialize, Default)]
-            #[serde(rename_all = "PascalCase", default)]
-            struct Update {
-                status: Option<String>,
-                output: Option<String>,
-            }
-            let u: Update = super::json::decode(&req.body)?;
+            let u: crate::api::CheckUpdate = super::json::decode(&req.body)?;
             require_check_write(app, &a, id)?;
             let status = HealthStatus::parse(u.status.as_deref().unwrap_or("")).ok_or_else(|| {
                 ApiError::BadRequest(format!("Invalid check status: {:?}", u.status.unwrap_or_default()))
@@ -135,19 +129,7 @@ fn members(app: &App) -> Vec<AgentMember> {
             tags.insert("port".to_string(), port.to_string());
             tags.insert("id".to_string(), format!("{id:016x}"));
             tags.insert("build".to_string(), format!("roster-{}", env!("CARGO_PKG_VERSION")));
-            AgentMember {
-                name: n.name.clone(),
-                addr: addr.to_string(),
-                port: port.parse().unwrap_or(8300),
-                tags,
-                status: 1,
-                protocol_min: 1,
-                protocol_max: 5,
-                protocol_cur: 2,
-                delegate_min: 2,
-                delegate_max: 5,
-                delegate_cur: 4,
-            }
+            AgentMember::new(n.name.clone(), addr.to_string(), port.parse().unwrap_or(8300), tags, 1)
         })
         .collect()
 }
@@ -396,16 +378,8 @@ async fn update_ttl(app: &Arc<App>, id: &str, status: HealthStatus, output: Stri
     Ok(super::text(StatusCode::OK, ""))
 }
 
-fn aggregate(checks: &[HealthCheck]) -> HealthStatus {
-    checks.iter().map(|c| c.status).max_by_key(|s| s.severity()).unwrap_or(HealthStatus::Passing)
-}
-
 fn health_status_code(s: HealthStatus) -> StatusCode {
-    match s {
-        HealthStatus::Passing => StatusCode::OK,
-        HealthStatus::Warning => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    }
+    StatusCode::from_u16(crate::api::agent_health_http_status(s)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 fn service_health(app: &App, svc: &NodeService) -> AgentServiceHealth {
@@ -416,7 +390,11 @@ fn service_health(app: &App, svc: &NodeService) -> AgentServiceHealth {
         // Only the service's own checks, as Consul's agent answers.
         .filter(|c| c.service_id == svc.id)
         .collect();
-    AgentServiceHealth { aggregated_status: aggregate(&checks), service: to_agent_service(app, svc), checks }
+    AgentServiceHealth {
+        aggregated_status: crate::api::worst_status(checks.iter().map(|c| c.status)),
+        service: to_agent_service(app, svc),
+        checks,
+    }
 }
 
 fn service_health_by_name(app: &App, name: &str) -> ApiResult {
@@ -425,7 +403,7 @@ fn service_health_by_name(app: &App, name: &str) -> ApiResult {
     if list.is_empty() {
         return Err(ApiError::NotFound(format!("ServiceName {name} Not Found")));
     }
-    let worst = list.iter().map(|h| h.aggregated_status).max_by_key(|s| s.severity()).unwrap_or(HealthStatus::Passing);
+    let worst = crate::api::worst_status(list.iter().map(|h| h.aggregated_status));
     Ok(json(health_status_code(worst), &list))
 }
 
