@@ -4,8 +4,11 @@
 //! - [`registry_cluster`]: validate, build and status (pure) of a `RegistryCluster`, and its
 //!   controller (server-side apply, status with conditions).
 //! - [`service_registration`]: external services in the catalog, with a finalizer.
+//! - [`key_value`]: KV entries written with CAS, drift reported, deleted with a finalizer.
 
 pub mod crd;
+pub mod key_value;
+pub mod registry_api;
 pub mod registry_cluster;
 pub mod service_registration;
 

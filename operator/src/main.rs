@@ -14,10 +14,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Reconcile RegistryClusters and ServiceRegistrations (in-cluster, or against the current
-    /// kubeconfig context).
+    /// Reconcile RegistryClusters, ServiceRegistrations and KeyValues (in-cluster, or against the
+    /// current kubeconfig context).
     Run {
-        /// Registry HTTP address for ServiceRegistrations (host:port), for example through a
+        /// Registry HTTP address for ServiceRegistrations and KeyValues (host:port), for example through a
         /// port-forward when running outside the cluster; default: each cluster's client Service.
         #[arg(long, env = "ROSTER_REGISTRY_ADDR")]
         registry_addr: Option<String>,
@@ -49,7 +49,11 @@ fn main() -> std::process::ExitCode {
                     Ok(client) => {
                         tokio::join!(
                             roster_operator::registry_cluster::controller::run(client.clone()),
-                            roster_operator::service_registration::controller::run(client, registry_addr),
+                            roster_operator::service_registration::controller::run(
+                                client.clone(),
+                                registry_addr.clone()
+                            ),
+                            roster_operator::key_value::controller::run(client, registry_addr),
                         );
                         std::process::ExitCode::SUCCESS
                     }

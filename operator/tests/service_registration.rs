@@ -2,9 +2,10 @@
 //! (`roster dev`, started here on 127.0.0.1:19720) on the other: finalizer added first, then the
 //! service registered with its status reported, then deregistered when the resource is deleted.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 use http::{Method, Request, Response};
 use kube::client::Body;
@@ -13,38 +14,9 @@ use kube::Client;
 use roster_operator::crd::ServiceRegistration;
 use roster_operator::service_registration::controller::{reconcile, Context};
 use roster_operator::service_registration::FINALIZER;
-use serde_json::Value;
 use tower_test::mock::{self, Handle};
 
 const REGISTRY: &str = "127.0.0.1:19720";
-
-struct Registry(Child);
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_registry() -> Registry {
-    let roster = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roster-operator")).with_file_name("roster");
-    assert!(roster.exists(), "{} is missing: cargo build -p roster-registry", roster.display());
-    let child = Command::new(roster)
-        .args(["dev", "--http-addr", REGISTRY, "--rpc-addr", "127.0.0.1:19721", "--gossip-addr", "off"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("roster dev");
-    let registry = Registry(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let client = registry::client::Client::new(vec![REGISTRY.into()]).expect("client");
-    while client.health_service("consul", false).await.is_err() {
-        assert!(Instant::now() < deadline, "roster dev did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    registry
-}
 
 fn resource(finalized: bool, deleting: bool) -> ServiceRegistration {
     let mut sr: ServiceRegistration = serde_yaml::from_str(
@@ -76,40 +48,20 @@ fn context() -> (Arc<Context>, Handle<Request<Body>, Response<Body>>) {
     (Arc::new(Context { client: Client::new(service, "default"), registry_addr: Some(REGISTRY.into()) }), handle)
 }
 
-async fn next(
-    handle: &mut Handle<Request<Body>, Response<Body>>,
-    method: Method,
-    path: &str,
-    reply: impl FnOnce(&Value) -> Value,
-) -> Value {
-    let (request, send) = handle.next_request().await.expect("a request");
-    assert_eq!(request.method(), method);
-    let uri = request.uri().to_string();
-    assert!(uri.starts_with(path), "expected {path}, got {uri}");
-    let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.expect("body")).expect("json");
-    let reply = reply(&body);
-    send.send_response(
-        Response::builder().body(Body::from(serde_json::to_vec(&reply).expect("json"))).expect("response"),
-    );
-    body
-}
-
 async fn registered(client: &registry::client::Client) -> Vec<registry::api::ServiceEntry> {
     client.health_service("postgres", false).await.expect("health").value
 }
 
 #[tokio::test]
 async fn finalizer_then_register_then_deregister() {
-    registry::client::ensure_crypto_provider();
-    let _registry = start_registry().await;
+    let _registry = common::start_registry(REGISTRY, "127.0.0.1:19721").await;
     let catalog = registry::client::Client::new(vec![REGISTRY.into()]).expect("client");
     let path = "/apis/roster.dev/v1alpha1/namespaces/shop/serviceregistrations/billing-db";
 
     // 1. A new resource first gets the finalizer, and nothing is registered yet.
     let (ctx, mut handle) = context();
     let task = tokio::spawn(reconcile(Arc::new(resource(false, false)), ctx));
-    let patch =
-        next(&mut handle, Method::PATCH, path, |_| serde_json::to_value(resource(true, false)).expect("json")).await;
+    let patch = common::answer(&mut handle, Method::PATCH, path, resource(true, false)).await;
     assert!(patch.to_string().contains(FINALIZER), "{patch}");
     assert_eq!(task.await.expect("join").expect("reconciled"), Action::await_change());
     assert!(registered(&catalog).await.is_empty());
@@ -117,12 +69,7 @@ async fn finalizer_then_register_then_deregister() {
     // 2. With the finalizer: registered in the registry, status says so with the registry's health.
     let (ctx, mut handle) = context();
     let task = tokio::spawn(reconcile(Arc::new(resource(true, false)), ctx));
-    let status = next(&mut handle, Method::PATCH, &format!("{path}/status?"), |patch| {
-        let mut whole = serde_json::to_value(resource(true, false)).expect("json");
-        whole["status"] = patch["status"].clone();
-        whole
-    })
-    .await;
+    let status = common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource(true, false)).await;
     assert_eq!(status["status"]["registered"], true);
     assert_eq!(status["status"]["health"], "warning");
     assert_eq!(status["status"]["observedGeneration"], 2);
@@ -136,8 +83,7 @@ async fn finalizer_then_register_then_deregister() {
     // 3. Deleted: deregistered from the registry first, then the finalizer goes.
     let (ctx, mut handle) = context();
     let task = tokio::spawn(reconcile(Arc::new(resource(true, true)), ctx));
-    let patch =
-        next(&mut handle, Method::PATCH, path, |_| serde_json::to_value(resource(false, true)).expect("json")).await;
+    let patch = common::answer(&mut handle, Method::PATCH, path, resource(false, true)).await;
     assert!(patch.to_string().contains("remove") || patch.to_string().contains("finalizers"), "{patch}");
     assert!(registered(&catalog).await.is_empty(), "deregistered before the finalizer was removed");
     assert_eq!(task.await.expect("join").expect("reconciled"), Action::await_change());

@@ -181,6 +181,17 @@ impl Client {
         Ok(body.as_ref() == b"true")
     }
 
+    /// `DELETE /v1/kv/:key[?cas=N]`: true when deleted (with `cas`, only if still at that index).
+    pub async fn kv_delete(&self, key: &str, cas: Option<u64>) -> Result<bool, ClientError> {
+        let path = match cas {
+            Some(c) => format!("/v1/kv/{key}?cas={c}"),
+            None => format!("/v1/kv/{key}"),
+        };
+        let (_, status, body) = self.send(reqwest::Method::DELETE, &path, None).await?;
+        Self::check(status, &body)?;
+        Ok(body.as_ref() == b"true")
+    }
+
     pub async fn catalog_register(&self, r: &RegisterRequest) -> Result<(), ClientError> {
         let body = serde_json::to_vec(r).map_err(|e| ClientError::Status { status: 0, body: e.to_string() })?;
         let (_, status, body) = self.send(reqwest::Method::PUT, "/v1/catalog/register", Some(body)).await?;

@@ -69,6 +69,10 @@ pub struct KeyValueStatus {
     /// Keys changed in the registry by someone else since the operator wrote them.
     #[serde(default)]
     pub drifted_keys: Vec<String>,
+    /// ModifyIndex of the operator's last write of each key: a key still at that index is the
+    /// operator's to update (CAS) or delete; any other index means someone else changed it.
+    #[serde(default)]
+    pub written_indexes: BTreeMap<String, u64>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

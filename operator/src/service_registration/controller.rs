@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use registry::client::Client as RegistryClient;
 
 use super::{aggregate_health, build, deregistration, placement, FINALIZER};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
+use crate::registry_api::{condition, patch_status, registry_for};
 
 pub struct Context {
     pub client: Client,
@@ -29,39 +29,6 @@ pub enum Error {
     Registry(String),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-fn registry_for(sr: &ServiceRegistration, ctx: &Context) -> Result<RegistryClient, Error> {
-    let addr = match &ctx.registry_addr {
-        Some(a) => a.clone(),
-        None => {
-            let ns = sr.namespace().unwrap_or_else(|| "default".into());
-            let cluster = sr.spec.cluster.clone().unwrap_or_else(|| "roster".into());
-            format!("{cluster}.{ns}.svc:{}", crate::registry_cluster::build::HTTP_PORT)
-        }
-    };
-    RegistryClient::new(vec![addr]).map_err(|e| Error::Registry(e.to_string()))
-}
-
-fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> serde_json::Value {
-    serde_json::json!({
-        "type": type_,
-        "status": if ok { "True" } else { "False" },
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
-    })
-}
-
-async fn patch_status(api: &Api<ServiceRegistration>, name: &str, status: serde_json::Value) -> Result<(), Error> {
-    let body = serde_json::json!({
-        "apiVersion": "roster.dev/v1alpha1",
-        "kind": "ServiceRegistration",
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(crate::MANAGER).force(), &Patch::Apply(&body)).await?;
-    Ok(())
 }
 
 async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceRegistration>) -> Result<Action, Error> {
@@ -80,7 +47,9 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceReg
             return Ok(Action::await_change());
         }
     };
-    let registry = registry_for(&sr, ctx)?;
+    let ns = sr.namespace().unwrap_or_else(|| "default".into());
+    let registry = registry_for(&ns, sr.spec.cluster.as_deref(), ctx.registry_addr.as_deref())
+        .map_err(|e| Error::Registry(e.to_string()))?;
     registry.catalog_register(&request).await.map_err(|e| Error::Registry(e.to_string()))?;
     let p = placement(&sr);
     let checks = registry.health_node(&p.node).await.map_err(|e| Error::Registry(e.to_string()))?;
@@ -108,7 +77,9 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceReg
 }
 
 async fn cleanup(sr: Arc<ServiceRegistration>, ctx: &Context) -> Result<Action, Error> {
-    let registry = registry_for(&sr, ctx)?;
+    let ns = sr.namespace().unwrap_or_else(|| "default".into());
+    let registry = registry_for(&ns, sr.spec.cluster.as_deref(), ctx.registry_addr.as_deref())
+        .map_err(|e| Error::Registry(e.to_string()))?;
     registry.catalog_deregister(&deregistration(&sr)).await.map_err(|e| Error::Registry(e.to_string()))?;
     Ok(Action::await_change())
 }

@@ -1,0 +1,64 @@
+//! Shared by the controller tests: a real registry (`roster dev` on a given port, killed on drop)
+//! and the mock API server's side of one request.
+
+use std::process::{Child, Command, Stdio};
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tower_test::mock::Handle;
+
+pub struct Registry(Child);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `roster dev` (the binary next to the test's operator binary) with HTTP on `http` and RPC on
+/// `rpc`, and waits until it answers.
+pub async fn start_registry(http: &str, rpc: &str) -> Registry {
+    registry::client::ensure_crypto_provider();
+    let roster = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roster-operator")).with_file_name("roster");
+    assert!(roster.exists(), "{} is missing: cargo build -p roster-registry", roster.display());
+    let child = Command::new(roster)
+        .args(["dev", "--http-addr", http, "--rpc-addr", rpc, "--gossip-addr", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("roster dev");
+    let registry = Registry(child);
+    let client = registry::client::Client::new(vec![http.into()]).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.kv_get("probe").await.is_err() {
+        assert!(Instant::now() < deadline, "roster dev did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    registry
+}
+
+/// Plays the API server for the next request, which must be `method` to a URI starting with `path`:
+/// answers with `whole`, carrying the status the request wrote if it wrote one. Returns the body.
+pub async fn answer(
+    handle: &mut Handle<Request<Body>, Response<Body>>,
+    method: Method,
+    path: &str,
+    whole: impl serde::Serialize,
+) -> Value {
+    let (request, send) = handle.next_request().await.expect("a request");
+    assert_eq!(request.method(), method);
+    let uri = request.uri().to_string();
+    assert!(uri.starts_with(path), "expected {path}, got {uri}");
+    let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.expect("body")).expect("json");
+    let mut reply = serde_json::to_value(whole).expect("json");
+    if body.get("status").is_some() {
+        reply["status"] = body["status"].clone();
+    }
+    send.send_response(
+        Response::builder().body(Body::from(serde_json::to_vec(&reply).expect("json"))).expect("response"),
+    );
+    body
+}
