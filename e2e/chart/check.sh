@@ -34,7 +34,7 @@ echo "-- kubernetes-validate --strict ($k8s_version) on the CRDs"
 
 n=0
 for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
-    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true"; do
+    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"

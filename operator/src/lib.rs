@@ -5,7 +5,9 @@
 //!   controller (server-side apply, status with conditions).
 //! - [`service_registration`]: external services in the catalog, with a finalizer.
 //! - [`key_value`]: KV entries written with CAS, drift reported, deleted with a finalizer.
+//! - [`acl_policy`]: ACL policies, and tokens for them kept in Secrets.
 
+pub mod acl_policy;
 pub mod crd;
 pub mod key_value;
 pub mod registry_api;

@@ -14,13 +14,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Reconcile RegistryClusters, ServiceRegistrations and KeyValues (in-cluster, or against the
+    /// Reconcile RegistryClusters, ServiceRegistrations, KeyValues and AclPolicies (in-cluster, or against the
     /// current kubeconfig context).
     Run {
         /// Registry HTTP address for ServiceRegistrations and KeyValues (host:port), for example through a
         /// port-forward when running outside the cluster; default: each cluster's client Service.
         #[arg(long, env = "ROSTER_REGISTRY_ADDR")]
         registry_addr: Option<String>,
+        /// ACL token for the registry (needs `acl = "write"` for AclPolicies); from a Secret in the chart.
+        #[arg(long, env = "ROSTER_REGISTRY_TOKEN", hide_env_values = true)]
+        registry_token: Option<String>,
     },
     /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
     Check { files: Vec<std::path::PathBuf> },
@@ -33,7 +36,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Cmd::Run { registry_addr } => {
+        Cmd::Run { registry_addr, registry_token } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             registry::client::ensure_crypto_provider();
@@ -51,9 +54,15 @@ fn main() -> std::process::ExitCode {
                             roster_operator::registry_cluster::controller::run(client.clone()),
                             roster_operator::service_registration::controller::run(
                                 client.clone(),
-                                registry_addr.clone()
+                                registry_addr.clone(),
+                                registry_token.clone()
                             ),
-                            roster_operator::key_value::controller::run(client, registry_addr),
+                            roster_operator::key_value::controller::run(
+                                client.clone(),
+                                registry_addr.clone(),
+                                registry_token.clone()
+                            ),
+                            roster_operator::acl_policy::controller::run(client, registry_addr, registry_token),
                         );
                         std::process::ExitCode::SUCCESS
                     }

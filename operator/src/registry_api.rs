@@ -42,3 +42,73 @@ where
     api.patch_status(name, &PatchParams::apply(crate::MANAGER).force(), &Patch::Apply(&body)).await?;
     Ok(())
 }
+
+/// The error of the controllers that talk to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("registry: {0}")]
+    Registry(#[from] ClientError),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// What those controllers share: the Kubernetes client and how to reach the registry.
+pub struct Context {
+    pub client: kube::Client,
+    /// The registry's HTTP address; None: each cluster's client Service.
+    pub registry_addr: Option<String>,
+    /// ACL token for the registry, when ACLs are on.
+    pub registry_token: Option<String>,
+}
+
+impl Context {
+    /// A registry client for a resource in `namespace` naming `cluster`, with the token.
+    pub fn registry(&self, namespace: &str, cluster: Option<&str>) -> Result<RegistryClient, Error> {
+        Ok(registry_for(namespace, cluster, self.registry_addr.as_deref())?.with_token(self.registry_token.clone()))
+    }
+}
+
+/// Runs `apply` (or, once the resource is being deleted, `cleanup`) under `finalizer_name`, so a
+/// deleted resource stays until the registry side is cleaned up.
+pub async fn reconcile_with_finalizer<K, A, AF, C, CF>(
+    obj: std::sync::Arc<K>,
+    ctx: &Context,
+    finalizer_name: &str,
+    apply: A,
+    cleanup: C,
+) -> Result<kube::runtime::controller::Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    A: FnOnce(std::sync::Arc<K>, Api<K>) -> AF,
+    AF: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>,
+    C: FnOnce(std::sync::Arc<K>) -> CF,
+    CF: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>>,
+{
+    use kube::runtime::finalizer::{finalizer, Event};
+    let ns = obj.meta().namespace.clone().unwrap_or_else(|| "default".into());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, finalizer_name, obj, |event| async {
+        match event {
+            Event::Apply(obj) => apply(obj, api.clone()).await,
+            Event::Cleanup(obj) => cleanup(obj).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Retry a failed reconcile in 15 s.
+pub fn error_policy<K: kube::ResourceExt + Resource<DynamicType = ()>>(
+    obj: std::sync::Arc<K>,
+    error: &Error,
+    _ctx: std::sync::Arc<Context>,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), %error, "reconcile failed; retrying in 15 s");
+    kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(15))
+}

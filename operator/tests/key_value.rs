@@ -10,8 +10,9 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::Client;
 use roster_operator::crd::KeyValue;
-use roster_operator::key_value::controller::{reconcile, Context};
+use roster_operator::key_value::controller::reconcile;
 use roster_operator::key_value::FINALIZER;
+use roster_operator::registry_api::Context;
 use serde_json::Value;
 use tower_test::mock::{self, Handle};
 
@@ -35,7 +36,14 @@ fn resource(mode: &str, status: Option<Value>, deleting: bool) -> KeyValue {
 
 fn context() -> (Arc<Context>, Handle<Request<Body>, Response<Body>>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Arc::new(Context { client: Client::new(service, "default"), registry_addr: Some(REGISTRY.into()) }), handle)
+    (
+        Arc::new(Context {
+            client: Client::new(service, "default"),
+            registry_addr: Some(REGISTRY.into()),
+            registry_token: None,
+        }),
+        handle,
+    )
 }
 
 async fn value(client: &registry::client::Client, key: &str) -> Option<String> {

@@ -12,7 +12,8 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
 use roster_operator::crd::ServiceRegistration;
-use roster_operator::service_registration::controller::{reconcile, Context};
+use roster_operator::registry_api::Context;
+use roster_operator::service_registration::controller::reconcile;
 use roster_operator::service_registration::FINALIZER;
 use tower_test::mock::{self, Handle};
 
@@ -45,7 +46,14 @@ spec:
 
 fn context() -> (Arc<Context>, Handle<Request<Body>, Response<Body>>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Arc::new(Context { client: Client::new(service, "default"), registry_addr: Some(REGISTRY.into()) }), handle)
+    (
+        Arc::new(Context {
+            client: Client::new(service, "default"),
+            registry_addr: Some(REGISTRY.into()),
+            registry_token: None,
+        }),
+        handle,
+    )
 }
 
 async fn registered(client: &registry::client::Client) -> Vec<registry::api::ServiceEntry> {

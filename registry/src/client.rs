@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use crate::api::{CatalogNode, DeregisterRequest, HealthCheck, KvPair, RegisterRequest, ServiceEntry};
+use crate::api::{
+    AclPolicy, AclToken, CatalogNode, DeregisterRequest, HealthCheck, KvPair, RegisterRequest, ServiceEntry,
+};
 
 static CRYPTO: Once = Once::new();
 
@@ -216,6 +218,70 @@ impl Client {
         let (_, status, body) = self.send(reqwest::Method::GET, &format!("/v1/health/node/{node}"), None).await?;
         Self::check(status, &body)?;
         Self::parse(status, &body)
+    }
+
+    /// A JSON call; `None` when the server answers 404 (not found).
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>, ClientError> {
+        let (_, status, body) = self.send(method, path, body).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::check(status, &body)?;
+        Self::parse(status, &body).map(Some)
+    }
+
+    fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(value).map_err(|e| ClientError::Status { status: 0, body: e.to_string() })
+    }
+
+    /// `GET /v1/acl/policy/name/:name`.
+    pub async fn acl_policy_by_name(&self, name: &str) -> Result<Option<AclPolicy>, ClientError> {
+        self.json(reqwest::Method::GET, &format!("/v1/acl/policy/name/{name}"), None).await
+    }
+
+    /// `PUT /v1/acl/policy` (new) or `PUT /v1/acl/policy/:id` (update, when `policy.id` is set).
+    pub async fn acl_policy_write(&self, policy: &AclPolicy) -> Result<AclPolicy, ClientError> {
+        let path =
+            if policy.id.is_empty() { "/v1/acl/policy".to_string() } else { format!("/v1/acl/policy/{}", policy.id) };
+        self.json(reqwest::Method::PUT, &path, Some(Self::encode(policy)?))
+            .await?
+            .ok_or_else(|| ClientError::Status { status: 404, body: format!("policy {} not found", policy.id) })
+    }
+
+    /// `DELETE /v1/acl/policy/:id`.
+    pub async fn acl_policy_delete(&self, id: &str) -> Result<(), ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::DELETE, &format!("/v1/acl/policy/{id}"), None).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Self::check(status, &body)
+    }
+
+    /// `PUT /v1/acl/token`: a new token; the answer carries its SecretID.
+    pub async fn acl_token_create(&self, token: &AclToken) -> Result<AclToken, ClientError> {
+        self.json(reqwest::Method::PUT, "/v1/acl/token", Some(Self::encode(token)?))
+            .await?
+            .ok_or_else(|| ClientError::Status { status: 404, body: "token endpoint not found".into() })
+    }
+
+    /// `GET /v1/acl/token/:accessor_id`.
+    pub async fn acl_token_read(&self, accessor_id: &str) -> Result<Option<AclToken>, ClientError> {
+        self.json(reqwest::Method::GET, &format!("/v1/acl/token/{accessor_id}"), None).await
+    }
+
+    /// `DELETE /v1/acl/token/:accessor_id`.
+    pub async fn acl_token_delete(&self, accessor_id: &str) -> Result<(), ClientError> {
+        let (_, status, body) =
+            self.send(reqwest::Method::DELETE, &format!("/v1/acl/token/{accessor_id}"), None).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Self::check(status, &body)
     }
 
     /// `GET /v1/health/service/:name[?passing]`.

@@ -9,29 +9,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{finalizer, Event};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::{deletions, desired, plan, Current, FINALIZER};
 use crate::crd::KeyValue;
-use crate::registry_api::{condition, patch_status, registry_for};
-
-pub struct Context {
-    pub client: Client,
-    /// The registry's HTTP address; None: the cluster's client Service (`<cluster>.<ns>.svc:8500`).
-    pub registry_addr: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("registry: {0}")]
-    Registry(#[from] registry::client::ClientError),
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
+use crate::registry_api::{condition, error_policy, patch_status, reconcile_with_finalizer, Context, Error};
 
 /// The ConfigMap's or Secret's data, when the resource takes its values from one.
 async fn read_source(kv: &KeyValue, ctx: &Context) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
@@ -68,7 +51,7 @@ async fn current(
     Ok(out)
 }
 
-async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: &Api<KeyValue>) -> Result<Action, Error> {
+async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: Api<KeyValue>) -> Result<Action, Error> {
     let name = kv.name_any();
     let generation = kv.metadata.generation;
     let source = read_source(&kv, ctx).await?;
@@ -80,12 +63,12 @@ async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: &Api<KeyValue>) -> Result<
                 "observedGeneration": generation,
                 "conditions": [condition("Synced", false, "InvalidSpec", errors.join("; "), generation)],
             });
-            patch_status(api, &name, status).await?;
+            patch_status(&api, &name, status).await?;
             return Ok(Action::await_change());
         }
     };
     let ns = kv.namespace().unwrap_or_else(|| "default".into());
-    let registry = registry_for(&ns, kv.spec.cluster.as_deref(), ctx.registry_addr.as_deref())?;
+    let registry = ctx.registry(&ns, kv.spec.cluster.as_deref())?;
     let ours = kv.status.as_ref().map(|s| s.written_indexes.clone()).unwrap_or_default();
     let now = current(&registry, want.keys()).await?;
     let p = plan(&want, &now, &ours);
@@ -118,7 +101,7 @@ async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: &Api<KeyValue>) -> Result<
             condition("Drifted", !synced, if synced { "NoDrift" } else { "ChangedElsewhere" }, message, generation),
         ],
     });
-    patch_status(api, &name, status).await?;
+    patch_status(&api, &name, status).await?;
     // Drift happens in the registry, which is not watched: look again now and then.
     Ok(Action::requeue(Duration::from_secs(60)))
 }
@@ -128,7 +111,7 @@ async fn cleanup(kv: Arc<KeyValue>, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let ns = kv.namespace().unwrap_or_else(|| "default".into());
-    let registry = registry_for(&ns, kv.spec.cluster.as_deref(), ctx.registry_addr.as_deref())?;
+    let registry = ctx.registry(&ns, kv.spec.cluster.as_deref())?;
     let ours = kv.status.as_ref().map(|s| s.written_indexes.clone()).unwrap_or_default();
     let now = current(&registry, ours.keys()).await?;
     for (key, index) in deletions(&ours, &now) {
@@ -138,25 +121,11 @@ async fn cleanup(kv: Arc<KeyValue>, ctx: &Context) -> Result<Action, Error> {
 }
 
 pub async fn reconcile(kv: Arc<KeyValue>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = kv.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<KeyValue> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, kv, |event| async {
-        match event {
-            Event::Apply(kv) => apply(kv, &ctx, &api).await,
-            Event::Cleanup(kv) => cleanup(kv, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    reconcile_with_finalizer(kv, &ctx, FINALIZER, |kv, api| apply(kv, &ctx, api), |kv| cleanup(kv, &ctx)).await
 }
 
-pub fn error_policy(kv: Arc<KeyValue>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(keyvalue = %kv.name_any(), %error, "reconcile failed; retrying in 15 s");
-    Action::requeue(Duration::from_secs(15))
-}
-
-pub async fn run(client: Client, registry_addr: Option<String>) {
-    let ctx = Arc::new(Context { client: client.clone(), registry_addr });
+pub async fn run(client: Client, registry_addr: Option<String>, registry_token: Option<String>) {
+    let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
     Controller::new(Api::<KeyValue>::all(client), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

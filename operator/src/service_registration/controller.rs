@@ -7,31 +7,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{finalizer, Event};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::{aggregate_health, build, deregistration, placement, FINALIZER};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
-use crate::registry_api::{condition, patch_status, registry_for};
+use crate::registry_api::{condition, error_policy, patch_status, reconcile_with_finalizer, Context, Error};
 
-pub struct Context {
-    pub client: Client,
-    /// The registry's HTTP address; None: the cluster's client Service (`<cluster>.<ns>.svc:8500`).
-    pub registry_addr: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("registry: {0}")]
-    Registry(String),
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceRegistration>) -> Result<Action, Error> {
+async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegistration>) -> Result<Action, Error> {
     let name = sr.name_any();
     let generation = sr.metadata.generation;
     let request = match build(&sr) {
@@ -43,16 +26,15 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceReg
                 "observedGeneration": generation,
                 "conditions": [condition("Registered", false, "InvalidSpec", message, generation)],
             });
-            patch_status(api, &name, status).await?;
+            patch_status(&api, &name, status).await?;
             return Ok(Action::await_change());
         }
     };
     let ns = sr.namespace().unwrap_or_else(|| "default".into());
-    let registry = registry_for(&ns, sr.spec.cluster.as_deref(), ctx.registry_addr.as_deref())
-        .map_err(|e| Error::Registry(e.to_string()))?;
-    registry.catalog_register(&request).await.map_err(|e| Error::Registry(e.to_string()))?;
+    let registry = ctx.registry(&ns, sr.spec.cluster.as_deref())?;
+    registry.catalog_register(&request).await?;
     let p = placement(&sr);
-    let checks = registry.health_node(&p.node).await.map_err(|e| Error::Registry(e.to_string()))?;
+    let checks = registry.health_node(&p.node).await?;
     let health = aggregate_health(&checks, &p.service_id);
     let status = ServiceRegistrationStatus {
         registered: true,
@@ -60,7 +42,7 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceReg
         observed_generation: generation,
         conditions: Vec::new(),
     };
-    let mut value = serde_json::to_value(&status).map_err(|e| Error::Registry(e.to_string()))?;
+    let mut value = serde_json::to_value(&status).unwrap_or_default();
     value["conditions"] = serde_json::json!([
         condition("Registered", true, "InCatalog", format!("{} on node {}", p.service_id, p.node), generation),
         condition(
@@ -71,39 +53,24 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: &Api<ServiceReg
             generation
         ),
     ]);
-    patch_status(api, &name, value).await?;
+    patch_status(&api, &name, value).await?;
     // Health changes in the registry are not watched yet: look again now and then.
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
 async fn cleanup(sr: Arc<ServiceRegistration>, ctx: &Context) -> Result<Action, Error> {
     let ns = sr.namespace().unwrap_or_else(|| "default".into());
-    let registry = registry_for(&ns, sr.spec.cluster.as_deref(), ctx.registry_addr.as_deref())
-        .map_err(|e| Error::Registry(e.to_string()))?;
-    registry.catalog_deregister(&deregistration(&sr)).await.map_err(|e| Error::Registry(e.to_string()))?;
+    let registry = ctx.registry(&ns, sr.spec.cluster.as_deref())?;
+    registry.catalog_deregister(&deregistration(&sr)).await?;
     Ok(Action::await_change())
 }
 
 pub async fn reconcile(sr: Arc<ServiceRegistration>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = sr.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<ServiceRegistration> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, sr, |event| async {
-        match event {
-            Event::Apply(sr) => apply(sr, &ctx, &api).await,
-            Event::Cleanup(sr) => cleanup(sr, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    reconcile_with_finalizer(sr, &ctx, FINALIZER, |sr, api| apply(sr, &ctx, api), |sr| cleanup(sr, &ctx)).await
 }
 
-pub fn error_policy(sr: Arc<ServiceRegistration>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(registration = %sr.name_any(), %error, "reconcile failed; retrying in 15 s");
-    Action::requeue(Duration::from_secs(15))
-}
-
-pub async fn run(client: Client, registry_addr: Option<String>) {
-    let ctx = Arc::new(Context { client: client.clone(), registry_addr });
+pub async fn run(client: Client, registry_addr: Option<String>, registry_token: Option<String>) {
+    let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
     Controller::new(Api::<ServiceRegistration>::all(client), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

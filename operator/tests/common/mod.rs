@@ -20,12 +20,19 @@ impl Drop for Registry {
 
 /// Starts `roster dev` (the binary next to the test's operator binary) with HTTP on `http` and RPC on
 /// `rpc`, and waits until it answers.
+#[allow(dead_code)] // each test binary uses its own subset
 pub async fn start_registry(http: &str, rpc: &str) -> Registry {
+    start_registry_with(http, rpc, &[]).await
+}
+
+/// The same with extra flags (ACL settings).
+pub async fn start_registry_with(http: &str, rpc: &str, extra: &[&str]) -> Registry {
     registry::client::ensure_crypto_provider();
     let roster = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roster-operator")).with_file_name("roster");
     assert!(roster.exists(), "{} is missing: cargo build -p roster-registry", roster.display());
     let child = Command::new(roster)
         .args(["dev", "--http-addr", http, "--rpc-addr", rpc, "--gossip-addr", "off"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -33,15 +40,22 @@ pub async fn start_registry(http: &str, rpc: &str) -> Registry {
     let registry = Registry(child);
     let client = registry::client::Client::new(vec![http.into()]).expect("client");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while client.kv_get("probe").await.is_err() {
+    // Any answer will do (with ACLs on, a 403 is an answer).
+    while client
+        .raw(reqwest::Method::GET, "/v1/status/leader", Default::default(), Default::default(), false)
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "roster dev did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     registry
 }
 
+#[allow(dead_code)]
 /// Plays the API server for the next request, which must be `method` to a URI starting with `path`:
-/// answers with `whole`, carrying the status the request wrote if it wrote one. Returns the body.
+/// answers with `whole`, carrying the status the request wrote if it wrote one (`null`: echoes the
+/// request body, as a server-side apply of a new object answers). Returns the body.
 pub async fn answer(
     handle: &mut Handle<Request<Body>, Response<Body>>,
     method: Method,
@@ -54,7 +68,9 @@ pub async fn answer(
     assert!(uri.starts_with(path), "expected {path}, got {uri}");
     let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.expect("body")).expect("json");
     let mut reply = serde_json::to_value(whole).expect("json");
-    if body.get("status").is_some() {
+    if reply.is_null() {
+        reply = body.clone();
+    } else if body.get("status").is_some() {
         reply["status"] = body["status"].clone();
     }
     send.send_response(

@@ -1,0 +1,106 @@
+//! The AclPolicy controller: with a finalizer, apply = create or update the policy, and when asked,
+//! a token bound to it whose SecretID goes into a Kubernetes Secret (owned by the resource);
+//! cleanup = delete the token and the policy from the registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use super::{build, differs, policy_name, token_for, FINALIZER};
+use crate::crd::AclPolicy;
+use crate::registry_api::{condition, error_policy, patch_status, reconcile_with_finalizer, Context, Error};
+
+async fn apply(p: Arc<AclPolicy>, ctx: &Context, api: Api<AclPolicy>) -> Result<Action, Error> {
+    let name = p.name_any();
+    let ns = p.namespace().unwrap_or_else(|| "default".into());
+    let generation = p.metadata.generation;
+    let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref())?;
+    let existing = reg.acl_policy_by_name(&policy_name(&p)).await?;
+    let want = match build(&p, existing.as_ref().map(|e| e.id.as_str())) {
+        Ok(w) => w,
+        Err(errors) => {
+            let status = serde_json::json!({
+                "observedGeneration": generation,
+                "conditions": [condition("Ready", false, "InvalidSpec", errors.join("; "), generation)],
+            });
+            patch_status(&api, &name, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let policy = match existing {
+        Some(have) if !differs(&have, &want) => have,
+        _ => reg.acl_policy_write(&want).await?,
+    };
+    let mut accessor = p.status.as_ref().and_then(|s| s.token_accessor_id.clone());
+    if let Some(spec) = &p.spec.token {
+        let alive = match &accessor {
+            Some(a) => reg.acl_token_read(a).await?.is_some(),
+            None => false,
+        };
+        if !alive {
+            let token = reg.acl_token_create(&token_for(&p, &policy)).await?;
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(spec.secret_name.clone()),
+                    namespace: Some(ns.clone()),
+                    owner_references: p.controller_owner_ref(&()).map(|o| vec![o]),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(BTreeMap::from([("token".to_string(), ByteString(token.secret_id.clone().into_bytes()))])),
+                ..Default::default()
+            };
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .patch(&spec.secret_name, &PatchParams::apply(crate::MANAGER).force(), &Patch::Apply(&secret))
+                .await?;
+            accessor = Some(token.accessor_id);
+        }
+    }
+    let status = serde_json::json!({
+        "policyId": policy.id,
+        "tokenAccessorId": accessor,
+        "observedGeneration": generation,
+        "conditions": [condition("Ready", true, "InRegistry", format!("policy {}", policy.name), generation)],
+    });
+    patch_status(&api, &name, status).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn cleanup(p: Arc<AclPolicy>, ctx: &Context) -> Result<Action, Error> {
+    let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref())?;
+    if let Some(accessor) = p.status.as_ref().and_then(|s| s.token_accessor_id.as_deref()) {
+        reg.acl_token_delete(accessor).await?;
+    }
+    if let Some(existing) = reg.acl_policy_by_name(&policy_name(&p)).await? {
+        reg.acl_policy_delete(&existing.id).await?;
+    }
+    // The token Secret is owned by the resource: Kubernetes deletes it with it.
+    Ok(Action::await_change())
+}
+
+pub async fn reconcile(p: Arc<AclPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_with_finalizer(p, &ctx, FINALIZER, |p, api| apply(p, &ctx, api), |p| cleanup(p, &ctx)).await
+}
+
+pub async fn run(client: Client, registry_addr: Option<String>, registry_token: Option<String>) {
+    let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
+    Controller::new(Api::<AclPolicy>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Secret>::all(client), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "ACL policy reconcile error");
+            }
+        })
+        .await;
+}
