@@ -6,7 +6,8 @@ use kube::Resource;
 use registry::client::{Client as RegistryClient, ClientError};
 
 /// The registry a resource in `namespace` talks to: `addr` when given (out-of-cluster runs, tests),
-/// else the client Service of `cluster` (default `roster`, the chart's default release name).
+/// else the client Service of `cluster` (default `roster`: install the chart as release `roster`, or
+/// name the cluster in the resource's `spec.cluster`).
 pub fn registry_for(namespace: &str, cluster: Option<&str>, addr: Option<&str>) -> Result<RegistryClient, ClientError> {
     let addr = match addr {
         Some(a) => a.to_string(),

@@ -59,7 +59,7 @@ pub async fn sync_loop(agent: Arc<Agent>, client: Client, interval: Duration, mu
             let r = full_sync(&agent, &client).await;
             if r.is_ok() {
                 // Up to 1/8 jitter so a fleet started together does not sync in lockstep.
-                let jitter = interval.mul_f64(rand_fraction() / 8.0);
+                let jitter = interval.mul_f64(rand::random::<f64>() / 8.0);
                 next_full = now + interval + jitter;
             }
             r
@@ -81,11 +81,4 @@ pub async fn sync_loop(agent: Arc<Agent>, client: Client, interval: Duration, mu
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
-}
-
-/// A fraction in [0, 1) from the clock; good enough to spread timers.
-fn rand_fraction() -> f64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    f64::from(nanos % 1000) / 1000.0
 }
