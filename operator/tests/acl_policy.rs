@@ -10,13 +10,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::Method;
-use kube::Client;
 use roster_operator::acl_policy::controller::reconcile;
 use roster_operator::acl_policy::FINALIZER;
 use roster_operator::crd::AclPolicy;
-use roster_operator::registry_api::Context;
 use serde_json::Value;
-use tower_test::mock;
 
 const REGISTRY: &str = "127.0.0.1:19740";
 const MANAGEMENT: &str = "6f8e1c1a-0d57-4d3b-9a5e-3c2b7f1e9d10";
@@ -37,17 +34,6 @@ fn resource(status: Option<Value>, deleting: bool) -> AclPolicy {
     serde_json::from_value(v).expect("AclPolicy")
 }
 
-fn context(
-) -> (Arc<Context>, tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>) {
-    let (service, handle) = mock::pair();
-    let ctx = Context {
-        client: Client::new(service, "default"),
-        registry_addr: Some(REGISTRY.into()),
-        registry_token: Some(MANAGEMENT.into()),
-    };
-    (Arc::new(ctx), handle)
-}
-
 #[tokio::test]
 async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
     let _registry = common::start_registry_with(
@@ -66,7 +52,7 @@ async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
     let path = "/apis/roster.dev/v1alpha1/namespaces/shop/aclpolicies/app";
 
     // 1. Policy created, token in a Secret owned by the resource, status says which.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, Some(MANAGEMENT));
     let task = tokio::spawn(reconcile(Arc::new(resource(None, false)), ctx));
     let secret =
         common::answer(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/secrets/app-token?", Value::Null).await;
@@ -87,7 +73,7 @@ async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
     assert!(app.kv_put("other/mode", b"on".to_vec(), None).await.is_err(), "outside its prefix: denied");
 
     // 2. Deleted: token and policy leave the registry, then the finalizer goes.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, Some(MANAGEMENT));
     let task = tokio::spawn(reconcile(Arc::new(resource(Some(status["status"].clone()), true)), ctx));
     let patch = common::answer(&mut handle, Method::PATCH, path, resource(None, true)).await;
     assert!(patch.to_string().contains("finalizers"), "{patch}");

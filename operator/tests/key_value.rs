@@ -6,15 +6,11 @@ use std::sync::Arc;
 
 mod common;
 
-use http::{Method, Request, Response};
-use kube::client::Body;
-use kube::Client;
+use http::Method;
 use roster_operator::crd::KeyValue;
 use roster_operator::key_value::controller::reconcile;
 use roster_operator::key_value::FINALIZER;
-use roster_operator::registry_api::Context;
 use serde_json::Value;
-use tower_test::mock::{self, Handle};
 
 const REGISTRY: &str = "127.0.0.1:19730";
 
@@ -34,18 +30,6 @@ fn resource(mode: &str, status: Option<Value>, deleting: bool) -> KeyValue {
     serde_json::from_value(v).expect("KeyValue")
 }
 
-fn context() -> (Arc<Context>, Handle<Request<Body>, Response<Body>>) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (
-        Arc::new(Context {
-            client: Client::new(service, "default"),
-            registry_addr: Some(REGISTRY.into()),
-            registry_token: None,
-        }),
-        handle,
-    )
-}
-
 async fn value(client: &registry::client::Client, key: &str) -> Option<String> {
     let pair = client.kv_get(key).await.expect("get").value?;
     Some(String::from_utf8(pair.value.unwrap_or_default()).expect("utf8"))
@@ -58,7 +42,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     let path = "/apis/roster.dev/v1alpha1/namespaces/shop/keyvalues/app-settings";
 
     // 1. Both keys written; status remembers the indexes written.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource("fast", None, false)), ctx));
     let first =
         common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource("fast", None, false)).await;
@@ -70,7 +54,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
 
     // 2. Someone edits app/level in the registry; the spec changes app/mode.
     assert!(kvs.kv_put("app/level", b"9".to_vec(), None).await.expect("put"));
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, None);
     let status = Some(first["status"].clone());
     let task = tokio::spawn(reconcile(Arc::new(resource("slow", status.clone(), false)), ctx));
     let second =
@@ -82,7 +66,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     assert_eq!(second["status"]["driftedKeys"], serde_json::json!(["app/level"]));
 
     // 3. Deleted: its own key goes, the edited one stays; then the finalizer goes.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, None);
     let status = Some(second["status"].clone());
     let task = tokio::spawn(reconcile(Arc::new(resource("slow", status.clone(), true)), ctx));
     let mut gone = resource("slow", status, true);

@@ -7,15 +7,11 @@ use std::time::Duration;
 
 mod common;
 
-use http::{Method, Request, Response};
-use kube::client::Body;
+use http::Method;
 use kube::runtime::controller::Action;
-use kube::Client;
 use roster_operator::crd::ServiceRegistration;
-use roster_operator::registry_api::Context;
 use roster_operator::service_registration::controller::reconcile;
 use roster_operator::service_registration::FINALIZER;
-use tower_test::mock::{self, Handle};
 
 const REGISTRY: &str = "127.0.0.1:19720";
 
@@ -44,18 +40,6 @@ spec:
     sr
 }
 
-fn context() -> (Arc<Context>, Handle<Request<Body>, Response<Body>>) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (
-        Arc::new(Context {
-            client: Client::new(service, "default"),
-            registry_addr: Some(REGISTRY.into()),
-            registry_token: None,
-        }),
-        handle,
-    )
-}
-
 async fn registered(client: &registry::client::Client) -> Vec<registry::api::ServiceEntry> {
     client.health_service("postgres", false).await.expect("health").value
 }
@@ -67,7 +51,7 @@ async fn finalizer_then_register_then_deregister() {
     let path = "/apis/roster.dev/v1alpha1/namespaces/shop/serviceregistrations/billing-db";
 
     // 1. A new resource first gets the finalizer, and nothing is registered yet.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(false, false)), ctx));
     let patch = common::answer(&mut handle, Method::PATCH, path, resource(true, false)).await;
     assert!(patch.to_string().contains(FINALIZER), "{patch}");
@@ -75,7 +59,7 @@ async fn finalizer_then_register_then_deregister() {
     assert!(registered(&catalog).await.is_empty());
 
     // 2. With the finalizer: registered in the registry, status says so with the registry's health.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(true, false)), ctx));
     let status = common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource(true, false)).await;
     assert_eq!(status["status"]["registered"], true);
@@ -89,7 +73,7 @@ async fn finalizer_then_register_then_deregister() {
     assert_eq!(entries[0].service.address, "db.example.org");
 
     // 3. Deleted: deregistered from the registry first, then the finalizer goes.
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(true, true)), ctx));
     let patch = common::answer(&mut handle, Method::PATCH, path, resource(false, true)).await;
     assert!(patch.to_string().contains("remove") || patch.to_string().contains("finalizers"), "{patch}");

@@ -78,3 +78,23 @@ pub async fn answer(
     );
     body
 }
+
+/// The mock API server's handle, as the tests drive it.
+#[allow(dead_code)]
+pub type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+/// A controller context whose Kubernetes client is the mock API service, talking to the registry at
+/// `registry` with `token`.
+#[allow(dead_code)]
+pub fn context(
+    registry: &str,
+    token: Option<&str>,
+) -> (std::sync::Arc<roster_operator::registry_api::Context>, ApiHandle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = roster_operator::registry_api::Context {
+        client: kube::Client::new(service, "default"),
+        registry_addr: Some(registry.into()),
+        registry_token: token.map(str::to_string),
+    };
+    (std::sync::Arc::new(ctx), handle)
+}
