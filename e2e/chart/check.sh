@@ -22,7 +22,7 @@ for helm in helm3 helm4; do
 done
 
 # Values that must be refused by values.schema.json.
-for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.storage.size=lots operator.replicas=2; do
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0; do
     if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted $bad" >&2
         exit 1
@@ -34,7 +34,7 @@ echo "-- kubernetes-validate --strict ($k8s_version) on the CRDs"
 
 n=0
 for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
-    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token"; do
+    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"
@@ -47,4 +47,11 @@ for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
         "$operator" check "$cr"
     done < <(find "$dir" -name 'registrycluster.yaml')
 done
+# Two operator replicas elect a leader; one does not.
+"$bin/helm4" template roster "$chart" --set operator.replicas=2 | grep -q -- '--leader-election' \
+    || { echo "two operator replicas without --leader-election" >&2; exit 1; }
+if "$bin/helm4" template roster "$chart" | grep -q -- '--leader-election'; then
+    echo "one operator replica with --leader-election" >&2
+    exit 1
+fi
 echo "chart: OK"

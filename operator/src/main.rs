@@ -1,6 +1,7 @@
-//! `roster-operator`: the Kubernetes operator (issue 5, in progress). `run` reconciles
-//! RegistryClusters against the cluster of the kubeconfig (or in-cluster); `crd` prints the CRDs
-//! (the single source of `crds/`).
+//! `roster-operator`: the Kubernetes operator. `run` reconciles RegistryClusters,
+//! ServiceRegistrations, KeyValues and AclPolicies against the cluster of the kubeconfig (or
+//! in-cluster), optionally behind a Lease; `crd` prints the CRDs (the single source of `crds/`);
+//! `check` validates RegistryCluster manifests offline.
 
 use clap::{Parser, Subcommand};
 use roster_operator::crd;
@@ -24,6 +25,16 @@ enum Cmd {
         /// ACL token for the registry (needs `acl = "write"` for AclPolicies); from a Secret in the chart.
         #[arg(long, env = "ROSTER_REGISTRY_TOKEN", hide_env_values = true)]
         registry_token: Option<String>,
+        /// Where to serve /metrics, /healthz and /readyz.
+        #[arg(long, env = "ROSTER_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
+        /// Reconcile only while holding a Lease, so several replicas can run (one active, the others
+        /// waiting to take over).
+        #[arg(long, env = "ROSTER_OPERATOR_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else `default`).
+        #[arg(long, env = "POD_NAMESPACE")]
+        lease_namespace: Option<String>,
     },
     /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
     Check { files: Vec<std::path::PathBuf> },
@@ -36,7 +47,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Cmd::Run { registry_addr, registry_token } => {
+        Cmd::Run { registry_addr, registry_token, metrics_addr, leader_election, lease_namespace } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             registry::client::ensure_crypto_provider();
@@ -47,31 +58,15 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(async {
-                match kube::Client::try_default().await {
-                    Ok(client) => {
-                        tokio::join!(
-                            roster_operator::registry_cluster::controller::run(client.clone()),
-                            roster_operator::service_registration::controller::run(
-                                client.clone(),
-                                registry_addr.clone(),
-                                registry_token.clone()
-                            ),
-                            roster_operator::key_value::controller::run(
-                                client.clone(),
-                                registry_addr.clone(),
-                                registry_token.clone()
-                            ),
-                            roster_operator::acl_policy::controller::run(client, registry_addr, registry_token),
-                        );
-                        std::process::ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("roster-operator: no Kubernetes API to talk to (in-cluster or kubeconfig): {e}");
-                        std::process::ExitCode::FAILURE
-                    }
+            let settings =
+                RunSettings { registry_addr, registry_token, metrics_addr, leader_election, lease_namespace };
+            match runtime.block_on(run(settings)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("roster-operator: {e}");
+                    std::process::ExitCode::FAILURE
                 }
-            })
+            }
         }
         Cmd::Check { files } => {
             let mut failed = false;
@@ -115,6 +110,94 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
     }
+}
+
+struct RunSettings {
+    registry_addr: Option<String>,
+    registry_token: Option<String>,
+    metrics_addr: std::net::SocketAddr,
+    leader_election: bool,
+    lease_namespace: Option<String>,
+}
+
+/// Runs every controller (after winning the Lease, with leader election) until a signal, or until
+/// the Lease is lost: then the process exits, and Kubernetes restarts it as a candidate.
+async fn run(s: RunSettings) -> Result<(), String> {
+    use roster_operator::telemetry::{self, Metrics};
+    let metrics = Metrics::new();
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("no Kubernetes API to talk to (in-cluster or kubeconfig): {e}"))?;
+    let listener = telemetry::serve(s.metrics_addr, metrics.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = listener.await {
+            tracing::error!(error = %e, "cannot serve metrics and health");
+        }
+    });
+    metrics.set_ready();
+    let mut lease = None;
+    if s.leader_election {
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("roster-operator-{}", std::process::id()));
+        let namespace = s.lease_namespace.clone().unwrap_or_else(|| "default".into());
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "roster-operator")
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await
+            .map_err(|e| format!("leader election: {e}"))?;
+        let (mut leading, task) = manager.watch().await;
+        tracing::info!(%identity, %namespace, "waiting for the roster-operator Lease");
+        while !*leading.borrow_and_update() {
+            leading.changed().await.map_err(|_| "leader election stopped".to_string())?;
+        }
+        tracing::info!(%identity, "holding the Lease: reconciling");
+        lease = Some((leading, task));
+    }
+    metrics.set_leader(true);
+    let controllers = async {
+        use roster_operator::{acl_policy, key_value, registry_cluster, service_registration};
+        let (addr, token) = (s.registry_addr.clone(), s.registry_token.clone());
+        tokio::join!(
+            registry_cluster::controller::run(client.clone(), addr.clone(), token.clone(), metrics.clone()),
+            service_registration::controller::run(client.clone(), addr.clone(), token.clone(), metrics.clone()),
+            key_value::controller::run(client.clone(), addr.clone(), token.clone(), metrics.clone()),
+            acl_policy::controller::run(client.clone(), addr, token, metrics.clone()),
+        );
+    };
+    let result = match lease {
+        None => {
+            controllers.await;
+            Ok(())
+        }
+        Some((mut leading, task)) => {
+            let lost = async {
+                while *leading.borrow_and_update() {
+                    if leading.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = controllers => {
+                    // Shut down on a signal: let the Lease go so another replica takes over at once.
+                    drop(leading);
+                    if let Ok(Ok(manager)) = task.await {
+                        let _ = manager.release().await;
+                    }
+                    Ok(())
+                }
+                _ = lost => Err("lost the roster-operator Lease; exiting so a new candidate starts".to_string()),
+            }
+        }
+    };
+    metrics.set_leader(false);
+    server.abort();
+    result
 }
 
 /// Every RegistryCluster document in a file, validated; the errors name the document and field.

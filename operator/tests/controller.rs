@@ -1,131 +1,466 @@
-//! The controller against kube's mock API service: each scenario plays the API server, checks every
-//! request the reconciler makes (method, path, field manager, body) and answers as a server would.
+//! The RegistryCluster controller against kube's mock API service, scenario by scenario: each test
+//! plays the API server (checking every request the reconciler makes: method, path, field manager,
+//! body) and the servers (a fake autopilot that records the Raft operations asked of it).
+//! Scenarios: create, scale up, scale down (Raft removal before the StatefulSet shrinks, leader
+//! handed off first), rolling update (followers first, leader last, waiting for readiness), bad spec.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use http::{Method, Request, Response};
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
+use registry::api::{AutopilotHealth, ServerHealth};
 use roster_operator::crd::RegistryCluster;
-use roster_operator::registry_cluster::controller::{reconcile, Context};
-use serde_json::Value;
+use roster_operator::registry_cluster::controller::{reconcile, Context, ServerAdmin};
+use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
 fn fixture(name: &str) -> RegistryCluster {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry_cluster").join(name);
     serde_yaml::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("parses")
 }
 
-fn context() -> (Arc<Context>, Handle<Request<Body>, Response<Body>>) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = Context {
-        client: Client::new(service, "default"),
-        query_registry: false,
-        http: registry::client::http_builder().build().expect("http"),
-    };
-    (Arc::new(ctx), handle)
+/// The servers as the controller sees them: autopilot health from `servers`, operations recorded.
+#[derive(Default)]
+struct FakeServers {
+    /// (name, leader, healthy); empty: unreachable.
+    servers: Mutex<Vec<(String, bool, bool)>>,
+    calls: Mutex<Vec<String>>,
 }
 
-/// Takes the next request; checks it is a server-side apply to `path`; answers with `answer(body)`.
-async fn expect_apply(
-    handle: &mut Handle<Request<Body>, Response<Body>>,
+impl FakeServers {
+    fn with(servers: &[(&str, bool, bool)]) -> Arc<Self> {
+        let s = FakeServers::default();
+        *s.servers.lock().expect("lock") = servers.iter().map(|(n, l, h)| (n.to_string(), *l, *h)).collect();
+        Arc::new(s)
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("lock").clone()
+    }
+}
+
+impl ServerAdmin for FakeServers {
+    fn health<'a>(&'a self, _ns: &'a str, _cluster: &'a str) -> BoxFuture<'a, Result<AutopilotHealth, String>> {
+        let servers = self.servers.lock().expect("lock").clone();
+        Box::pin(async move {
+            if servers.is_empty() {
+                return Err("connection refused".into());
+            }
+            let servers: Vec<ServerHealth> = servers
+                .iter()
+                .enumerate()
+                .map(|(i, (name, leader, healthy))| ServerHealth {
+                    id: i.to_string(),
+                    name: name.clone(),
+                    address: format!("{name}.registry-server.shop.svc:8300"),
+                    serf_status: "alive".into(),
+                    version: "0.1.0".into(),
+                    leader: *leader,
+                    last_contact: "0s".into(),
+                    last_term: 2,
+                    last_index: 120,
+                    healthy: *healthy,
+                    voter: true,
+                    stable_since: "2026-11-25T10:00:00Z".into(),
+                })
+                .collect();
+            Ok(AutopilotHealth { healthy: servers.iter().all(|s| s.healthy), failure_tolerance: 1, servers })
+        })
+    }
+
+    fn remove_peer<'a>(
+        &'a self,
+        _ns: &'a str,
+        _cluster: &'a str,
+        server: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        self.calls.lock().expect("lock").push(format!("remove {server}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn transfer_leadership<'a>(&'a self, _ns: &'a str, _cluster: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        self.calls.lock().expect("lock").push("transfer".into());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn context(servers: Arc<FakeServers>) -> (Arc<Context>, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Arc::new(Context::new(Client::new(service, "default"), servers)), handle)
+}
+
+/// Plays the API server for the next request, which must be `method` on a URI starting with
+/// `path`: answers `reply(request body)` as (status, JSON). Returns the request body (null if none).
+async fn serve(
+    handle: &mut ApiHandle,
+    method: Method,
     path: &str,
-    answer: impl FnOnce(Value) -> Value,
+    reply: impl FnOnce(&Value) -> (u16, Value),
 ) -> Value {
-    let (request, send) = handle.next_request().await.expect("a request");
-    assert_eq!(request.method(), Method::PATCH, "{}", request.uri());
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+        .expect("a request");
     let uri = request.uri().to_string();
-    assert!(uri.starts_with(path), "expected {path}, got {uri}");
-    assert!(uri.contains("fieldManager=roster-operator") && uri.contains("force=true"), "{uri}");
-    assert_eq!(
-        request.headers().get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/apply-patch+yaml"),
-        "server-side apply"
-    );
-    let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.expect("body")).expect("json");
-    let reply = answer(body.clone());
+    assert_eq!(request.method(), method, "{uri}");
+    assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+    if method == Method::PATCH && !path.contains("/events") {
+        assert!(uri.contains("fieldManager=roster-operator") && uri.contains("force=true"), "{uri}");
+        assert_eq!(
+            request.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/apply-patch+yaml"),
+            "server-side apply"
+        );
+    }
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("json") };
+    let (status, answer) = reply(&body);
     send.send_response(
-        Response::builder().body(Body::from(serde_json::to_vec(&reply).expect("json"))).expect("response"),
+        Response::builder()
+            .status(StatusCode::from_u16(status).expect("status"))
+            .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+            .expect("response"),
     );
     body
 }
 
-/// The API server's answer to a status apply: the whole resource with the new status.
-fn with_status(rc: &RegistryCluster) -> impl FnOnce(Value) -> Value {
-    let mut whole = serde_json::to_value(rc).expect("json");
-    move |patch| {
-        whole["status"] = patch["status"].clone();
-        whole
-    }
+/// The next request must publish an Event: created (POST), or a repeat folded into its series
+/// (merge PATCH), as kube's Recorder does. Returns the event.
+async fn expect_event(handle: &mut ApiHandle) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("an event")
+        .expect("a request");
+    let uri = request.uri().to_string();
+    assert!(uri.starts_with(EVENTS), "expected an event, got {} {uri}", request.method());
+    assert!(request.method() == Method::POST || request.method() == Method::PATCH, "{uri}");
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let event: Value = serde_json::from_slice(&bytes).expect("json");
+    send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
+    event
+}
+
+fn echo(body: &Value) -> (u16, Value) {
+    (200, body.clone())
+}
+
+/// The API server's answer to a status apply: the whole resource, carrying the new status.
+fn with_status(body: &Value) -> (u16, Value) {
+    let mut whole = serde_json::to_value(fixture("three-servers.yaml")).expect("json");
+    whole["status"] = body["status"].clone();
+    (200, whole)
+}
+
+fn not_found(_: &Value) -> (u16, Value) {
+    (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}))
+}
+
+/// A StatefulSet as the API server would return it.
+fn stateful_set(replicas: i32, update_revision: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "registry", "namespace": "shop"},
+        "spec": {"replicas": replicas, "serviceName": "registry-server", "selector": {}, "template": {}},
+        "status": {"replicas": replicas, "updateRevision": update_revision, "currentRevision": "old"}
+    })
+}
+
+/// Server pods `registry-<i>`: (ordinal, revision, ready).
+fn pods(list: &[(i32, &str, bool)]) -> Value {
+    let items: Vec<Value> = list
+        .iter()
+        .map(|(i, rev, ready)| {
+            json!({
+                "metadata": {
+                    "name": format!("registry-{i}"), "namespace": "shop",
+                    "labels": {"controller-revision-hash": rev, "app.kubernetes.io/instance": "registry"}
+                },
+                "status": {"conditions": [{"type": "Ready", "status": if *ready { "True" } else { "False" }}]}
+            })
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+/// A cluster that was already available (so no QuorumReady event is due).
+fn running(replicas: i32) -> RegistryCluster {
+    let mut rc = fixture("three-servers.yaml");
+    rc.spec.replicas = replicas;
+    rc.metadata.generation = Some(2);
+    rc.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Running", "readyServers": 3,
+            "conditions": [{"type": "Available", "status": "True", "reason": "QuorumReady", "message": "",
+                            "lastTransitionTime": "2026-11-25T10:00:00Z"}]
+        }))
+        .expect("status"),
+    );
+    rc
+}
+
+const STS: &str = "/apis/apps/v1/namespaces/shop/statefulsets/registry";
+const PODS: &str = "/api/v1/namespaces/shop/pods?";
+const STATUS: &str = "/apis/roster.dev/v1alpha1/namespaces/shop/registryclusters/registry/status?";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+/// The applies every valid pass makes; returns the StatefulSet that was applied.
+async fn expect_applies(handle: &mut ApiHandle) -> Value {
+    let cm = serve(handle, Method::PATCH, "/api/v1/namespaces/shop/configmaps/registry-config?", echo).await;
+    assert!(cm["data"]["bootstrap-expect"].is_string());
+    let headless = serve(handle, Method::PATCH, "/api/v1/namespaces/shop/services/registry-server?", echo).await;
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let client = serve(handle, Method::PATCH, "/api/v1/namespaces/shop/services/registry?", echo).await;
+    assert_eq!(client["spec"]["ports"][0]["port"], 8500);
+    let sts = serve(handle, Method::PATCH, &format!("{STS}?"), echo).await;
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "RegistryCluster");
+    serve(handle, Method::PATCH, "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/registry?", echo).await;
+    sts
+}
+
+/// Observation of an existing StatefulSet and its pods.
+async fn expect_observe(handle: &mut ApiHandle, sts: Value, pod_list: Value) {
+    serve(handle, Method::GET, STS, move |_| (200, sts)).await;
+    serve(handle, Method::GET, PODS, move |_| (200, pod_list)).await;
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
 async fn a_new_cluster_gets_its_objects_and_a_status() {
     let rc = fixture("three-servers.yaml");
-    let (ctx, mut handle) = context();
+    let servers = FakeServers::with(&[]);
+    let (ctx, mut handle) = context(servers.clone());
     let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx));
 
-    let headless = expect_apply(&mut handle, "/api/v1/namespaces/shop/services/registry-server?", |b| b).await;
-    assert_eq!(headless["spec"]["clusterIP"], "None");
-    let client = expect_apply(&mut handle, "/api/v1/namespaces/shop/services/registry?", |b| b).await;
-    assert_eq!(client["spec"]["ports"][0]["port"], 8500);
-    let sts = expect_apply(&mut handle, "/apis/apps/v1/namespaces/shop/statefulsets/registry?", |mut b| {
-        // The API server answers with the object as it stands: two of three servers ready.
-        b["status"] = serde_json::json!({"replicas": 3, "readyReplicas": 2});
-        b
-    })
-    .await;
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    let sts = expect_applies(&mut handle).await;
     assert_eq!(sts["spec"]["replicas"], 3);
-    assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "RegistryCluster");
-    let pdb = expect_apply(&mut handle, "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/registry?", |b| b).await;
-    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(status["status"]["phase"], "Pending");
+    assert_eq!(condition(&status, "Available")["status"], "False");
+    assert_eq!(reconciler.await.expect("join").expect("reconciled"), Action::requeue(Duration::from_secs(30)));
+    assert!(servers.calls().is_empty());
+}
 
-    let status = expect_apply(
+#[tokio::test]
+async fn scaling_up_grows_the_stateful_set_and_leaves_joining_to_the_servers() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (ctx, mut handle) = context(servers.clone());
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(5)), ctx));
+
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    let sts = expect_applies(&mut handle).await;
+    assert_eq!(sts["spec"]["replicas"], 5);
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(status["status"]["leader"], "registry-0");
+    assert_eq!(status["status"]["lastRaftIndex"], 120);
+    assert_eq!(status["status"]["phase"], "Degraded", "3 of 5 ready while the new servers start");
+    assert_eq!(condition(&status, "Progressing")["reason"], "ServersStarting");
+    reconciler.await.expect("join").expect("reconciled");
+    assert!(servers.calls().is_empty(), "nothing asked of Raft: {:?}", servers.calls());
+}
+
+#[tokio::test]
+async fn scaling_down_removes_servers_from_raft_before_the_stateful_set_shrinks() {
+    let five = [(0, "a", true), (1, "a", true), (2, "a", true), (3, "a", true), (4, "a", true)];
+    let members = |n: usize, leader: usize| -> Vec<(String, bool, bool)> {
+        (0..n).map(|i| (format!("registry-{i}"), i == leader, true)).collect()
+    };
+
+    // Pass 1: the leader is registry-4, which is leaving: hand off first; the StatefulSet stays at 5.
+    let servers = FakeServers::with(&[]);
+    *servers.servers.lock().expect("lock") = members(5, 4);
+    let (ctx, mut handle) = context(servers.clone());
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(5, "a"), pods(&five)).await;
+    assert_eq!(expect_applies(&mut handle).await["spec"]["replicas"], 5);
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "LeadershipTransferred");
+    assert_eq!(event["regarding"]["kind"], "RegistryCluster");
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(status["status"]["phase"], "Updating");
+    assert_eq!(condition(&status, "Progressing")["reason"], "ScalingDown");
+    assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(servers.calls(), ["transfer"]);
+
+    // Pass 2: registry-0 leads now; registry-4 is removed from Raft, the StatefulSet still at 5.
+    *servers.servers.lock().expect("lock") = members(5, 0);
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(5, "a"), pods(&five)).await;
+    assert_eq!(expect_applies(&mut handle).await["spec"]["replicas"], 5);
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "ServerRemoved");
+    assert!(event["note"].as_str().is_some_and(|n| n.contains("registry-4")), "{event}");
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert_eq!(servers.calls(), ["transfer", "remove registry-4"]);
+
+    // Pass 3: registry-4 is out; registry-3 next.
+    *servers.servers.lock().expect("lock") = members(4, 0);
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(5, "a"), pods(&five)).await;
+    assert_eq!(expect_applies(&mut handle).await["spec"]["replicas"], 5);
+    expect_event(&mut handle).await;
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert_eq!(servers.calls(), ["transfer", "remove registry-4", "remove registry-3"]);
+
+    // Pass 4: both out of Raft: only now does the StatefulSet shrink.
+    *servers.servers.lock().expect("lock") = members(3, 0);
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(5, "a"), pods(&five)).await;
+    assert_eq!(expect_applies(&mut handle).await["spec"]["replicas"], 3);
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert_eq!(servers.calls().len(), 3, "nothing more asked of Raft");
+}
+
+#[tokio::test]
+async fn a_scale_down_waits_while_the_servers_cannot_be_asked() {
+    let servers = FakeServers::with(&[]);
+    let (ctx, mut handle) = context(servers.clone());
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx));
+    expect_observe(
         &mut handle,
-        "/apis/roster.dev/v1alpha1/namespaces/shop/registryclusters/registry/status?",
-        with_status(&rc),
+        stateful_set(5, "a"),
+        pods(&[(0, "a", true), (1, "a", true), (2, "a", true), (3, "a", true), (4, "a", true)]),
     )
     .await;
-    assert_eq!(status["status"]["readyServers"], 2);
-    assert_eq!(status["status"]["phase"], "Degraded");
-    let available = status["status"]["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Available")
-        .cloned();
-    assert_eq!(available.as_ref().map(|c| c["status"].clone()), Some(Value::from("True")), "2 of 3 is a quorum");
+    assert_eq!(expect_applies(&mut handle).await["spec"]["replicas"], 5, "never shrink without Raft's consent");
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["reason"], "ScalingDown");
+    assert!(progressing["message"].as_str().is_some_and(|m| m.contains("cannot ask the servers")), "{progressing}");
+    reconciler.await.expect("join").expect("ok");
+}
 
-    let action = reconciler.await.expect("join").expect("reconciled");
-    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(30)));
+#[tokio::test]
+async fn a_rolling_update_restarts_followers_first_and_the_leader_last() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (ctx, mut handle) = context(servers.clone());
+
+    // All three on the old template: the highest follower restarts first.
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "new"), pods(&[(0, "old", true), (1, "old", true), (2, "old", true)]))
+        .await;
+    expect_applies(&mut handle).await;
+    serve(&mut handle, Method::DELETE, "/api/v1/namespaces/shop/pods/registry-2", |_| {
+        (200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "registry-2", "namespace": "shop"}}))
+    })
+    .await;
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "ServerRestarted");
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(condition(&status, "Progressing")["reason"], "RollingUpdate");
+    reconciler.await.expect("join").expect("ok");
+
+    // registry-2 is back but not ready yet: nothing else is restarted.
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "new"), pods(&[(0, "old", true), (1, "old", true), (2, "new", false)]))
+        .await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let message = condition(&status, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.starts_with("waiting for registry-2 to be ready"), "{message}");
+    reconciler.await.expect("join").expect("ok");
+
+    // Ready, but autopilot says it has not caught up: still waiting.
+    servers.servers.lock().expect("lock")[2].2 = false;
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "new"), pods(&[(0, "old", true), (1, "old", true), (2, "new", true)]))
+        .await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let message = condition(&status, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.starts_with("waiting for registry-2 to catch up"), "{message}");
+    reconciler.await.expect("join").expect("ok");
+
+    // Followers done; the leader's turn: leadership is handed off, not the pod deleted.
+    servers.servers.lock().expect("lock")[2].2 = true;
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "new"), pods(&[(0, "old", true), (1, "new", true), (2, "new", true)]))
+        .await;
+    expect_applies(&mut handle).await;
+    assert_eq!(expect_event(&mut handle).await["reason"], "LeadershipTransferred");
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert_eq!(servers.calls(), ["transfer"]);
+
+    // registry-1 leads now: the old leader restarts last.
+    *servers.servers.lock().expect("lock") =
+        vec![("registry-0".into(), false, true), ("registry-1".into(), true, true), ("registry-2".into(), false, true)];
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "new"), pods(&[(0, "old", true), (1, "new", true), (2, "new", true)]))
+        .await;
+    expect_applies(&mut handle).await;
+    serve(&mut handle, Method::DELETE, "/api/v1/namespaces/shop/pods/registry-0", |_| {
+        (200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "registry-0", "namespace": "shop"}}))
+    })
+    .await;
+    expect_event(&mut handle).await;
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+
+    // All current: steady, Running, nothing deleted.
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "new"), pods(&[(0, "new", true), (1, "new", true), (2, "new", true)]))
+        .await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(status["status"]["phase"], "Running");
+    assert_eq!(condition(&status, "Progressing")["status"], "False");
+    assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(30)));
+}
+
+#[tokio::test]
+async fn losing_quorum_is_a_warning_event() {
+    let servers = FakeServers::with(&[]);
+    let (ctx, mut handle) = context(servers);
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", false), (2, "a", false)])).await;
+    expect_applies(&mut handle).await;
+    let event = expect_event(&mut handle).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("QuorumLost")));
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(condition(&status, "Available")["reason"], "NoQuorum");
+    reconciler.await.expect("join").expect("ok");
 }
 
 #[tokio::test]
 async fn a_bad_spec_builds_nothing_and_says_why() {
     let rc = fixture("bad-spec.yaml");
     let name = rc.metadata.name.clone().expect("name");
-    let (ctx, mut handle) = context();
+    let (ctx, mut handle) = context(FakeServers::with(&[]));
     let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx));
-    let status = expect_apply(
+    let event = expect_event(&mut handle).await;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    let status = serve(
         &mut handle,
+        Method::PATCH,
         &format!("/apis/roster.dev/v1alpha1/namespaces/shop/registryclusters/{name}/status?"),
-        with_status(&rc),
+        with_status,
     )
     .await;
     assert_eq!(status["status"]["phase"], "Failed");
-    let degraded = status["status"]["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .cloned()
-        .expect("Degraded");
+    let degraded = condition(&status, "Degraded");
     assert_eq!(degraded["reason"], "InvalidSpec");
     assert!(degraded["message"].as_str().is_some_and(|m| m.contains("spec.replicas")), "{degraded}");
     let action = reconciler.await.expect("join").expect("reconciled");
     assert_eq!(action, Action::await_change(), "nothing to retry until the spec changes");
     // And nothing else was asked of the API server (the client is gone: the channel ends empty).
-    let next = tokio::time::timeout(std::time::Duration::from_millis(100), handle.next_request()).await;
+    let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
     assert!(!matches!(next, Ok(Some(_))), "an unexpected request after a refused spec");
 }

@@ -16,6 +16,29 @@ fn env_of(d: &roster_operator::registry_cluster::Desired, name: &str) -> Option<
     pod.containers[0].env.as_ref()?.iter().find(|e| e.name == name)?.value.clone()
 }
 
+/// `ROSTER_BOOTSTRAP_EXPECT` as the pod will see it: from the ConfigMap the env var points to.
+fn bootstrap_expect(d: &roster_operator::registry_cluster::Desired) -> Option<String> {
+    let pod = d.stateful_set.spec.as_ref()?.template.spec.as_ref()?;
+    let var = pod.containers[0].env.as_ref()?.iter().find(|e| e.name == "ROSTER_BOOTSTRAP_EXPECT")?;
+    let key = var.value_from.as_ref()?.config_map_key_ref.as_ref()?;
+    assert_eq!(Some(key.name.as_str()), d.config_map.metadata.name.as_deref());
+    d.config_map.data.as_ref()?.get(&key.key).cloned()
+}
+
+#[test]
+fn scaling_changes_no_pod_template() {
+    let three = fixture("three-servers.yaml");
+    let mut five = three.clone();
+    five.spec.replicas = 5;
+    let build_of =
+        |rc: &roster_operator::crd::RegistryCluster| build(&validate(rc, DEFAULT_IMAGE).expect("valid"), None);
+    let (a, b) = (build_of(&three), build_of(&five));
+    let template =
+        |d: &roster_operator::registry_cluster::Desired| d.stateful_set.spec.as_ref().map(|s| s.template.clone());
+    assert_eq!(template(&a), template(&b), "a changed template would restart every server");
+    assert_eq!(bootstrap_expect(&b).as_deref(), Some("5"));
+}
+
 #[test]
 fn three_servers_find_each_other_by_stable_names() {
     let rc = fixture("three-servers.yaml");
@@ -32,13 +55,17 @@ fn three_servers_find_each_other_by_stable_names() {
     assert!(pod.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).is_some(), "servers spread over nodes");
     assert_eq!(pod.security_context.as_ref().and_then(|s| s.fs_group), Some(65532), "the nonroot user owns /data");
 
-    assert_eq!(env_of(&d, "ROSTER_BOOTSTRAP_EXPECT").as_deref(), Some("3"));
+    assert_eq!(bootstrap_expect(&d).as_deref(), Some("3"));
     assert_eq!(
         env_of(&d, "ROSTER_RETRY_JOIN").as_deref(),
-        Some(
-            "registry-0.registry-server.shop.svc:8300,registry-1.registry-server.shop.svc:8300,registry-2.registry-server.shop.svc:8300"
-        )
+        Some("registry-server.shop.svc:8300"),
+        "the headless Service's name stands for every server, however many"
     );
+    let probe = pod.containers[0].readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("probe");
+    assert_eq!(probe.path.as_deref(), Some("/readyz"), "ready means a Raft voter in touch with a leader");
+    let retention = sts.persistent_volume_claim_retention_policy.as_ref().expect("retention");
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"), "a removed server's data must not come back");
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
     assert_eq!(
         env_of(&d, "ROSTER_ADVERTISE_RPC").as_deref(),
         Some("$(ROSTER_NODE_NAME).registry-server.shop.svc:8300"),
@@ -88,7 +115,7 @@ fn defaults_fill_a_minimal_spec() {
     let d = build(&valid, None);
     let pod = d.stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
     assert_eq!(pod.containers[0].image.as_deref(), Some(DEFAULT_IMAGE));
-    assert_eq!(env_of(&d, "ROSTER_BOOTSTRAP_EXPECT").as_deref(), Some("1"));
+    assert_eq!(bootstrap_expect(&d).as_deref(), Some("1"));
     assert_eq!(
         d.pdb.spec.as_ref().and_then(|s| s.max_unavailable.clone()),
         Some(IntOrString::Int(0)),

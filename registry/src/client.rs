@@ -6,7 +6,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use crate::api::{
-    AclPolicy, AclToken, CatalogNode, DeregisterRequest, HealthCheck, KvPair, RegisterRequest, ServiceEntry,
+    AclPolicy, AclToken, AutopilotHealth, CatalogNode, DeregisterRequest, HealthCheck, KvPair, RegisterRequest,
+    ServiceEntry,
 };
 
 static CRYPTO: Once = Once::new();
@@ -292,4 +293,37 @@ impl Client {
         let value = Self::parse(status, &body)?;
         Ok(Indexed { index, value })
     }
+
+    /// `GET /v1/operator/autopilot/health`: the leader's view of every server. Consul answers 429
+    /// with the same body when some server is unhealthy; both are a health report here.
+    pub async fn autopilot_health(&self) -> Result<AutopilotHealth, ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::GET, "/v1/operator/autopilot/health", None).await?;
+        if status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Self::check(status, &body)?;
+        }
+        Self::parse(status, &body)
+    }
+
+    /// `DELETE /v1/operator/raft/peer?id=`: removes a server (by ID or node name) from Raft.
+    pub async fn raft_remove_peer(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/operator/raft/peer?id={}", encode_query(id));
+        let (_, status, body) = self.send(reqwest::Method::DELETE, &path, None).await?;
+        Self::check(status, &body)
+    }
+
+    /// `POST /v1/operator/raft/transfer-leader[?id=]`: hands leadership to a voter (by ID or node
+    /// name), or to the most up-to-date one.
+    pub async fn raft_transfer_leader(&self, to: Option<&str>) -> Result<(), ClientError> {
+        let path = match to {
+            Some(id) => format!("/v1/operator/raft/transfer-leader?id={}", encode_query(id)),
+            None => "/v1/operator/raft/transfer-leader".to_string(),
+        };
+        let (_, status, body) = self.send(reqwest::Method::POST, &path, Some(Vec::new())).await?;
+        Self::check(status, &body)
+    }
+}
+
+/// Percent-encodes a query value (node names are DNS labels; this only guards the odd character).
+fn encode_query(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

@@ -166,9 +166,18 @@ async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
 
 /// Removes a server from the Raft configuration (leader only).
 pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
-    let voters: BTreeSet<NodeId> = app.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    let (voters, learners): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+        let m = app.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        (membership.voter_ids().collect(), membership.learner_ids().collect())
+    };
+    if learners.contains(&id) {
+        // A learner never counted towards quorum: just drop it.
+        let remove = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+        return app.raft.change_membership(remove, false).await.map(|_| ()).map_err(|e| e.to_string());
+    }
     if !voters.contains(&id) {
-        return Err(format!("server {id} is not a voter"));
+        return Err(format!("server {id} is not in the Raft configuration"));
     }
     let remaining: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != id).collect();
     if remaining.is_empty() {
@@ -348,6 +357,9 @@ pub async fn probe_servers(app: Arc<App>) {
         });
         let results = futures::future::join_all(probes).await;
         for ((id, node), alive) in members.iter().zip(results) {
+            if alive {
+                app.server_contact.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, Instant::now());
+            }
             let count = misses.entry(*id).or_insert(0);
             *count = if alive { 0 } else { *count + 1 };
             let want = if *count >= 3 {

@@ -62,6 +62,10 @@ pub struct App {
     pub agent_checks: Mutex<std::collections::BTreeSet<String>>,
     /// When this server last heard from a leader (for X-Consul-LastContact).
     pub last_contact: Mutex<Option<Instant>>,
+    /// On the leader: when each other server last answered its probe (autopilot's LastContact).
+    pub server_contact: Mutex<std::collections::BTreeMap<NodeId, Instant>>,
+    /// On the leader: each server's autopilot health and since when (StableSince).
+    pub server_stability: Mutex<std::collections::BTreeMap<NodeId, (bool, std::time::SystemTime)>>,
     /// This server's place in the LAN gossip pool, when gossip is on.
     pub gossip: Option<Arc<crate::gossip::Membership>>,
     pub shutdown: watch::Sender<bool>,
@@ -398,6 +402,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         agent_services: Mutex::new(Default::default()),
         agent_checks: Mutex::new(Default::default()),
         last_contact: Mutex::new(None),
+        server_contact: Mutex::new(Default::default()),
+        server_stability: Mutex::new(Default::default()),
         gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
     });

@@ -362,12 +362,56 @@ async fn eventually_health(c: &Cluster, via: usize, node: &str, want: &str, time
     started.elapsed()
 }
 
+/// `/v1/operator/autopilot/health` through server `via` (a follower forwards it to the leader).
+async fn autopilot(c: &Cluster, via: usize) -> (u16, serde_json::Value) {
+    let r = c.http.get(format!("http://{}/v1/operator/autopilot/health", c.servers[via].http)).send().await;
+    let Ok(r) = r else { return (0, serde_json::Value::Null) };
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// Waits until autopilot reports `healthy` with `tolerance`; returns the last report.
+async fn eventually_autopilot(c: &Cluster, via: usize, healthy: bool, tolerance: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = autopilot(c, via).await;
+        let want_status = if healthy { 200 } else { 429 };
+        if status == want_status && body["Healthy"] == healthy && body["FailureTolerance"] == tolerance {
+            return body;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("autopilot never reported healthy={healthy} tolerance={tolerance}: {status} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn readyz(c: &Cluster, i: usize) -> u16 {
+    let r = c.http.get(format!("http://{}/readyz", c.servers[i].http)).send().await;
+    r.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_servers_go_critical_and_a_stopping_leader_hands_off() {
     let mut c = Cluster::new(3, 19400, 10_000);
     let leader = c.wait_leader(Duration::from_secs(20)).await;
     for s in &c.servers {
         eventually_health(&c, leader, &s.name, "passing", Duration::from_secs(10)).await;
+    }
+    // Autopilot, asked through a follower: three healthy voters, one failure tolerated.
+    let follower = (leader + 2) % 3;
+    let report = eventually_autopilot(&c, follower, true, 1).await;
+    let servers = report["Servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(servers.len(), 3, "{report}");
+    assert!(servers.iter().all(|s| s["Voter"] == true && s["SerfStatus"] == "alive"), "{report}");
+    let leaders: Vec<_> = servers.iter().filter(|s| s["Leader"] == true).collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0]["Name"], c.servers[leader].name.as_str());
+    let top = servers.iter().filter_map(|s| s["LastIndex"].as_u64()).max().unwrap_or(0);
+    assert!(top > 0 && servers.iter().all(|s| s["LastIndex"].as_u64() >= Some(top.saturating_sub(250))), "{report}");
+    for i in 0..3 {
+        assert_eq!(readyz(&c, i).await, 200, "server {i} should be ready");
     }
 
     // A killed follower is detected by the leader's probes; its sessions would be invalidated.
@@ -376,9 +420,20 @@ async fn dead_servers_go_critical_and_a_stopping_leader_hands_off() {
     c.servers[victim].kill();
     let took = eventually_health(&c, leader, &name, "critical", Duration::from_secs(15)).await;
     eprintln!("dead server marked critical after {took:?}");
+    // Autopilot sees it too: unhealthy (429), no failure left to tolerate.
+    let report = eventually_autopilot(&c, leader, false, 0).await;
+    let dead = report["Servers"].as_array().and_then(|s| s.iter().find(|s| s["Name"] == name.as_str()).cloned());
+    assert_eq!(dead.as_ref().map(|d| d["SerfStatus"].clone()), Some(serde_json::json!("failed")), "{report}");
+    assert_eq!(readyz(&c, leader).await, 200, "the leader stays ready");
     let join = c.join.clone();
     c.servers[victim].start(&join, 3, 10_000);
     eventually_health(&c, leader, &name, "passing", Duration::from_secs(15)).await;
+    eventually_autopilot(&c, leader, true, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&c, victim).await != 200 {
+        assert!(Instant::now() < deadline, "restarted server never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // SIGTERM on the leader: it hands leadership off and exits cleanly.
     let pid = c.servers[leader].child.as_ref().map(|ch| ch.id()).expect("pid");

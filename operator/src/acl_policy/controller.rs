@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
@@ -91,16 +90,14 @@ pub async fn reconcile(p: Arc<AclPolicy>, ctx: Arc<Context>) -> Result<Action, E
     reconcile_with_finalizer(p, &ctx, FINALIZER, |p, api| apply(p, &ctx, api), |p| cleanup(p, &ctx)).await
 }
 
-pub async fn run(client: Client, registry_addr: Option<String>, registry_token: Option<String>) {
+pub async fn run(
+    client: Client,
+    registry_addr: Option<String>,
+    registry_token: Option<String>,
+    metrics: Arc<crate::telemetry::Metrics>,
+) {
     let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
-    Controller::new(Api::<AclPolicy>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Secret>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "ACL policy reconcile error");
-            }
-        })
-        .await;
+    let controller = Controller::new(Api::<AclPolicy>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Secret>::all(client), watcher::Config::default());
+    crate::telemetry::drive(controller, "acl-policy", reconcile, error_policy, ctx, metrics).await;
 }

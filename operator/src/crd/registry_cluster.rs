@@ -104,7 +104,7 @@ pub enum DefaultPolicy {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryClusterStatus {
-    /// `Pending`, `Running`, `Degraded` or `Failed`.
+    /// `Pending`, `Running`, `Updating` (scaling down or rolling), `Degraded` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Servers that are Raft voters and answer their health endpoint.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -124,15 +123,13 @@ pub async fn reconcile(kv: Arc<KeyValue>, ctx: Arc<Context>) -> Result<Action, E
     reconcile_with_finalizer(kv, &ctx, FINALIZER, |kv, api| apply(kv, &ctx, api), |kv| cleanup(kv, &ctx)).await
 }
 
-pub async fn run(client: Client, registry_addr: Option<String>, registry_token: Option<String>) {
+pub async fn run(
+    client: Client,
+    registry_addr: Option<String>,
+    registry_token: Option<String>,
+    metrics: Arc<crate::telemetry::Metrics>,
+) {
     let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
-    Controller::new(Api::<KeyValue>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "key/value reconcile error");
-            }
-        })
-        .await;
+    let controller = Controller::new(Api::<KeyValue>::all(client), watcher::Config::default());
+    crate::telemetry::drive(controller, "key-value", reconcile, error_policy, ctx, metrics).await;
 }

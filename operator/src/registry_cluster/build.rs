@@ -2,17 +2,21 @@
 //!
 //! Servers find each other through the headless Service's per-pod DNS names (stable across pod IP
 //! changes), published before the pods are ready so a new cluster can bootstrap. The client Service
-//! selects ready servers only. The PodDisruptionBudget allows one voluntary disruption at a time
+//! selects ready servers only (readiness is the server's own `/readyz`: a Raft voter in touch with a
+//! leader). Nothing in the pod template depends on the replica count (that lives in the ConfigMap),
+//! so scaling never restarts the servers that stay. The PodDisruptionBudget allows one voluntary disruption at a time
 //! for 3 or 5 servers (never a lost quorum) and none for a single server.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -29,6 +33,8 @@ pub const DATA_DIR: &str = "/data";
 /// Everything the operator applies for one cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
+    /// Settings that may change without restarting servers (`bootstrap-expect`).
+    pub config_map: ConfigMap,
     pub headless_service: Service,
     pub client_service: Service,
     pub stateful_set: StatefulSet,
@@ -42,6 +48,10 @@ pub fn headless_name(c: &ValidCluster) -> String {
 /// DNS name of server `i` through the headless Service.
 pub fn pod_dns(c: &ValidCluster, i: i32) -> String {
     format!("{}-{i}.{}.{}.svc", c.name, headless_name(c), c.namespace)
+}
+
+pub fn config_map_name(c: &ValidCluster) -> String {
+    format!("{}-config", c.name)
 }
 
 pub fn selector_labels(c: &ValidCluster) -> BTreeMap<String, String> {
@@ -96,7 +106,6 @@ fn env_field(name: &str, path: &str) -> EnvVar {
 /// The server's configuration, as `ROSTER_*` environment (see `roster server --help`).
 pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
     let headless = headless_name(c);
-    let join: Vec<String> = (0..c.replicas).map(|i| format!("{}:{RPC_PORT}", pod_dns(c, i))).collect();
     vec![
         env_field("ROSTER_NODE_NAME", "metadata.name"),
         env_field("POD_IP", "status.podIP"),
@@ -107,8 +116,21 @@ pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
         // Stable names, not pod IPs: a server whose IP changes is still found.
         env("ROSTER_ADVERTISE_RPC", format!("$(ROSTER_NODE_NAME).{headless}.{}.svc:{RPC_PORT}", c.namespace)),
         env("ROSTER_ADVERTISE_HTTP", format!("$(ROSTER_NODE_NAME).{headless}.{}.svc:{HTTP_PORT}", c.namespace)),
-        env("ROSTER_BOOTSTRAP_EXPECT", c.replicas.to_string()),
-        env("ROSTER_RETRY_JOIN", join.join(",")),
+        // Only read while no server has data; from the ConfigMap so scaling changes no template.
+        EnvVar {
+            name: "ROSTER_BOOTSTRAP_EXPECT".into(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: config_map_name(c),
+                    key: "bootstrap-expect".into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        // The headless Service's name resolves to every server (ready or not), however many there are.
+        env("ROSTER_RETRY_JOIN", format!("{headless}.{}.svc:{RPC_PORT}", c.namespace)),
         env("ROSTER_GOSSIP_ADDR", format!("0.0.0.0:{GOSSIP_PORT}")),
         env("ROSTER_GOSSIP_ADVERTISE", format!("$(POD_IP):{GOSSIP_PORT}")),
         env("ROSTER_GOSSIP_SEEDS", format!("{headless}.{}.svc:{GOSSIP_PORT}", c.namespace)),
@@ -121,6 +143,11 @@ pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
 pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
     let headless = headless_name(c);
     let selector = selector_labels(c);
+    let config_map = ConfigMap {
+        metadata: meta(c, config_map_name(c), &owner),
+        data: Some(BTreeMap::from([("bootstrap-expect".to_string(), c.replicas.to_string())])),
+        ..Default::default()
+    };
     let headless_service = Service {
         metadata: meta(c, headless.clone(), &owner),
         spec: Some(ServiceSpec {
@@ -163,7 +190,7 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         ]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
-                path: Some("/v1/status/leader".into()),
+                path: Some("/readyz".into()),
                 port: IntOrString::Int(HTTP_PORT),
                 ..Default::default()
             }),
@@ -188,6 +215,12 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
             pod_management_policy: Some("Parallel".into()),
             // The operator rolls servers itself: one at a time, leader last, each caught up first.
             update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("OnDelete".into()), ..Default::default() }),
+            // A server scaled away was removed from Raft first; its data must not come back with a
+            // later scale-up (a stale member would not rejoin). Deleting the cluster keeps the data.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_scaled: Some("Delete".into()),
+                when_deleted: Some("Retain".into()),
+            }),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
@@ -248,5 +281,5 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         }),
         ..Default::default()
     };
-    Desired { headless_service, client_service, stateful_set, pdb }
+    Desired { config_map, headless_service, client_service, stateful_set, pdb }
 }

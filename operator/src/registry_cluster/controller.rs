@@ -1,39 +1,104 @@
 //! The RegistryCluster controller: one `Context`, `reconcile` as a free function running the
-//! pipeline validate -> build -> apply (server-side apply under one field manager) -> status.
-//! It watches the clusters and the objects they own, so a deleted or edited StatefulSet is put back.
+//! pipeline validate -> observe (StatefulSet, pods, the servers' autopilot health) -> plan (pure,
+//! `rollout`) -> build -> apply (server-side apply under one field manager) -> one Raft-aware step
+//! -> status. It watches the clusters, the objects they own and their server pods, so a deleted or
+//! edited StatefulSet is put back and a restarted server moves a rolling update on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use registry::api::AutopilotHealth;
 use serde::Serialize;
 
+use super::rollout::{self, PodView, RaftView, Step};
 use super::status::{self, Observed};
 use super::{build, validate, Desired, DEFAULT_IMAGE};
 use crate::crd::{RegistryCluster, RegistryClusterStatus};
 use crate::MANAGER;
 
+/// The Raft operations the controller needs from a cluster's servers; injected, so the mock API
+/// server tests can play the servers too.
+pub trait ServerAdmin: Send + Sync {
+    /// Autopilot health as the leader reports it.
+    fn health<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<AutopilotHealth, String>>;
+    /// Removes `server` (a node name) from the Raft configuration.
+    fn remove_peer<'a>(
+        &'a self,
+        namespace: &'a str,
+        cluster: &'a str,
+        server: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+    /// Hands leadership from the current leader to the most up-to-date other voter.
+    fn transfer_leadership<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The real thing: the cluster's client Service (or a fixed address), with the operator's token.
+pub struct RegistryAdmin {
+    pub addr: Option<String>,
+    pub token: Option<String>,
+}
+
+impl RegistryAdmin {
+    fn client(&self, namespace: &str, cluster: &str) -> Result<registry::client::Client, String> {
+        crate::registry_api::registry_for(namespace, Some(cluster), self.addr.as_deref())
+            .map(|c| c.with_token(self.token.clone()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl ServerAdmin for RegistryAdmin {
+    fn health<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<AutopilotHealth, String>> {
+        Box::pin(async move { self.client(namespace, cluster)?.autopilot_health().await.map_err(|e| e.to_string()) })
+    }
+
+    fn remove_peer<'a>(
+        &'a self,
+        namespace: &'a str,
+        cluster: &'a str,
+        server: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(
+            async move { self.client(namespace, cluster)?.raft_remove_peer(server).await.map_err(|e| e.to_string()) },
+        )
+    }
+
+    fn transfer_leadership<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(
+            async move { self.client(namespace, cluster)?.raft_transfer_leader(None).await.map_err(|e| e.to_string()) },
+        )
+    }
+}
+
 pub struct Context {
     pub client: Client,
-    /// Ask the servers themselves for leader and Raft index (off in tests: no servers there).
-    pub query_registry: bool,
-    pub http: reqwest::Client,
+    pub servers: Arc<dyn ServerAdmin>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, servers: Arc<dyn ServerAdmin>) -> Self {
+        let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Context { recorder: Recorder::new(client.clone(), reporter), client, servers }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("serializing {0}: {1}")]
-    Serialize(&'static str, serde_json::Error),
+    #[error("registry servers: {0}")]
+    Servers(String),
 }
 
 fn now() -> Time {
@@ -54,6 +119,7 @@ where
 }
 
 async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<StatefulSet, Error> {
+    apply(client, ns, &d.config_map).await?;
     apply(client, ns, &d.headless_service).await?;
     apply(client, ns, &d.client_service).await?;
     let sts = apply(client, ns, &d.stateful_set).await?;
@@ -71,18 +137,39 @@ async fn patch_status(api: &Api<RegistryCluster>, name: &str, status: RegistryCl
     Ok(())
 }
 
-/// Leader and last index as the servers report them through the client Service.
-async fn ask_registry(ctx: &Context, name: &str, ns: &str) -> (Option<String>, Option<u64>) {
-    let base = format!("http://{name}.{ns}.svc:{}", super::build::HTTP_PORT);
-    let leader = async {
-        let r = ctx.http.get(format!("{base}/v1/status/leader")).send().await.ok()?;
-        let index = r.headers().get("x-consul-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let addr: String = r.json().await.ok()?;
-        // The leader is advertised as <pod>.<headless>.<ns>.svc:8300: the pod name is what users know.
-        let pod = addr.split('.').next().map(str::to_string).filter(|p| !p.is_empty());
-        Some((pod, index))
-    };
-    leader.await.unwrap_or((None, None))
+/// Publishes an Event on the cluster; a failure to publish is logged, never fatal.
+async fn event(ctx: &Context, rc: &RegistryCluster, type_: EventType, reason: &str, action: &str, note: String) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, &rc.object_ref(&())).await {
+        tracing::warn!(cluster = %rc.name_any(), error = %e, "could not publish an event");
+    }
+}
+
+/// The server pods as the plan needs them (`<cluster>-<ordinal>`; anything else is ignored).
+fn pod_views(cluster: &str, pods: &[Pod]) -> Vec<PodView> {
+    let prefix = format!("{cluster}-");
+    pods.iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let ordinal = name.strip_prefix(&prefix)?.parse().ok()?;
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Some(PodView {
+                name,
+                ordinal,
+                ready,
+                revision: p.labels().get("controller-revision-hash").cloned(),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect()
+}
+
+fn available(status: Option<&RegistryClusterStatus>) -> Option<bool> {
+    status?.conditions.iter().find(|c| c.type_ == "Available").map(|c| c.status == "True")
 }
 
 pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -93,19 +180,96 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         Ok(v) => v,
         Err(errors) => {
             tracing::warn!(cluster = %name, namespace = %ns, ?errors, "invalid spec");
-            patch_status(&clusters, &name, status::invalid(&rc, &errors, now())).await?;
+            let new_status = status::invalid(&rc, &errors, now());
+            let already = rc.status.as_ref().and_then(|s| s.observed_generation) == rc.metadata.generation
+                && rc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+            if !already {
+                event(&ctx, &rc, EventType::Warning, "InvalidSpec", "Validate", errors.join("; ")).await;
+            }
+            patch_status(&clusters, &name, new_status).await?;
             return Ok(Action::await_change());
         }
     };
-    let desired = build(&valid, rc.controller_owner_ref(&()));
-    let sts = apply_all(&ctx.client, &ns, &desired).await?;
-    let ready_servers = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let (leader, last_raft_index) =
-        if ctx.query_registry && ready_servers > 0 { ask_registry(&ctx, &name, &ns).await } else { (None, None) };
-    let seen = Observed { ready_servers, leader, last_raft_index };
-    patch_status(&clusters, &name, status::observed(&rc, valid.replicas, &seen, now())).await?;
-    // Owned objects wake us on change; the periodic pass refreshes leader and index.
-    Ok(Action::requeue(Duration::from_secs(30)))
+
+    // Observe: the StatefulSet as it stands, its pods, and (when some server is up) the servers.
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = sets.get_opt(&name).await?;
+    let current_replicas = current.as_ref().and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas);
+    let update_revision = current.as_ref().and_then(|s| s.status.as_ref()).and_then(|s| s.update_revision.clone());
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = build::selector_labels(&valid).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let pods = if current.is_some() {
+        pod_views(&name, &pods_api.list(&ListParams::default().labels(&selector)).await?.items)
+    } else {
+        Vec::new()
+    };
+    let ready_servers = pods.iter().filter(|p| p.ready && !p.terminating).count() as i32;
+    let health = if ready_servers > 0 {
+        match ctx.servers.health(&ns, &name).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::info!(cluster = %name, error = %e, "cannot ask the servers for their health");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let raft = health.as_ref().map(RaftView::from);
+    let plan = rollout::plan(&name, valid.replicas, current_replicas, update_revision.as_deref(), &pods, raft.as_ref());
+
+    // Build and apply, with the replica count the plan allows (a scale-down waits for Raft).
+    let mut desired = build(&valid, rc.controller_owner_ref(&()));
+    if let Some(spec) = desired.stateful_set.spec.as_mut() {
+        spec.replicas = Some(plan.replicas);
+    }
+    apply_all(&ctx.client, &ns, &desired).await?;
+
+    // At most one Raft-aware step per pass; the next pass sees its effect.
+    match &plan.step {
+        Step::Steady | Step::Wait(_) => {}
+        Step::RemovePeer(server) => {
+            ctx.servers.remove_peer(&ns, &name, server).await.map_err(Error::Servers)?;
+            let note = format!("{server} removed from the Raft configuration before its pod goes");
+            event(&ctx, &rc, EventType::Normal, "ServerRemoved", "ScaleDown", note).await;
+        }
+        Step::TransferLeadership(server) => {
+            ctx.servers.transfer_leadership(&ns, &name).await.map_err(Error::Servers)?;
+            let note = format!("Raft leadership moved away from {server}");
+            event(&ctx, &rc, EventType::Normal, "LeadershipTransferred", "HandOff", note).await;
+        }
+        Step::RestartPod(pod) => {
+            pods_api.delete(pod, &DeleteParams::default()).await?;
+            let note = format!("{pod} restarted with the new server template");
+            event(&ctx, &rc, EventType::Normal, "ServerRestarted", "RollingUpdate", note).await;
+        }
+    }
+
+    let leader = health.as_ref().and_then(|h| h.servers.iter().find(|s| s.leader));
+    let seen = Observed {
+        ready_servers,
+        leader: leader.map(|l| l.name.clone()),
+        last_raft_index: leader.map(|l| l.last_index),
+        progress: plan.step.reason(plan.scaling_down).map(|r| (r.to_string(), plan.step.message())),
+    };
+    let new_status = status::observed(&rc, valid.replicas, &seen, now());
+    match (available(rc.status.as_ref()), available(Some(&new_status))) {
+        (Some(true), Some(false)) => {
+            let note = format!("{ready_servers} of {} servers ready: no quorum", valid.replicas);
+            event(&ctx, &rc, EventType::Warning, "QuorumLost", "Observe", note).await;
+        }
+        (before, Some(true)) if before != Some(true) => {
+            let note = format!("{ready_servers} of {} servers ready", valid.replicas);
+            event(&ctx, &rc, EventType::Normal, "QuorumReady", "Observe", note).await;
+        }
+        _ => {}
+    }
+    patch_status(&clusters, &name, new_status).await?;
+    // Owned objects and server pods wake us on change; while something is under way, look again soon.
+    Ok(match plan.step {
+        Step::Steady => Action::requeue(Duration::from_secs(30)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    })
 }
 
 pub fn error_policy(rc: Arc<RegistryCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -113,24 +277,30 @@ pub fn error_policy(rc: Arc<RegistryCluster>, error: &Error, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(15))
 }
 
+/// Which cluster a server pod belongs to (its `app.kubernetes.io/instance` label).
+fn cluster_of_pod(pod: Pod) -> Option<ObjectRef<RegistryCluster>> {
+    let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
+    Some(ObjectRef::new(&instance).within(&pod.namespace()?))
+}
+
 /// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(client: Client) {
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        query_registry: true,
-        http: registry::client::http_builder().timeout(Duration::from_secs(2)).build().unwrap_or_default(),
-    });
-    Controller::new(Api::<RegistryCluster>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<PodDisruptionBudget>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "reconcile error"),
-            }
-        })
-        .await;
+pub async fn run(
+    client: Client,
+    registry_addr: Option<String>,
+    registry_token: Option<String>,
+    metrics: Arc<crate::telemetry::Metrics>,
+) {
+    let servers = Arc::new(RegistryAdmin { addr: registry_addr, token: registry_token });
+    let ctx = Arc::new(Context::new(client.clone(), servers));
+    // Watch only what this operator made (by label), not every Service and ConfigMap in the cluster.
+    let ours = || watcher::Config::default().labels("app.kubernetes.io/managed-by=roster-operator");
+    let server_pods =
+        watcher::Config::default().labels("app.kubernetes.io/name=roster,app.kubernetes.io/component=server");
+    let controller = Controller::new(Api::<RegistryCluster>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), ours())
+        .owns(Api::<Service>::all(client.clone()), ours())
+        .owns(Api::<ConfigMap>::all(client.clone()), ours())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), ours())
+        .watches(Api::<Pod>::all(client), server_pods, cluster_of_pod);
+    crate::telemetry::drive(controller, "registry-cluster", reconcile, error_policy, ctx, metrics).await;
 }

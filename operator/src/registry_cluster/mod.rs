@@ -1,10 +1,11 @@
 //! Reconciling a `RegistryCluster`, as a pipeline: `validate` -> `build` -> apply -> update status.
 //! validate, build and status are pure and tested from YAML fixtures (`operator/tests/fixtures`);
-//! `controller` applies (server-side apply) and writes the status. Raft-aware scaling and upgrades
-//! are still to come.
+//! `rollout` plans Raft-aware scale-downs and rolling updates (pure); `controller` observes, applies
+//! (server-side apply), takes the planned step and writes the status.
 
 pub mod build;
 pub mod controller;
+pub mod rollout;
 pub mod status;
 pub mod validate;
 

@@ -13,6 +13,8 @@ pub struct Observed {
     pub ready_servers: i32,
     pub leader: Option<String>,
     pub last_raft_index: Option<u64>,
+    /// A scale-down or rolling update under way: the `Progressing` reason and message.
+    pub progress: Option<(String, String)>,
 }
 
 fn condition(
@@ -67,7 +69,9 @@ pub fn observed(rc: &RegistryCluster, replicas: i32, seen: &Observed, now: Time)
     let quorum = replicas / 2 + 1;
     let available = ready >= quorum;
     let complete = ready >= replicas;
-    let phase = if complete {
+    let phase = if complete && seen.progress.is_some() {
+        "Updating"
+    } else if complete {
         "Running"
     } else if ready == 0 {
         "Pending"
@@ -91,15 +95,20 @@ pub fn observed(rc: &RegistryCluster, replicas: i32, seen: &Observed, now: Time)
                 generation,
                 &now,
             ),
-            condition(
-                previous,
-                "Progressing",
-                !complete,
-                if complete { "AllServersReady" } else { "ServersStarting" },
-                servers.clone(),
-                generation,
-                &now,
-            ),
+            match &seen.progress {
+                Some((reason, message)) => {
+                    condition(previous, "Progressing", true, reason, format!("{message}; {servers}"), generation, &now)
+                }
+                None => condition(
+                    previous,
+                    "Progressing",
+                    !complete,
+                    if complete { "AllServersReady" } else { "ServersStarting" },
+                    servers.clone(),
+                    generation,
+                    &now,
+                ),
+            },
             condition(
                 previous,
                 "Degraded",
@@ -147,14 +156,30 @@ mod tests {
         let s = observed(
             &rc,
             3,
-            &Observed { ready_servers: 3, leader: Some("registry-0".into()), last_raft_index: Some(42) },
-            now,
+            &Observed {
+                ready_servers: 3,
+                leader: Some("registry-0".into()),
+                last_raft_index: Some(42),
+                progress: None,
+            },
+            now.clone(),
         );
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(get(&s, "Progressing").status, "False");
         assert_eq!(s.leader.as_deref(), Some("registry-0"));
         assert_eq!(s.observed_generation, Some(4));
         assert_eq!(get(&s, "Available").observed_generation, Some(4));
+        // A rolling update shows as progress, and in the phase column.
+        let rolling = Observed {
+            ready_servers: 3,
+            progress: Some(("RollingUpdate".into(), "restarting registry-1 with the new template".into())),
+            ..Default::default()
+        };
+        let s = observed(&rc, 3, &rolling, now);
+        assert_eq!(s.phase.as_deref(), Some("Updating"));
+        let p = get(&s, "Progressing");
+        assert_eq!((p.status.as_str(), p.reason.as_str()), ("True", "RollingUpdate"));
+        assert!(p.message.starts_with("restarting registry-1"), "{}", p.message);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -69,15 +68,13 @@ pub async fn reconcile(sr: Arc<ServiceRegistration>, ctx: Arc<Context>) -> Resul
     reconcile_with_finalizer(sr, &ctx, FINALIZER, |sr, api| apply(sr, &ctx, api), |sr| cleanup(sr, &ctx)).await
 }
 
-pub async fn run(client: Client, registry_addr: Option<String>, registry_token: Option<String>) {
+pub async fn run(
+    client: Client,
+    registry_addr: Option<String>,
+    registry_token: Option<String>,
+    metrics: Arc<crate::telemetry::Metrics>,
+) {
     let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
-    Controller::new(Api::<ServiceRegistration>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "service registration reconcile error");
-            }
-        })
-        .await;
+    let controller = Controller::new(Api::<ServiceRegistration>::all(client), watcher::Config::default());
+    crate::telemetry::drive(controller, "service-registration", reconcile, error_policy, ctx, metrics).await;
 }

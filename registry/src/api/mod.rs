@@ -97,3 +97,89 @@ pub struct RaftServer {
     pub protocol_version: String,
     pub voter: bool,
 }
+
+/// `/v1/operator/autopilot/health`: the leader's view of every server (Consul's shape).
+/// Answered with 200 when every server is healthy, 429 otherwise (the body is the same).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AutopilotHealth {
+    pub healthy: bool,
+    /// Healthy voters that could be lost without losing quorum.
+    pub failure_tolerance: u32,
+    pub servers: Vec<ServerHealth>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServerHealth {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    /// `alive` when the leader reaches it, `failed` otherwise.
+    pub serf_status: String,
+    pub version: String,
+    pub leader: bool,
+    /// Since the leader last reached it, as a Go duration ("0s", "850ms").
+    pub last_contact: String,
+    pub last_term: u64,
+    /// The last log index the leader knows it holds.
+    pub last_index: u64,
+    pub healthy: bool,
+    pub voter: bool,
+    /// When `healthy` last changed (RFC 3339).
+    pub stable_since: String,
+}
+
+/// Autopilot's rule for one server: reached recently, on the leader's term, and not trailing the
+/// leader's log by more than `max_trailing_logs` entries (Consul's defaults: 250 entries; the
+/// contact threshold here is wider than Consul's 200 ms because the leader probes once a second).
+pub fn server_is_healthy(
+    last_contact: Option<std::time::Duration>,
+    contact_threshold: std::time::Duration,
+    last_term: u64,
+    leader_term: u64,
+    last_index: u64,
+    leader_last_index: u64,
+    max_trailing_logs: u64,
+) -> bool {
+    last_contact.is_some_and(|c| c <= contact_threshold)
+        && last_term == leader_term
+        && leader_last_index.saturating_sub(last_index) <= max_trailing_logs
+}
+
+/// Healthy voters beyond a quorum of all voters: how many more could fail without an outage.
+pub fn failure_tolerance(voters: usize, healthy_voters: usize) -> u32 {
+    let quorum = voters / 2 + 1;
+    healthy_voters.saturating_sub(quorum) as u32
+}
+
+#[cfg(test)]
+mod autopilot_tests {
+    use std::time::Duration;
+
+    use super::{failure_tolerance, server_is_healthy};
+
+    const THRESHOLD: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_server_is_healthy_when_reached_on_the_leaders_term_and_close_behind() {
+        let ok = |contact, term, index| server_is_healthy(contact, THRESHOLD, term, 5, index, 1000, 250);
+        assert!(ok(Some(Duration::from_millis(400)), 5, 1000));
+        assert!(ok(Some(Duration::ZERO), 5, 750), "250 entries behind is still healthy");
+        assert!(!ok(Some(Duration::ZERO), 5, 749), "251 behind: still catching up");
+        assert!(!ok(Some(Duration::ZERO), 4, 1000), "an old term: it has not heard from this leader");
+        assert!(!ok(Some(Duration::from_secs(4)), 5, 1000), "not reached lately");
+        assert!(!ok(None, 5, 1000), "never reached");
+    }
+
+    #[test]
+    fn failure_tolerance_counts_healthy_voters_beyond_quorum() {
+        assert_eq!(failure_tolerance(3, 3), 1);
+        assert_eq!(failure_tolerance(3, 2), 0);
+        assert_eq!(failure_tolerance(5, 5), 2);
+        assert_eq!(failure_tolerance(5, 3), 0);
+        assert_eq!(failure_tolerance(1, 1), 0);
+        assert_eq!(failure_tolerance(3, 0), 0);
+    }
+}

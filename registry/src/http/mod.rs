@@ -205,6 +205,8 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/status/leader",
         "/v1/status/peers",
         "/v1/operator/raft",
+        "/v1/operator/autopilot",
+        "/readyz",
     ];
     ROUTES
         .iter()
@@ -214,6 +216,12 @@ fn endpoint_label(path: &str) -> &'static str {
 }
 
 async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
+    if req.path == "/readyz" {
+        return Ok(match status::readiness(app) {
+            Ok(why) => text(StatusCode::OK, why),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        });
+    }
     let Some(rest) = req.path.strip_prefix("/v1/") else {
         return Err(ApiError::NotFound(String::new()));
     };

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use warp::http::Method;
+use std::time::Duration;
+
+use warp::http::{Method, StatusCode};
 
 use super::acl::{authorize, require_global};
 use super::{ok_json, require_leader, ApiError, ApiResult, Req};
 use crate::acl::{Access, Global};
-use crate::api::{RaftConfiguration, RaftServer};
+use crate::api::{AutopilotHealth, RaftConfiguration, RaftServer, ServerHealth};
 use crate::server::App;
 
 pub async fn handle_status(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
@@ -43,6 +45,111 @@ fn configuration(app: &App) -> RaftConfiguration {
         })
         .collect();
     RaftConfiguration { servers, index: m.membership_config.log_id().map_or(0, |l| l.index) }
+}
+
+/// A server more than this far behind the leader's log is not healthy (Consul's MaxTrailingLogs).
+const MAX_TRAILING_LOGS: u64 = 250;
+/// The leader probes every server once a second; three missed probes make it unhealthy.
+const CONTACT_THRESHOLD: Duration = Duration::from_secs(3);
+
+fn go_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".into()
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        crate::api::format_go_duration(d)
+    }
+}
+
+/// The leader's view of every server, as Consul's autopilot reports it.
+async fn autopilot_health(app: &App) -> AutopilotHealth {
+    let m = app.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let leader_last_index = m.last_log_index.unwrap_or(0);
+    let versions: std::collections::BTreeMap<String, String> = match &app.gossip {
+        Some(g) => g.live_members().await.into_iter().map(|(name, member)| (name, member.version)).collect(),
+        None => Default::default(),
+    };
+    let contact = app.server_contact.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut stability = app.server_stability.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::SystemTime::now();
+    let mut servers = Vec::new();
+    for (id, node) in membership.nodes() {
+        let is_me = *id == app.id;
+        let (last_term, last_index, last_contact) = if is_me {
+            (m.current_term, leader_last_index, Some(Duration::ZERO))
+        } else {
+            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
+            (
+                matched.map_or(0, |l| l.leader_id.term),
+                matched.map_or(0, |l| l.index),
+                contact.get(id).map(|t| t.elapsed()),
+            )
+        };
+        let healthy = crate::api::server_is_healthy(
+            last_contact,
+            CONTACT_THRESHOLD,
+            last_term,
+            m.current_term,
+            last_index,
+            leader_last_index,
+            MAX_TRAILING_LOGS,
+        );
+        let since = match stability.get(id) {
+            Some((was, since)) if *was == healthy => *since,
+            _ => now,
+        };
+        stability.insert(*id, (healthy, since));
+        let version = if is_me {
+            env!("CARGO_PKG_VERSION").to_string()
+        } else {
+            versions.get(&node.name).cloned().unwrap_or_default()
+        };
+        servers.push(ServerHealth {
+            id: id.to_string(),
+            name: node.name.clone(),
+            address: node.rpc_addr.clone(),
+            serf_status: if last_contact.is_some_and(|c| c <= CONTACT_THRESHOLD) { "alive" } else { "failed" }.into(),
+            version,
+            leader: is_me,
+            last_contact: last_contact.map_or_else(|| "never".into(), go_duration),
+            last_term,
+            last_index,
+            healthy,
+            voter: voters.contains(id),
+            stable_since: humantime::format_rfc3339_seconds(since).to_string(),
+        });
+    }
+    stability.retain(|id, _| membership.get_node(id).is_some());
+    let healthy_voters = servers.iter().filter(|s| s.voter && s.healthy).count();
+    AutopilotHealth {
+        healthy: servers.iter().all(|s| s.healthy),
+        failure_tolerance: crate::api::failure_tolerance(voters.len(), healthy_voters),
+        servers,
+    }
+}
+
+/// `GET /readyz`, the servers' Kubernetes readiness probe: ready when this server is a voter, a
+/// leader is known and (on a follower) the leader was heard from within the election timeout.
+/// Ready servers are the ones the client Service sends traffic to.
+pub fn readiness(app: &App) -> Result<&'static str, String> {
+    let rx = app.raft.metrics();
+    let m = rx.borrow();
+    if !m.membership_config.membership().voter_ids().any(|v| v == app.id) {
+        return Err("not a Raft voter (yet)".into());
+    }
+    let Some(leader) = m.current_leader else { return Err("no known Raft leader".into()) };
+    if leader == app.id {
+        return Ok("ready: Raft leader");
+    }
+    let window = app.config.election_timeout_max_ms().max(1000) * 2;
+    match *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(t) if (t.elapsed().as_millis() as u64) <= window => Ok("ready: Raft follower in contact with the leader"),
+        Some(t) => Err(format!("no contact with the Raft leader for {} ms", t.elapsed().as_millis())),
+        None => Err("no contact with the Raft leader yet".into()),
+    }
 }
 
 pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
@@ -98,7 +205,16 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
             let new_leader = crate::cluster::hand_off_leadership(app, to).await.map_err(ApiError::Internal)?;
             Ok(ok_json(&serde_json::json!({ "Success": true, "Leader": new_leader.to_string() })))
         }
-        ("raft/configuration" | "raft/peer" | "raft/transfer-leader", m) => Err(ApiError::MethodNotAllowed(m.clone())),
+        ("autopilot/health", &Method::GET) => {
+            // Only the leader knows how far each server has got: forwarded there, never stale.
+            require_leader(app)?;
+            let health = autopilot_health(app).await;
+            let status = if health.healthy { StatusCode::OK } else { StatusCode::TOO_MANY_REQUESTS };
+            Ok(super::json(status, &health))
+        }
+        ("raft/configuration" | "raft/peer" | "raft/transfer-leader" | "autopilot/health", m) => {
+            Err(ApiError::MethodNotAllowed(m.clone()))
+        }
         _ => Err(ApiError::NotFound(String::new())),
     }
 }
