@@ -1,7 +1,9 @@
 //! What the controllers that talk to a registry share: finding its address, writing a status with
-//! server-side apply, and conditions as Kubernetes API conventions shape them.
+//! server-side apply, conditions as Kubernetes API conventions shape them, and Events when they flip.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
 use registry::client::{Client as RegistryClient, ClientError};
 
@@ -18,16 +20,35 @@ pub fn registry_for(namespace: &str, cluster: Option<&str>, addr: Option<&str>) 
     RegistryClient::new(vec![addr])
 }
 
-/// One condition, as JSON (the controllers build their statuses as JSON documents).
-pub fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> serde_json::Value {
+/// One condition, as JSON (the controllers build their statuses as JSON documents). Its
+/// `lastTransitionTime` is kept from `previous` while the status holds, as the API conventions ask.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> serde_json::Value {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.0.to_string())
+        .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().to_string());
     serde_json::json!({
         "type": type_,
-        "status": if ok { "True" } else { "False" },
+        "status": status,
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
-        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+        "lastTransitionTime": since,
     })
+}
+
+/// Whether condition `type_` is true in `conditions` (None: not there).
+pub fn condition_is(conditions: &[Condition], type_: &str) -> Option<bool> {
+    conditions.iter().find(|c| c.type_ == type_).map(|c| c.status == "True")
 }
 
 /// Writes `status` into the resource's status subresource (server-side apply, our field manager).
@@ -55,16 +76,51 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
-/// What those controllers share: the Kubernetes client and how to reach the registry.
+/// What those controllers share: the Kubernetes client, how to reach the registry, Events.
 pub struct Context {
     pub client: kube::Client,
     /// The registry's HTTP address; None: each cluster's client Service.
     pub registry_addr: Option<String>,
     /// ACL token for the registry, when ACLs are on.
     pub registry_token: Option<String>,
+    pub recorder: Recorder,
 }
 
 impl Context {
+    pub fn new(client: kube::Client, registry_addr: Option<String>, registry_token: Option<String>) -> Self {
+        let reporter = Reporter { controller: crate::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Context { recorder: Recorder::new(client.clone(), reporter), client, registry_addr, registry_token }
+    }
+
+    /// Publishes an Event about `obj` (Normal, or Warning when `!ok`); failures are logged only.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, ok: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if ok { EventType::Normal } else { EventType::Warning },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish an event");
+        }
+    }
+
+    /// An Event when condition `type_` becomes `ok` (it was the other way, or not there).
+    pub async fn event_on_change<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        previous: &[Condition],
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        note: String,
+    ) {
+        if condition_is(previous, type_) != Some(ok) {
+            self.event(obj, ok, reason, note).await;
+        }
+    }
+
     /// A registry client for a resource in `namespace` naming `cluster`, with the token.
     pub fn registry(&self, namespace: &str, cluster: Option<&str>) -> Result<RegistryClient, Error> {
         Ok(registry_for(namespace, cluster, self.registry_addr.as_deref())?.with_token(self.registry_token.clone()))
@@ -112,4 +168,26 @@ pub fn error_policy<K: kube::ResourceExt + Resource<DynamicType = ()>>(
 ) -> kube::runtime::controller::Action {
     tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), %error, "reconcile failed; retrying in 15 s");
     kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let earlier: Condition = serde_json::from_value(serde_json::json!({
+            "type": "Synced", "status": "True", "reason": "AsSpecified", "message": "",
+            "lastTransitionTime": "2026-11-25T10:00:00Z"
+        }))
+        .expect("condition");
+        let held = condition(std::slice::from_ref(&earlier), "Synced", true, "AsSpecified", "2 keys".into(), Some(3));
+        assert_eq!(held["lastTransitionTime"], "2026-11-25T10:00:00Z");
+        assert_eq!(held["observedGeneration"], 3);
+        let flipped =
+            condition(std::slice::from_ref(&earlier), "Synced", false, "Drifted", "app/level".into(), Some(3));
+        assert_ne!(flipped["lastTransitionTime"], "2026-11-25T10:00:00Z");
+        assert_eq!(condition_is(&[earlier], "Synced"), Some(true));
+        assert_eq!(condition_is(&[], "Synced"), None);
+    }
 }

@@ -61,7 +61,9 @@ async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
         .decode(secret["data"]["token"].as_str().expect("token in the Secret"))
         .expect("base64");
     let secret_id = String::from_utf8(secret_id).expect("utf8");
+    common::answer_event(&mut handle, "TokenCreated", "Normal").await;
     let status = common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource(None, false)).await;
+    common::answer_event(&mut handle, "PolicyWritten", "Normal").await;
     task.await.expect("join").expect("reconciled");
     let policy = admin.acl_policy_by_name("k8s-shop-app").await.expect("read").expect("policy created");
     assert_eq!(status["status"]["policyId"], policy.id.as_str());
@@ -75,6 +77,7 @@ async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
     // 2. Deleted: token and policy leave the registry, then the finalizer goes.
     let (ctx, mut handle) = common::context(REGISTRY, Some(MANAGEMENT));
     let task = tokio::spawn(reconcile(Arc::new(resource(Some(status["status"].clone()), true)), ctx));
+    common::answer_event(&mut handle, "Deleted", "Normal").await;
     let patch = common::answer(&mut handle, Method::PATCH, path, resource(None, true)).await;
     assert!(patch.to_string().contains("finalizers"), "{patch}");
     task.await.expect("join").expect("reconciled");

@@ -46,6 +46,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     let task = tokio::spawn(reconcile(Arc::new(resource("fast", None, false)), ctx));
     let first =
         common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource("fast", None, false)).await;
+    common::answer_event(&mut handle, "Synced", "Normal").await;
     task.await.expect("join").expect("reconciled");
     assert_eq!(first["status"]["synced"], true, "{first}");
     assert_eq!(value(&kvs, "app/mode").await.as_deref(), Some("fast"));
@@ -59,6 +60,8 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     let task = tokio::spawn(reconcile(Arc::new(resource("slow", status.clone(), false)), ctx));
     let second =
         common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource("slow", status, false)).await;
+    let drift = common::answer_event(&mut handle, "Drifted", "Warning").await;
+    assert!(drift["note"].as_str().is_some_and(|n| n.contains("app/level")), "{drift}");
     task.await.expect("join").expect("reconciled");
     assert_eq!(value(&kvs, "app/mode").await.as_deref(), Some("slow"), "its own key is updated (CAS)");
     assert_eq!(value(&kvs, "app/level").await.as_deref(), Some("9"), "someone else's change is not overwritten");
@@ -71,6 +74,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     let task = tokio::spawn(reconcile(Arc::new(resource("slow", status.clone(), true)), ctx));
     let mut gone = resource("slow", status, true);
     gone.metadata.finalizers = None;
+    common::answer_event(&mut handle, "Deleted", "Normal").await;
     let patch = common::answer(&mut handle, Method::PATCH, path, gone).await;
     assert!(patch.to_string().contains("finalizers"), "{patch}");
     task.await.expect("join").expect("reconciled");

@@ -62,6 +62,8 @@ async fn finalizer_then_register_then_deregister() {
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(true, false)), ctx));
     let status = common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource(true, false)).await;
+    common::answer_event(&mut handle, "Registered", "Normal").await;
+    common::answer_event(&mut handle, "Unhealthy", "Warning").await;
     assert_eq!(status["status"]["registered"], true);
     assert_eq!(status["status"]["health"], "warning");
     assert_eq!(status["status"]["observedGeneration"], 2);
@@ -75,6 +77,7 @@ async fn finalizer_then_register_then_deregister() {
     // 3. Deleted: deregistered from the registry first, then the finalizer goes.
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(true, true)), ctx));
+    common::answer_event(&mut handle, "Deregistered", "Normal").await;
     let patch = common::answer(&mut handle, Method::PATCH, path, resource(false, true)).await;
     assert!(patch.to_string().contains("remove") || patch.to_string().contains("finalizers"), "{patch}");
     assert!(registered(&catalog).await.is_empty(), "deregistered before the finalizer was removed");

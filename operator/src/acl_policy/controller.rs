@@ -22,16 +22,19 @@ async fn apply(p: Arc<AclPolicy>, ctx: &Context, api: Api<AclPolicy>) -> Result<
     let name = p.name_any();
     let ns = p.namespace().unwrap_or_else(|| "default".into());
     let generation = p.metadata.generation;
+    let previous = p.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref())?;
     let existing = reg.acl_policy_by_name(&policy_name(&p)).await?;
     let want = match build(&p, existing.as_ref().map(|e| e.id.as_str())) {
         Ok(w) => w,
         Err(errors) => {
+            let message = errors.join("; ");
             let status = serde_json::json!({
                 "observedGeneration": generation,
-                "conditions": [condition("Ready", false, "InvalidSpec", errors.join("; "), generation)],
+                "conditions": [condition(&previous, "Ready", false, "InvalidSpec", message.clone(), generation)],
             });
             patch_status(&api, &name, status).await?;
+            ctx.event_on_change(p.as_ref(), &previous, "Ready", false, "InvalidSpec", message).await;
             return Ok(Action::await_change());
         }
     };
@@ -61,6 +64,13 @@ async fn apply(p: Arc<AclPolicy>, ctx: &Context, api: Api<AclPolicy>) -> Result<
             Api::<Secret>::namespaced(ctx.client.clone(), &ns)
                 .patch(&spec.secret_name, &PatchParams::apply(crate::MANAGER).force(), &Patch::Apply(&secret))
                 .await?;
+            ctx.event(
+                p.as_ref(),
+                true,
+                "TokenCreated",
+                format!("token for the policy stored in Secret {}", spec.secret_name),
+            )
+            .await;
             accessor = Some(token.accessor_id);
         }
     }
@@ -68,9 +78,10 @@ async fn apply(p: Arc<AclPolicy>, ctx: &Context, api: Api<AclPolicy>) -> Result<
         "policyId": policy.id,
         "tokenAccessorId": accessor,
         "observedGeneration": generation,
-        "conditions": [condition("Ready", true, "InRegistry", format!("policy {}", policy.name), generation)],
+        "conditions": [condition(&previous, "Ready", true, "InRegistry", format!("policy {}", policy.name), generation)],
     });
     patch_status(&api, &name, status).await?;
+    ctx.event_on_change(p.as_ref(), &previous, "Ready", true, "PolicyWritten", format!("policy {}", policy.name)).await;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -83,6 +94,7 @@ async fn cleanup(p: Arc<AclPolicy>, ctx: &Context) -> Result<Action, Error> {
         reg.acl_policy_delete(&existing.id).await?;
     }
     // The token Secret is owned by the resource: Kubernetes deletes it with it.
+    ctx.event(p.as_ref(), true, "Deleted", "token and policy removed from the registry".to_string()).await;
     Ok(Action::await_change())
 }
 
@@ -96,7 +108,7 @@ pub async fn run(
     registry_token: Option<String>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
-    let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
+    let ctx = Arc::new(Context::new(client.clone(), registry_addr, registry_token));
     let controller = Controller::new(Api::<AclPolicy>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Secret>::all(client), watcher::Config::default());
     crate::telemetry::drive(controller, "acl-policy", reconcile, error_policy, ctx, metrics).await;

@@ -53,16 +53,19 @@ async fn current(
 async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: Api<KeyValue>) -> Result<Action, Error> {
     let name = kv.name_any();
     let generation = kv.metadata.generation;
+    let previous = kv.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let source = read_source(&kv, ctx).await?;
     let want = match desired(&kv, source.as_ref()) {
         Ok(w) => w,
         Err(errors) => {
+            let message = errors.join("; ");
             let status = serde_json::json!({
                 "synced": false,
                 "observedGeneration": generation,
-                "conditions": [condition("Synced", false, "InvalidSpec", errors.join("; "), generation)],
+                "conditions": [condition(&previous, "Synced", false, "InvalidSpec", message.clone(), generation)],
             });
             patch_status(&api, &name, status).await?;
+            ctx.event_on_change(kv.as_ref(), &previous, "Synced", false, "InvalidSpec", message).await;
             return Ok(Action::await_change());
         }
     };
@@ -96,11 +99,13 @@ async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: Api<KeyValue>) -> Result<A
         "writtenIndexes": written,
         "observedGeneration": generation,
         "conditions": [
-            condition("Synced", synced, if synced { "AsSpecified" } else { "Drifted" }, message.clone(), generation),
-            condition("Drifted", !synced, if synced { "NoDrift" } else { "ChangedElsewhere" }, message, generation),
+            condition(&previous, "Synced", synced, if synced { "AsSpecified" } else { "Drifted" }, message.clone(), generation),
+            condition(&previous, "Drifted", !synced, if synced { "NoDrift" } else { "ChangedElsewhere" }, message.clone(), generation),
         ],
     });
     patch_status(&api, &name, status).await?;
+    let reason = if synced { "Synced" } else { "Drifted" };
+    ctx.event_on_change(kv.as_ref(), &previous, "Synced", synced, reason, message).await;
     // Drift happens in the registry, which is not watched: look again now and then.
     Ok(Action::requeue(Duration::from_secs(60)))
 }
@@ -113,9 +118,12 @@ async fn cleanup(kv: Arc<KeyValue>, ctx: &Context) -> Result<Action, Error> {
     let registry = ctx.registry(&ns, kv.spec.cluster.as_deref())?;
     let ours = kv.status.as_ref().map(|s| s.written_indexes.clone()).unwrap_or_default();
     let now = current(&registry, ours.keys()).await?;
-    for (key, index) in deletions(&ours, &now) {
-        registry.kv_delete(&key, Some(index)).await?;
+    let gone = deletions(&ours, &now);
+    for (key, index) in &gone {
+        registry.kv_delete(key, Some(*index)).await?;
     }
+    let note = format!("{} key(s) deleted from the registry; others were changed elsewhere or retained", gone.len());
+    ctx.event(kv.as_ref(), true, "Deleted", note).await;
     Ok(Action::await_change())
 }
 
@@ -129,7 +137,7 @@ pub async fn run(
     registry_token: Option<String>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
-    let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
+    let ctx = Arc::new(Context::new(client.clone(), registry_addr, registry_token));
     let controller = Controller::new(Api::<KeyValue>::all(client), watcher::Config::default());
     crate::telemetry::drive(controller, "key-value", reconcile, error_policy, ctx, metrics).await;
 }

@@ -16,6 +16,7 @@ use crate::registry_api::{condition, error_policy, patch_status, reconcile_with_
 async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegistration>) -> Result<Action, Error> {
     let name = sr.name_any();
     let generation = sr.metadata.generation;
+    let previous = sr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let request = match build(&sr) {
         Ok(r) => r,
         Err(errors) => {
@@ -23,9 +24,10 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegi
             let status = serde_json::json!({
                 "registered": false,
                 "observedGeneration": generation,
-                "conditions": [condition("Registered", false, "InvalidSpec", message, generation)],
+                "conditions": [condition(&previous, "Registered", false, "InvalidSpec", message.clone(), generation)],
             });
             patch_status(&api, &name, status).await?;
+            ctx.event_on_change(sr.as_ref(), &previous, "Registered", false, "InvalidSpec", message).await;
             return Ok(Action::await_change());
         }
     };
@@ -42,17 +44,17 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegi
         conditions: Vec::new(),
     };
     let mut value = serde_json::to_value(&status).unwrap_or_default();
+    let healthy = health == registry::api::HealthStatus::Passing;
+    let placed = format!("{} on node {}", p.service_id, p.node);
+    let checks = format!("checks: {}", health.as_str());
     value["conditions"] = serde_json::json!([
-        condition("Registered", true, "InCatalog", format!("{} on node {}", p.service_id, p.node), generation),
-        condition(
-            "Healthy",
-            health == registry::api::HealthStatus::Passing,
-            health.as_str(),
-            format!("checks: {health}", health = health.as_str()),
-            generation
-        ),
+        condition(&previous, "Registered", true, "InCatalog", placed.clone(), generation),
+        condition(&previous, "Healthy", healthy, health.as_str(), checks.clone(), generation),
     ]);
     patch_status(&api, &name, value).await?;
+    ctx.event_on_change(sr.as_ref(), &previous, "Registered", true, "Registered", placed).await;
+    let reason = if healthy { "Healthy" } else { "Unhealthy" };
+    ctx.event_on_change(sr.as_ref(), &previous, "Healthy", healthy, reason, checks).await;
     // Health changes in the registry are not watched yet: look again now and then.
     Ok(Action::requeue(Duration::from_secs(60)))
 }
@@ -61,6 +63,8 @@ async fn cleanup(sr: Arc<ServiceRegistration>, ctx: &Context) -> Result<Action, 
     let ns = sr.namespace().unwrap_or_else(|| "default".into());
     let registry = ctx.registry(&ns, sr.spec.cluster.as_deref())?;
     registry.catalog_deregister(&deregistration(&sr)).await?;
+    ctx.event(sr.as_ref(), true, "Deregistered", format!("{} removed from the catalog", placement(&sr).service_id))
+        .await;
     Ok(Action::await_change())
 }
 
@@ -74,7 +78,7 @@ pub async fn run(
     registry_token: Option<String>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
-    let ctx = Arc::new(Context { client: client.clone(), registry_addr, registry_token });
+    let ctx = Arc::new(Context::new(client.clone(), registry_addr, registry_token));
     let controller = Controller::new(Api::<ServiceRegistration>::all(client), watcher::Config::default());
     crate::telemetry::drive(controller, "service-registration", reconcile, error_policy, ctx, metrics).await;
 }

@@ -91,10 +91,28 @@ pub fn context(
     token: Option<&str>,
 ) -> (std::sync::Arc<roster_operator::registry_api::Context>, ApiHandle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = roster_operator::registry_api::Context {
-        client: kube::Client::new(service, "default"),
-        registry_addr: Some(registry.into()),
-        registry_token: token.map(str::to_string),
-    };
+    let ctx = roster_operator::registry_api::Context::new(
+        kube::Client::new(service, "default"),
+        Some(registry.into()),
+        token.map(str::to_string),
+    );
     (std::sync::Arc::new(ctx), handle)
+}
+
+/// Plays the API server for an Event publication (a create, or a merge patch of a repeat's series):
+/// checks its reason and type, and answers with it. Returns the event.
+#[allow(dead_code)]
+pub async fn answer_event(handle: &mut ApiHandle, reason: &str, type_: &str) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no {reason} event came"))
+        .expect("a request");
+    let uri = request.uri().to_string();
+    assert!(uri.contains("/apis/events.k8s.io/v1/namespaces/"), "expected the {reason} event, got {uri}");
+    assert!(request.method() == Method::POST || request.method() == Method::PATCH, "{uri}");
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let event: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!((event["reason"].as_str(), event["type"].as_str()), (Some(reason), Some(type_)), "{event}");
+    send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
+    event
 }
