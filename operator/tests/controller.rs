@@ -84,8 +84,13 @@ impl ServerAdmin for FakeServers {
         Box::pin(async { Ok(()) })
     }
 
-    fn transfer_leadership<'a>(&'a self, _ns: &'a str, _cluster: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        self.calls.lock().expect("lock").push("transfer".into());
+    fn transfer_leadership<'a>(
+        &'a self,
+        _ns: &'a str,
+        _cluster: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        self.calls.lock().expect("lock").push(format!("transfer to {to}"));
         Box::pin(async { Ok(()) })
     }
 }
@@ -293,7 +298,7 @@ async fn scaling_down_removes_servers_from_raft_before_the_stateful_set_shrinks(
     assert_eq!(status["status"]["phase"], "Updating");
     assert_eq!(condition(&status, "Progressing")["reason"], "ScalingDown");
     assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(5)));
-    assert_eq!(servers.calls(), ["transfer"]);
+    assert_eq!(servers.calls(), ["transfer to registry-0"]);
 
     // Pass 2: registry-0 leads now; registry-4 is removed from Raft, the StatefulSet still at 5.
     *servers.servers.lock().expect("lock") = members(5, 0);
@@ -305,7 +310,7 @@ async fn scaling_down_removes_servers_from_raft_before_the_stateful_set_shrinks(
     assert!(event["note"].as_str().is_some_and(|n| n.contains("registry-4")), "{event}");
     serve(&mut handle, Method::PATCH, STATUS, with_status).await;
     reconciler.await.expect("join").expect("ok");
-    assert_eq!(servers.calls(), ["transfer", "remove registry-4"]);
+    assert_eq!(servers.calls(), ["transfer to registry-0", "remove registry-4"]);
 
     // Pass 3: registry-4 is out; registry-3 next.
     *servers.servers.lock().expect("lock") = members(4, 0);
@@ -315,7 +320,7 @@ async fn scaling_down_removes_servers_from_raft_before_the_stateful_set_shrinks(
     expect_event(&mut handle).await;
     serve(&mut handle, Method::PATCH, STATUS, with_status).await;
     reconciler.await.expect("join").expect("ok");
-    assert_eq!(servers.calls(), ["transfer", "remove registry-4", "remove registry-3"]);
+    assert_eq!(servers.calls(), ["transfer to registry-0", "remove registry-4", "remove registry-3"]);
 
     // Pass 4: both out of Raft: only now does the StatefulSet shrink.
     *servers.servers.lock().expect("lock") = members(3, 0);
@@ -397,7 +402,7 @@ async fn a_rolling_update_restarts_followers_first_and_the_leader_last() {
     assert_eq!(expect_event(&mut handle).await["reason"], "LeadershipTransferred");
     serve(&mut handle, Method::PATCH, STATUS, with_status).await;
     reconciler.await.expect("join").expect("ok");
-    assert_eq!(servers.calls(), ["transfer"]);
+    assert_eq!(servers.calls(), ["transfer to registry-1"]);
 
     // registry-1 leads now: the old leader restarts last.
     *servers.servers.lock().expect("lock") =

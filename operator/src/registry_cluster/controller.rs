@@ -39,8 +39,13 @@ pub trait ServerAdmin: Send + Sync {
         cluster: &'a str,
         server: &'a str,
     ) -> BoxFuture<'a, Result<(), String>>;
-    /// Hands leadership from the current leader to the most up-to-date other voter.
-    fn transfer_leadership<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Hands leadership from the current leader to voter `to` (a node name).
+    fn transfer_leadership<'a>(
+        &'a self,
+        namespace: &'a str,
+        cluster: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// The real thing: the cluster's client Service (or a fixed address), with the operator's token.
@@ -73,10 +78,15 @@ impl ServerAdmin for RegistryAdmin {
         )
     }
 
-    fn transfer_leadership<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(
-            async move { self.client(namespace, cluster)?.raft_transfer_leader(None).await.map_err(|e| e.to_string()) },
-        )
+    fn transfer_leadership<'a>(
+        &'a self,
+        namespace: &'a str,
+        cluster: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.client(namespace, cluster)?.raft_transfer_leader(Some(to)).await.map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -233,9 +243,9 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
             let note = format!("{server} removed from the Raft configuration before its pod goes");
             event(&ctx, &rc, EventType::Normal, "ServerRemoved", "ScaleDown", note).await;
         }
-        Step::TransferLeadership(server) => {
-            ctx.servers.transfer_leadership(&ns, &name).await.map_err(Error::Servers)?;
-            let note = format!("Raft leadership moved away from {server}");
+        Step::TransferLeadership { from, to } => {
+            ctx.servers.transfer_leadership(&ns, &name, to).await.map_err(Error::Servers)?;
+            let note = format!("Raft leadership moved from {from} to {to}");
             event(&ctx, &rc, EventType::Normal, "LeadershipTransferred", "HandOff", note).await;
         }
         Step::RestartPod(pod) => {

@@ -63,8 +63,9 @@ pub enum Step {
     Wait(String),
     /// Remove this server from the Raft configuration (scale down).
     RemovePeer(String),
-    /// Move leadership away from this server before it is removed or restarted.
-    TransferLeadership(String),
+    /// Move leadership from `from` (about to be removed or restarted) to `to` (a server that stays,
+    /// healthy, on the current template).
+    TransferLeadership { from: String, to: String },
     /// Delete this pod so the StatefulSet recreates it from the new template.
     RestartPod(String),
 }
@@ -75,7 +76,7 @@ impl Step {
         match self {
             Step::Steady => None,
             _ if scaling_down => Some("ScalingDown"),
-            Step::Wait(_) | Step::RestartPod(_) | Step::TransferLeadership(_) => Some("RollingUpdate"),
+            Step::Wait(_) | Step::RestartPod(_) | Step::TransferLeadership { .. } => Some("RollingUpdate"),
             Step::RemovePeer(_) => Some("ScalingDown"),
         }
     }
@@ -85,7 +86,7 @@ impl Step {
             Step::Steady => "every server runs the current template".into(),
             Step::Wait(why) => why.clone(),
             Step::RemovePeer(s) => format!("removing {s} from the Raft configuration"),
-            Step::TransferLeadership(s) => format!("moving Raft leadership away from {s}"),
+            Step::TransferLeadership { from, to } => format!("moving Raft leadership from {from} to {to}"),
             Step::RestartPod(s) => format!("restarting {s} with the new template"),
         }
     }
@@ -129,9 +130,16 @@ fn scale_down(cluster: &str, desired: i32, current: i32, raft: Option<&RaftView>
     // Highest ordinal first, as the StatefulSet removes pods.
     for ordinal in (desired..current).rev() {
         let name = format!("{cluster}-{ordinal}");
-        if let Some(member) = raft.member(&name) {
-            return hold(if member.leader { Step::TransferLeadership(name) } else { Step::RemovePeer(name) });
+        let Some(member) = raft.member(&name) else { continue };
+        if !member.leader {
+            return hold(Step::RemovePeer(name));
         }
+        // Hand leadership to a server that stays, or it would move again with the next removal.
+        let staying = (0..desired).map(|i| format!("{cluster}-{i}"));
+        return hold(match staying.into_iter().find(|n| raft.member(n).is_some_and(|m| m.voter && m.healthy)) {
+            Some(to) => Step::TransferLeadership { from: name, to },
+            None => Step::Wait(format!("no server that stays is healthy enough to take over leadership from {name}")),
+        });
     }
     // None of the leaving servers is in Raft any more: the StatefulSet may shrink.
     Plan { replicas: desired, step: Step::Wait(format!("scaling down to {desired} server(s)")), scaling_down: true }
@@ -173,8 +181,12 @@ fn roll(cluster: &str, desired: i32, update_revision: Option<&str>, pods: &[PodV
     let is_leader = |p: &PodView| raft.member(&p.name).is_some_and(|m| m.leader);
     match outdated.iter().filter(|p| !is_leader(p)).max_by_key(|p| p.ordinal) {
         Some(follower) => Step::RestartPod(follower.name.clone()),
-        // Only the leader is left: hand leadership to an up-to-date server, then restart it.
-        None => Step::TransferLeadership(outdated[0].name.clone()),
+        // Only the leader is left: hand leadership to an updated server (all are healthy and caught
+        // up by now), then restart it.
+        None => match serving.iter().find(|p| p.revision.as_deref() == Some(revision)) {
+            Some(to) => Step::TransferLeadership { from: outdated[0].name.clone(), to: to.name.clone() },
+            None => Step::RestartPod(outdated[0].name.clone()),
+        },
     }
 }
 
@@ -235,8 +247,15 @@ mod tests {
     fn a_leaving_leader_hands_off_first() {
         let pods: Vec<_> = (0..5).map(|i| pod(i, "a")).collect();
         let p = plan("rc", 3, Some(5), Some("a"), &pods, Some(&raft(4, 5)));
-        assert_eq!(p.step, Step::TransferLeadership("rc-4".into()));
+        assert_eq!(p.step, Step::TransferLeadership { from: "rc-4".into(), to: "rc-0".into() }, "to one that stays");
         assert_eq!(p.replicas, 5);
+        // No healthy server among those that stay: wait rather than hand leadership to a laggard.
+        let mut r = raft(4, 5);
+        for m in r.members.iter_mut().take(3) {
+            m.healthy = false;
+        }
+        let p = plan("rc", 3, Some(5), Some("a"), &pods, Some(&r));
+        assert!(matches!(p.step, Step::Wait(_)), "{p:?}");
     }
 
     #[test]
@@ -255,7 +274,11 @@ mod tests {
         let pods = [pod(0, "old"), pod(1, "new"), pod(2, "old")];
         assert_eq!(plan("rc", 3, Some(3), Some("new"), &pods, Some(&r)).step, Step::RestartPod("rc-0".into()));
         let pods = [pod(0, "new"), pod(1, "new"), pod(2, "old")];
-        assert_eq!(plan("rc", 3, Some(3), Some("new"), &pods, Some(&r)).step, Step::TransferLeadership("rc-2".into()));
+        assert_eq!(
+            plan("rc", 3, Some(3), Some("new"), &pods, Some(&r)).step,
+            Step::TransferLeadership { from: "rc-2".into(), to: "rc-0".into() },
+            "to an updated server"
+        );
         // Leadership moved: the old leader is now a follower and restarts.
         let r = raft(0, 3);
         assert_eq!(plan("rc", 3, Some(3), Some("new"), &pods, Some(&r)).step, Step::RestartPod("rc-2".into()));
