@@ -20,6 +20,23 @@ pub fn registry_for(namespace: &str, cluster: Option<&str>, addr: Option<&str>) 
     RegistryClient::new(vec![addr])
 }
 
+/// The Secret (key `token`) where the operator keeps the management token it got by bootstrapping
+/// the ACL system of `cluster`, and uses for that cluster's registry.
+pub fn bootstrap_token_secret(cluster: &str) -> String {
+    format!("{cluster}-acl-bootstrap-token")
+}
+
+/// The token the operator keeps for `cluster`, if it has one.
+pub async fn cluster_token(
+    client: &kube::Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Option<String>, kube::Error> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    let Some(secret) = secrets.get_opt(&bootstrap_token_secret(cluster)).await? else { return Ok(None) };
+    Ok(secret.data.and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned())))
+}
+
 /// One condition, as JSON (the controllers build their statuses as JSON documents). Its
 /// `lastTransitionTime` is kept from `previous` while the status holds, as the API conventions ask.
 pub fn condition(
@@ -121,9 +138,14 @@ impl Context {
         }
     }
 
-    /// A registry client for a resource in `namespace` naming `cluster`, with the token.
-    pub fn registry(&self, namespace: &str, cluster: Option<&str>) -> Result<RegistryClient, Error> {
-        Ok(registry_for(namespace, cluster, self.registry_addr.as_deref())?.with_token(self.registry_token.clone()))
+    /// A registry client for a resource in `namespace` naming `cluster`, with the operator's token:
+    /// the one it was given, else the one it keeps for that cluster (see `bootstrap_token_secret`).
+    pub async fn registry(&self, namespace: &str, cluster: Option<&str>) -> Result<RegistryClient, Error> {
+        let token = match &self.registry_token {
+            Some(t) => Some(t.clone()),
+            None => cluster_token(&self.client, namespace, cluster.unwrap_or("roster")).await?,
+        };
+        Ok(registry_for(namespace, cluster, self.registry_addr.as_deref())?.with_token(token))
     }
 }
 

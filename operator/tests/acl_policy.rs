@@ -84,3 +84,33 @@ async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
     assert!(admin.acl_policy_by_name("k8s-shop-app").await.expect("read").is_none());
     assert!(admin.acl_token_read(&accessor).await.expect("read").is_none());
 }
+
+/// The operator's own token: against a fresh default-deny registry it cannot read the servers'
+/// health, bootstraps the ACL system once (a second attempt is told it was done), and with the
+/// token it got can do what the RegistryCluster controller needs.
+#[tokio::test]
+async fn the_operator_bootstraps_acls_once_and_works_with_that_token() {
+    use roster_operator::registry_cluster::controller::{RegistryAdmin, ServerAdmin, Target};
+    const FRESH: &str = "127.0.0.1:19745";
+    let _registry =
+        common::start_registry_with(FRESH, "127.0.0.1:19746", &["--acl-enabled", "--acl-default-policy", "deny"]).await;
+    let admin = RegistryAdmin { addr: Some(FRESH.into()), token: None };
+    let mut target = Target { namespace: "shop".into(), cluster: "roster".into(), token: None };
+    let denied = admin.health(&target).await;
+    assert!(denied.as_ref().is_err_and(|e| e.contains("403")), "no token, default deny: {denied:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let token = loop {
+        match admin.bootstrap_acl(&target).await {
+            Ok(Some(token)) => break token,
+            other => assert!(Instant::now() < deadline, "bootstrap: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(admin.bootstrap_acl(&target).await, Ok(None), "only once");
+
+    target.token = Some(token);
+    let health = admin.health(&target).await.expect("health with the bootstrap token");
+    assert_eq!(health.servers.len(), 1);
+    assert!(health.servers[0].leader && health.servers[0].voter);
+}

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -14,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::Client;
 use registry::api::{AutopilotHealth, ServerHealth};
 use roster_operator::crd::RegistryCluster;
-use roster_operator::registry_cluster::controller::{reconcile, Context, ServerAdmin};
+use roster_operator::registry_cluster::controller::{reconcile, Context, ServerAdmin, Target};
 use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
 
@@ -40,14 +41,22 @@ impl FakeServers {
         Arc::new(s)
     }
 
+    /// The Raft and ACL operations asked for (health reads left out).
     fn calls(&self) -> Vec<String> {
-        self.calls.lock().expect("lock").clone()
+        self.calls.lock().expect("lock").iter().filter(|c| !c.starts_with("health")).cloned().collect()
+    }
+
+    /// The token the last health read was made with.
+    fn health_token(&self) -> Option<String> {
+        self.calls.lock().expect("lock").iter().find(|c| c.starts_with("health")).cloned()
     }
 }
 
 impl ServerAdmin for FakeServers {
-    fn health<'a>(&'a self, _ns: &'a str, _cluster: &'a str) -> BoxFuture<'a, Result<AutopilotHealth, String>> {
+    fn health<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<AutopilotHealth, String>> {
         let servers = self.servers.lock().expect("lock").clone();
+        self.calls.lock().expect("lock").retain(|c| !c.starts_with("health"));
+        self.calls.lock().expect("lock").push(format!("health with {:?}", target.token));
         Box::pin(async move {
             if servers.is_empty() {
                 return Err("connection refused".into());
@@ -74,24 +83,19 @@ impl ServerAdmin for FakeServers {
         })
     }
 
-    fn remove_peer<'a>(
-        &'a self,
-        _ns: &'a str,
-        _cluster: &'a str,
-        server: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    fn remove_peer<'a>(&'a self, _target: &'a Target, server: &'a str) -> BoxFuture<'a, Result<(), String>> {
         self.calls.lock().expect("lock").push(format!("remove {server}"));
         Box::pin(async { Ok(()) })
     }
 
-    fn transfer_leadership<'a>(
-        &'a self,
-        _ns: &'a str,
-        _cluster: &'a str,
-        to: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    fn transfer_leadership<'a>(&'a self, _target: &'a Target, to: &'a str) -> BoxFuture<'a, Result<(), String>> {
         self.calls.lock().expect("lock").push(format!("transfer to {to}"));
         Box::pin(async { Ok(()) })
+    }
+
+    fn bootstrap_acl<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>> {
+        self.calls.lock().expect("lock").push("bootstrap".into());
+        Box::pin(async { Ok(Some("minted-management-token".to_string())) })
     }
 }
 
@@ -232,7 +236,15 @@ async fn expect_applies(handle: &mut ApiHandle) -> Value {
 async fn expect_observe(handle: &mut ApiHandle, sts: Value, pod_list: Value) {
     serve(handle, Method::GET, STS, move |_| (200, sts)).await;
     serve(handle, Method::GET, PODS, move |_| (200, pod_list)).await;
+    // ACLs are on in the fixture: the servers are asked with the token the operator keeps.
+    serve(handle, Method::GET, TOKEN_SECRET, |_| {
+        let token = base64::engine::general_purpose::STANDARD.encode("kept-token");
+        (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "registry-acl-bootstrap-token"}, "data": {"token": token}}))
+    })
+    .await;
 }
+
+const TOKEN_SECRET: &str = "/api/v1/namespaces/shop/secrets/registry-acl-bootstrap-token";
 
 fn condition(status: &Value, type_: &str) -> Value {
     status["status"]["conditions"]
@@ -275,6 +287,7 @@ async fn scaling_up_grows_the_stateful_set_and_leaves_joining_to_the_servers() {
     assert_eq!(condition(&status, "Progressing")["reason"], "ServersStarting");
     reconciler.await.expect("join").expect("reconciled");
     assert!(servers.calls().is_empty(), "nothing asked of Raft: {:?}", servers.calls());
+    assert_eq!(servers.health_token().as_deref(), Some(r#"health with Some("kept-token")"#));
 }
 
 #[tokio::test]
@@ -468,4 +481,27 @@ async fn a_bad_spec_builds_nothing_and_says_why() {
     // And nothing else was asked of the API server (the client is gone: the channel ends empty).
     let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
     assert!(!matches!(next, Ok(Some(_))), "an unexpected request after a refused spec");
+}
+
+#[tokio::test]
+async fn acls_are_bootstrapped_once_and_the_token_kept_in_a_secret() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (ctx, mut handle) = context(servers.clone());
+    let reconciler = tokio::spawn(reconcile(Arc::new(running(3)), ctx));
+    serve(&mut handle, Method::GET, STS, |_| (200, stateful_set(3, "a"))).await;
+    serve(&mut handle, Method::GET, PODS, |_| (200, pods(&[(0, "a", true), (1, "a", true), (2, "a", true)]))).await;
+    serve(&mut handle, Method::GET, TOKEN_SECRET, not_found).await;
+    let secret = serve(&mut handle, Method::PATCH, &format!("{TOKEN_SECRET}?"), echo).await;
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().expect("token"))
+        .expect("b64");
+    assert_eq!(token, b"minted-management-token");
+    assert!(secret["metadata"]["ownerReferences"].is_null(), "the token outlives the resource, like the data");
+    assert_eq!(expect_event(&mut handle).await["reason"], "AclBootstrapped");
+    expect_applies(&mut handle).await;
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert_eq!(servers.calls(), ["bootstrap"]);
+    assert_eq!(servers.health_token().as_deref(), Some(r#"health with Some("minted-management-token")"#));
 }

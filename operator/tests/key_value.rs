@@ -44,6 +44,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     // 1. Both keys written; status remembers the indexes written.
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource("fast", None, false)), ctx));
+    common::answer_no_kept_token(&mut handle).await;
     let first =
         common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource("fast", None, false)).await;
     common::answer_event(&mut handle, "Synced", "Normal").await;
@@ -58,6 +59,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let status = Some(first["status"].clone());
     let task = tokio::spawn(reconcile(Arc::new(resource("slow", status.clone(), false)), ctx));
+    common::answer_no_kept_token(&mut handle).await;
     let second =
         common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource("slow", status, false)).await;
     let drift = common::answer_event(&mut handle, "Drifted", "Warning").await;
@@ -72,6 +74,7 @@ async fn writes_with_cas_reports_drift_and_deletes_only_its_own_keys() {
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let status = Some(second["status"].clone());
     let task = tokio::spawn(reconcile(Arc::new(resource("slow", status.clone(), true)), ctx));
+    common::answer_no_kept_token(&mut handle).await;
     let mut gone = resource("slow", status, true);
     gone.metadata.finalizers = None;
     common::answer_event(&mut handle, "Deleted", "Normal").await;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use roster_operator::registry_cluster::controller::{RegistryAdmin, ServerAdmin};
+use roster_operator::registry_cluster::controller::{RegistryAdmin, ServerAdmin, Target};
 use roster_operator::registry_cluster::rollout::{plan, PodView, RaftView, Step};
 
 const PORT: u16 = 19750;
@@ -128,6 +128,11 @@ fn admin(pods: &Pods) -> RegistryAdmin {
     RegistryAdmin { addr: Some(live.http.clone()), token: None }
 }
 
+/// The cluster the "controller" works on (no ACLs here: no token).
+fn target() -> Target {
+    Target { namespace: "ns".into(), cluster: "rc".into(), token: None }
+}
+
 async fn put(pods: &Pods, key: &str, value: &str) -> bool {
     for s in pods.servers.iter().filter(|s| s.child.is_some()) {
         let r = pods.http.put(format!("http://{}/v1/kv/{key}", s.http)).body(value.to_string()).send().await;
@@ -160,7 +165,7 @@ async fn drive(pods: &mut Pods, desired: i32, revision: &str, timeout: Duration)
         assert!(matches!(w, Ok(true)), "write {writes} failed during {steps:?}\n{}", pods.logs());
         let views = pods.views().await;
         let admin = admin(pods);
-        let raft = admin.health("ns", "rc").await.ok().map(|h| RaftView::from(&h));
+        let raft = admin.health(&target()).await.ok().map(|h| RaftView::from(&h));
         let p = plan("rc", desired, Some(replicas), Some(revision), &views, raft.as_ref());
         // The "StatefulSet" follows the planned replica count: pods above it go.
         if p.replicas < replicas {
@@ -172,8 +177,8 @@ async fn drive(pods: &mut Pods, desired: i32, revision: &str, timeout: Duration)
         match &p.step {
             Step::Steady => return steps,
             Step::Wait(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-            Step::RemovePeer(name) => admin.remove_peer("ns", "rc", name).await.expect("remove peer"),
-            Step::TransferLeadership { to, .. } => admin.transfer_leadership("ns", "rc", to).await.expect("transfer"),
+            Step::RemovePeer(name) => admin.remove_peer(&target(), name).await.expect("remove peer"),
+            Step::TransferLeadership { to, .. } => admin.transfer_leadership(&target(), to).await.expect("transfer"),
             Step::RestartPod(name) => {
                 let join = pods.join.clone();
                 let s = pods.servers.iter_mut().find(|s| &s.name == name).expect("pod");
@@ -193,7 +198,7 @@ async fn drive(pods: &mut Pods, desired: i32, revision: &str, timeout: Duration)
 async fn wait_healthy(pods: &Pods, voters: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(h) = admin(pods).health("ns", "rc").await {
+        if let Ok(h) = admin(pods).health(&target()).await {
             if h.healthy && h.servers.iter().filter(|s| s.voter).count() == voters {
                 return;
             }
@@ -211,7 +216,7 @@ async fn rolling_update_then_scale_down_against_real_servers() {
     assert!(put(&pods, "before", "kept").await);
 
     // Rolling update v1 -> v2: three restarts, leader last after a hand-off, writes throughout.
-    let leader_before = admin(&pods).health("ns", "rc").await.expect("health").servers.into_iter().find(|s| s.leader);
+    let leader_before = admin(&pods).health(&target()).await.expect("health").servers.into_iter().find(|s| s.leader);
     let leader_before = leader_before.expect("a leader").name;
     let started = Instant::now();
     let steps = drive(&mut pods, 3, "v2", Duration::from_secs(120)).await;

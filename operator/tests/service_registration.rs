@@ -61,6 +61,7 @@ async fn finalizer_then_register_then_deregister() {
     // 2. With the finalizer: registered in the registry, status says so with the registry's health.
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(true, false)), ctx));
+    common::answer_no_kept_token(&mut handle).await;
     let status = common::answer(&mut handle, Method::PATCH, &format!("{path}/status?"), resource(true, false)).await;
     common::answer_event(&mut handle, "Registered", "Normal").await;
     common::answer_event(&mut handle, "Unhealthy", "Warning").await;
@@ -77,6 +78,7 @@ async fn finalizer_then_register_then_deregister() {
     // 3. Deleted: deregistered from the registry first, then the finalizer goes.
     let (ctx, mut handle) = common::context(REGISTRY, None);
     let task = tokio::spawn(reconcile(Arc::new(resource(true, true)), ctx));
+    common::answer_no_kept_token(&mut handle).await;
     common::answer_event(&mut handle, "Deregistered", "Normal").await;
     let patch = common::answer(&mut handle, Method::PATCH, path, resource(false, true)).await;
     assert!(patch.to_string().contains("remove") || patch.to_string().contains("finalizers"), "{patch}");

@@ -294,6 +294,17 @@ impl Client {
         Ok(Indexed { index, value })
     }
 
+    /// `PUT /v1/acl/bootstrap`: the initial management token, or None when the ACL system was
+    /// bootstrapped already (Consul answers 403).
+    pub async fn acl_bootstrap(&self) -> Result<Option<AclToken>, ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::PUT, "/v1/acl/bootstrap", Some(Vec::new())).await?;
+        if status == reqwest::StatusCode::FORBIDDEN && String::from_utf8_lossy(&body).contains("no longer allowed") {
+            return Ok(None);
+        }
+        Self::check(status, &body)?;
+        Self::parse(status, &body).map(Some)
+    }
+
     /// `GET /v1/operator/autopilot/health`: the leader's view of every server. Consul answers 429
     /// with the same body when some server is unhealthy; both are a health report here.
     pub async fn autopilot_health(&self) -> Result<AutopilotHealth, ClientError> {

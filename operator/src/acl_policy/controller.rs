@@ -23,7 +23,7 @@ async fn apply(p: Arc<AclPolicy>, ctx: &Context, api: Api<AclPolicy>) -> Result<
     let ns = p.namespace().unwrap_or_else(|| "default".into());
     let generation = p.metadata.generation;
     let previous = p.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref())?;
+    let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref()).await?;
     let existing = reg.acl_policy_by_name(&policy_name(&p)).await?;
     let want = match build(&p, existing.as_ref().map(|e| e.id.as_str())) {
         Ok(w) => w,
@@ -86,7 +86,7 @@ async fn apply(p: Arc<AclPolicy>, ctx: &Context, api: Api<AclPolicy>) -> Result<
 }
 
 async fn cleanup(p: Arc<AclPolicy>, ctx: &Context) -> Result<Action, Error> {
-    let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref())?;
+    let reg = ctx.registry(&p.namespace().unwrap_or_else(|| "default".into()), p.spec.cluster.as_deref()).await?;
     if let Some(accessor) = p.status.as_ref().and_then(|s| s.token_accessor_id.as_deref()) {
         reg.acl_token_delete(accessor).await?;
     }

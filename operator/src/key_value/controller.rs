@@ -70,7 +70,7 @@ async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: Api<KeyValue>) -> Result<A
         }
     };
     let ns = kv.namespace().unwrap_or_else(|| "default".into());
-    let registry = ctx.registry(&ns, kv.spec.cluster.as_deref())?;
+    let registry = ctx.registry(&ns, kv.spec.cluster.as_deref()).await?;
     let ours = kv.status.as_ref().map(|s| s.written_indexes.clone()).unwrap_or_default();
     let now = current(&registry, want.keys()).await?;
     let p = plan(&want, &now, &ours);
@@ -115,7 +115,7 @@ async fn cleanup(kv: Arc<KeyValue>, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let ns = kv.namespace().unwrap_or_else(|| "default".into());
-    let registry = ctx.registry(&ns, kv.spec.cluster.as_deref())?;
+    let registry = ctx.registry(&ns, kv.spec.cluster.as_deref()).await?;
     let ours = kv.status.as_ref().map(|s| s.written_indexes.clone()).unwrap_or_default();
     let now = current(&registry, ours.keys()).await?;
     let gone = deletions(&ours, &now);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -27,65 +27,68 @@ use super::{build, validate, Desired, DEFAULT_IMAGE};
 use crate::crd::{RegistryCluster, RegistryClusterStatus};
 use crate::MANAGER;
 
-/// The Raft operations the controller needs from a cluster's servers; injected, so the mock API
-/// server tests can play the servers too.
-pub trait ServerAdmin: Send + Sync {
-    /// Autopilot health as the leader reports it.
-    fn health<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<AutopilotHealth, String>>;
-    /// Removes `server` (a node name) from the Raft configuration.
-    fn remove_peer<'a>(
-        &'a self,
-        namespace: &'a str,
-        cluster: &'a str,
-        server: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
-    /// Hands leadership from the current leader to voter `to` (a node name).
-    fn transfer_leadership<'a>(
-        &'a self,
-        namespace: &'a str,
-        cluster: &'a str,
-        to: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
+/// Which cluster's servers to ask, and with which ACL token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub namespace: String,
+    pub cluster: String,
+    pub token: Option<String>,
 }
 
-/// The real thing: the cluster's client Service (or a fixed address), with the operator's token.
+/// What the controller needs from a cluster's servers (Raft operations and the ACL bootstrap);
+/// injected, so the mock API server tests can play the servers too.
+pub trait ServerAdmin: Send + Sync {
+    /// Autopilot health as the leader reports it.
+    fn health<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<AutopilotHealth, String>>;
+    /// Removes `server` (a node name) from the Raft configuration.
+    fn remove_peer<'a>(&'a self, target: &'a Target, server: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Hands leadership from the current leader to voter `to` (a node name).
+    fn transfer_leadership<'a>(&'a self, target: &'a Target, to: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Bootstraps the ACL system: the management token's secret, or None if it was done already.
+    fn bootstrap_acl<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>>;
+    /// Whether the operator was given a token of its own (then it bootstraps nothing).
+    fn has_given_token(&self) -> bool {
+        false
+    }
+}
+
+/// The real thing: the cluster's client Service (or a fixed address); a token given to the
+/// operator (`--registry-token`) wins over the cluster's own.
 pub struct RegistryAdmin {
     pub addr: Option<String>,
     pub token: Option<String>,
 }
 
 impl RegistryAdmin {
-    fn client(&self, namespace: &str, cluster: &str) -> Result<registry::client::Client, String> {
-        crate::registry_api::registry_for(namespace, Some(cluster), self.addr.as_deref())
-            .map(|c| c.with_token(self.token.clone()))
+    fn client(&self, t: &Target) -> Result<registry::client::Client, String> {
+        let token = self.token.clone().or_else(|| t.token.clone());
+        crate::registry_api::registry_for(&t.namespace, Some(&t.cluster), self.addr.as_deref())
+            .map(|c| c.with_token(token))
             .map_err(|e| e.to_string())
     }
 }
 
 impl ServerAdmin for RegistryAdmin {
-    fn health<'a>(&'a self, namespace: &'a str, cluster: &'a str) -> BoxFuture<'a, Result<AutopilotHealth, String>> {
-        Box::pin(async move { self.client(namespace, cluster)?.autopilot_health().await.map_err(|e| e.to_string()) })
+    fn health<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Result<AutopilotHealth, String>> {
+        Box::pin(async move { self.client(t)?.autopilot_health().await.map_err(|e| e.to_string()) })
     }
 
-    fn remove_peer<'a>(
-        &'a self,
-        namespace: &'a str,
-        cluster: &'a str,
-        server: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(
-            async move { self.client(namespace, cluster)?.raft_remove_peer(server).await.map_err(|e| e.to_string()) },
-        )
+    fn remove_peer<'a>(&'a self, t: &'a Target, server: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.client(t)?.raft_remove_peer(server).await.map_err(|e| e.to_string()) })
     }
 
-    fn transfer_leadership<'a>(
-        &'a self,
-        namespace: &'a str,
-        cluster: &'a str,
-        to: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    fn transfer_leadership<'a>(&'a self, t: &'a Target, to: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.client(t)?.raft_transfer_leader(Some(to)).await.map_err(|e| e.to_string()) })
+    }
+
+    fn has_given_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn bootstrap_acl<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>> {
         Box::pin(async move {
-            self.client(namespace, cluster)?.raft_transfer_leader(Some(to)).await.map_err(|e| e.to_string())
+            let token = self.client(t)?.acl_bootstrap().await.map_err(|e| e.to_string())?;
+            Ok(token.map(|t| t.secret_id))
         })
     }
 }
@@ -178,6 +181,49 @@ fn pod_views(cluster: &str, pods: &[Pod]) -> Vec<PodView> {
         .collect()
 }
 
+/// Bootstraps the ACL system of a cluster that has none yet and keeps the management token in a
+/// Secret (`<cluster>-acl-bootstrap-token`, not owned by the cluster: like the volumes, it outlives
+/// a deleted RegistryCluster, whose data still holds the token). If someone else bootstrapped it,
+/// says so: the operator then needs a token (`operator.registryTokenSecret` in the chart).
+async fn bootstrap_acl(ctx: &Context, rc: &RegistryCluster, target: &Target) -> Result<Option<String>, Error> {
+    match ctx.servers.bootstrap_acl(target).await {
+        Ok(Some(secret_id)) => {
+            let name = crate::registry_api::bootstrap_token_secret(&target.cluster);
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(target.namespace.clone()),
+                    labels: Some(std::collections::BTreeMap::from([
+                        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+                        ("app.kubernetes.io/instance".to_string(), target.cluster.clone()),
+                    ])),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(std::collections::BTreeMap::from([(
+                    "token".to_string(),
+                    k8s_openapi::ByteString(secret_id.clone().into_bytes()),
+                )])),
+                ..Default::default()
+            };
+            apply(&ctx.client, &target.namespace, &secret).await?;
+            let note = format!("ACL system bootstrapped; the management token is in Secret {name}");
+            event(ctx, rc, EventType::Normal, "AclBootstrapped", "Bootstrap", note).await;
+            Ok(Some(secret_id))
+        }
+        Ok(None) => {
+            let note = "ACLs were bootstrapped by someone else: give the operator a token (--registry-token)";
+            tracing::warn!(cluster = %target.cluster, "{note}");
+            event(ctx, rc, EventType::Warning, "AclBootstrapElsewhere", "Bootstrap", note.to_string()).await;
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::info!(cluster = %target.cluster, error = %e, "cannot bootstrap ACLs yet");
+            Ok(None)
+        }
+    }
+}
+
 fn available(status: Option<&RegistryClusterStatus>) -> Option<bool> {
     status?.conditions.iter().find(|c| c.type_ == "Available").map(|c| c.status == "True")
 }
@@ -214,8 +260,19 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         Vec::new()
     };
     let ready_servers = pods.iter().filter(|p| p.ready && !p.terminating).count() as i32;
+    // With ACLs on, the servers are asked with the token the operator keeps for this cluster.
+    let token = if valid.acl_enabled && ready_servers > 0 {
+        crate::registry_api::cluster_token(&ctx.client, &ns, &name).await?
+    } else {
+        None
+    };
+    let mut target = Target { namespace: ns.clone(), cluster: name.clone(), token };
+    let quorum_ready = ready_servers > valid.replicas / 2;
+    if valid.acl_enabled && target.token.is_none() && !ctx.servers.has_given_token() && quorum_ready {
+        target.token = bootstrap_acl(&ctx, &rc, &target).await?;
+    }
     let health = if ready_servers > 0 {
-        match ctx.servers.health(&ns, &name).await {
+        match ctx.servers.health(&target).await {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::info!(cluster = %name, error = %e, "cannot ask the servers for their health");
@@ -239,12 +296,12 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
     match &plan.step {
         Step::Steady | Step::Wait(_) => {}
         Step::RemovePeer(server) => {
-            ctx.servers.remove_peer(&ns, &name, server).await.map_err(Error::Servers)?;
+            ctx.servers.remove_peer(&target, server).await.map_err(Error::Servers)?;
             let note = format!("{server} removed from the Raft configuration before its pod goes");
             event(&ctx, &rc, EventType::Normal, "ServerRemoved", "ScaleDown", note).await;
         }
         Step::TransferLeadership { from, to } => {
-            ctx.servers.transfer_leadership(&ns, &name, to).await.map_err(Error::Servers)?;
+            ctx.servers.transfer_leadership(&target, to).await.map_err(Error::Servers)?;
             let note = format!("Raft leadership moved from {from} to {to}");
             event(&ctx, &rc, EventType::Normal, "LeadershipTransferred", "HandOff", note).await;
         }

@@ -32,7 +32,7 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegi
         }
     };
     let ns = sr.namespace().unwrap_or_else(|| "default".into());
-    let registry = ctx.registry(&ns, sr.spec.cluster.as_deref())?;
+    let registry = ctx.registry(&ns, sr.spec.cluster.as_deref()).await?;
     registry.catalog_register(&request).await?;
     let p = placement(&sr);
     let checks = registry.health_node(&p.node).await?;
@@ -61,7 +61,7 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegi
 
 async fn cleanup(sr: Arc<ServiceRegistration>, ctx: &Context) -> Result<Action, Error> {
     let ns = sr.namespace().unwrap_or_else(|| "default".into());
-    let registry = ctx.registry(&ns, sr.spec.cluster.as_deref())?;
+    let registry = ctx.registry(&ns, sr.spec.cluster.as_deref()).await?;
     registry.catalog_deregister(&deregistration(&sr)).await?;
     ctx.event(sr.as_ref(), true, "Deregistered", format!("{} removed from the catalog", placement(&sr).service_id))
         .await;

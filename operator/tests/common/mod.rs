@@ -116,3 +116,20 @@ pub async fn answer_event(handle: &mut ApiHandle, reason: &str, type_: &str) -> 
     send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
     event
 }
+
+/// Plays the API server for the operator's look for the token it keeps for cluster `roster` in
+/// namespace `shop`: there is none (no ACL bootstrap was done by the operator).
+#[allow(dead_code)]
+pub async fn answer_no_kept_token(handle: &mut ApiHandle) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("the token lookup")
+        .expect("a request");
+    let uri = request.uri().to_string();
+    assert_eq!(request.method(), Method::GET, "{uri}");
+    assert!(uri.starts_with("/api/v1/namespaces/shop/secrets/roster-acl-bootstrap-token"), "{uri}");
+    let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+    send.send_response(
+        Response::builder().status(404).body(Body::from(serde_json::to_vec(&body).expect("json"))).expect("response"),
+    );
+}
