@@ -162,11 +162,17 @@ async fn run(s: RunSettings) -> Result<(), String> {
     let controllers = async {
         use roster_operator::{acl_policy, key_value, registry_cluster, service_registration};
         let (addr, token) = (s.registry_addr.clone(), s.registry_token.clone());
+        // One context for the controllers of registry-side resources (client, registry, Events).
+        let shared = std::sync::Arc::new(roster_operator::registry_api::Context::new(
+            client.clone(),
+            addr.clone(),
+            token.clone(),
+        ));
         tokio::join!(
-            registry_cluster::controller::run(client.clone(), addr.clone(), token.clone(), metrics.clone()),
-            service_registration::controller::run(client.clone(), addr.clone(), token.clone(), metrics.clone()),
-            key_value::controller::run(client.clone(), addr.clone(), token.clone(), metrics.clone()),
-            acl_policy::controller::run(client.clone(), addr, token, metrics.clone()),
+            registry_cluster::controller::run(client.clone(), addr, token, metrics.clone()),
+            service_registration::controller::run(shared.clone(), metrics.clone()),
+            key_value::controller::run(shared.clone(), metrics.clone()),
+            acl_policy::controller::run(shared, metrics.clone()),
         );
     };
     let result = match lease {

@@ -12,7 +12,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
 use super::{build, differs, policy_name, token_for, FINALIZER};
 use crate::crd::AclPolicy;
@@ -102,13 +102,9 @@ pub async fn reconcile(p: Arc<AclPolicy>, ctx: Arc<Context>) -> Result<Action, E
     reconcile_with_finalizer(p, &ctx, FINALIZER, |p, api| apply(p, &ctx, api), |p| cleanup(p, &ctx)).await
 }
 
-pub async fn run(
-    client: Client,
-    registry_addr: Option<String>,
-    registry_token: Option<String>,
-    metrics: Arc<crate::telemetry::Metrics>,
-) {
-    let ctx = Arc::new(Context::new(client.clone(), registry_addr, registry_token));
+/// Runs the controller until SIGTERM or Ctrl-C, with the context the registry controllers share.
+pub async fn run(ctx: Arc<Context>, metrics: Arc<crate::telemetry::Metrics>) {
+    let client = ctx.client.clone();
     let controller = Controller::new(Api::<AclPolicy>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Secret>::all(client), watcher::Config::default());
     crate::telemetry::drive(controller, "acl-policy", reconcile, error_policy, ctx, metrics).await;

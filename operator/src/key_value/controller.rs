@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
 use super::{deletions, desired, plan, Current, FINALIZER};
 use crate::crd::KeyValue;
@@ -131,13 +131,9 @@ pub async fn reconcile(kv: Arc<KeyValue>, ctx: Arc<Context>) -> Result<Action, E
     reconcile_with_finalizer(kv, &ctx, FINALIZER, |kv, api| apply(kv, &ctx, api), |kv| cleanup(kv, &ctx)).await
 }
 
-pub async fn run(
-    client: Client,
-    registry_addr: Option<String>,
-    registry_token: Option<String>,
-    metrics: Arc<crate::telemetry::Metrics>,
-) {
-    let ctx = Arc::new(Context::new(client.clone(), registry_addr, registry_token));
-    let controller = Controller::new(Api::<KeyValue>::all(client), watcher::Config::default());
+/// Runs the controller until SIGTERM or Ctrl-C, with the context the registry controllers share.
+pub async fn run(ctx: Arc<Context>, metrics: Arc<crate::telemetry::Metrics>) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<KeyValue>::all(client.clone()), watcher::Config::default());
     crate::telemetry::drive(controller, "key-value", reconcile, error_policy, ctx, metrics).await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 
 use super::{aggregate_health, build, deregistration, placement, FINALIZER};
 use crate::crd::{ServiceRegistration, ServiceRegistrationStatus};
@@ -72,13 +72,9 @@ pub async fn reconcile(sr: Arc<ServiceRegistration>, ctx: Arc<Context>) -> Resul
     reconcile_with_finalizer(sr, &ctx, FINALIZER, |sr, api| apply(sr, &ctx, api), |sr| cleanup(sr, &ctx)).await
 }
 
-pub async fn run(
-    client: Client,
-    registry_addr: Option<String>,
-    registry_token: Option<String>,
-    metrics: Arc<crate::telemetry::Metrics>,
-) {
-    let ctx = Arc::new(Context::new(client.clone(), registry_addr, registry_token));
-    let controller = Controller::new(Api::<ServiceRegistration>::all(client), watcher::Config::default());
+/// Runs the controller until SIGTERM or Ctrl-C, with the context the registry controllers share.
+pub async fn run(ctx: Arc<Context>, metrics: Arc<crate::telemetry::Metrics>) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(Api::<ServiceRegistration>::all(client.clone()), watcher::Config::default());
     crate::telemetry::drive(controller, "service-registration", reconcile, error_policy, ctx, metrics).await;
 }
