@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
-use chitchat::ChitchatEnvelope;
+use chitchat::transport::{Socket, Transport};
+use chitchat::ChitchatMessage;
 use clap::Parser;
 use registry::gossip::{Member, Membership, MembershipConfig, Role};
 use serde::Serialize;
@@ -62,7 +62,7 @@ struct Args {
 /// (chitchat's own channel transport queues without bound, so one process simulating 1,000
 /// members that falls behind grows without limit instead of dropping.)
 /// A datagram: who sent it, and what.
-type Datagram = (SocketAddr, ChitchatEnvelope);
+type Datagram = (SocketAddr, ChitchatMessage);
 
 #[derive(Clone)]
 struct SimNet {
@@ -96,23 +96,18 @@ impl Transport for SimNet {
 
 #[async_trait]
 impl Socket for SimSocket {
-    fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.addr)
-    }
-
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> Result<SendOutcome> {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> Result<()> {
         if rand::random::<f64>() >= self.net.loss {
             let tx = self.net.sockets.lock().unwrap_or_else(|p| p.into_inner()).get(&to).cloned();
             if let Some(tx) = tx {
-                let _ = tx.try_send((self.addr, envelope));
+                let _ = tx.try_send((self.addr, message));
             }
         }
-        Ok(SendOutcome { num_bytes_sent: 0 })
+        Ok(())
     }
 
-    async fn recv(&mut self) -> Result<RecvOutcome> {
-        let (from_addr, envelope) = self.rx.recv().await.ok_or_else(|| anyhow::anyhow!("socket closed"))?;
-        Ok(RecvOutcome { from_addr, envelope, num_bytes_received: 0 })
+    async fn recv(&mut self) -> Result<(SocketAddr, ChitchatMessage)> {
+        self.rx.recv().await.ok_or_else(|| anyhow::anyhow!("socket closed"))
     }
 }
 

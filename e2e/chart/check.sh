@@ -22,7 +22,7 @@ for helm in helm3 helm4; do
 done
 
 # Values that must be refused by values.schema.json.
-for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0; do
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name; do
     if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted $bad" >&2
         exit 1
@@ -34,7 +34,7 @@ echo "-- kubernetes-validate --strict ($k8s_version) on the CRDs"
 
 n=0
 for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
-    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2"; do
+    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2,cluster.gossipKeySecret=roster-gossip"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"

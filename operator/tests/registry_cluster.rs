@@ -73,6 +73,9 @@ fn three_servers_find_each_other_by_stable_names() {
     );
     assert_eq!(env_of(&d, "ROSTER_GOSSIP_SEEDS").as_deref(), Some("registry-server.shop.svc:8301"));
     assert_eq!(env_of(&d, "ROSTER_DATACENTER").as_deref(), Some("eu-west"));
+    let key = pod.containers[0].env.as_ref().and_then(|e| e.iter().find(|v| v.name == "ROSTER_GOSSIP_KEY").cloned());
+    let from = key.and_then(|k| k.value_from).and_then(|f| f.secret_key_ref).expect("gossip key from the Secret");
+    assert_eq!((from.name.as_str(), from.key.as_str()), ("registry-gossip", "key"));
     assert_eq!(env_of(&d, "ROSTER_ACL_ENABLED").as_deref(), Some("true"));
     assert_eq!(env_of(&d, "ROSTER_ACL_DEFAULT_POLICY").as_deref(), Some("deny"));
 
@@ -128,7 +131,7 @@ fn a_bad_spec_is_refused_with_every_problem_named() {
     let rc = fixture("bad-spec.yaml");
     let errors = validate(&rc, DEFAULT_IMAGE).expect_err("invalid");
     let all = errors.join("\n");
-    for field in ["metadata.name", "spec.replicas", "spec.storage.size", "spec.datacenter"] {
+    for field in ["metadata.name", "spec.replicas", "spec.storage.size", "spec.datacenter", "spec.gossipKeySecret"] {
         assert!(all.contains(field), "no error about {field} in:\n{all}");
     }
     assert_eq!(errors.len(), 4, "{all}");

@@ -52,6 +52,9 @@ pub struct Config {
     /// Gossip round interval and failure-detector sensitivity (see docs/benchmarks.md for the trade-off).
     pub gossip_interval_ms: u64,
     pub gossip_phi_threshold: f64,
+    /// The pool's gossip encryption key (Consul's `encrypt`: 32 bytes, base64; `roster keygen` makes
+    /// one). Every member of a pool needs the same key; None: plaintext gossip.
+    pub gossip_key: Option<String>,
     /// A member failed this long is removed from the catalog (Consul's `reconnect_timeout`, 72 h).
     pub reap_after_secs: u64,
 }
@@ -82,6 +85,7 @@ impl Default for Config {
             gossip_seeds: Vec::new(),
             gossip_interval_ms: crate::gossip::DEFAULT_INTERVAL_MS,
             gossip_phi_threshold: crate::gossip::DEFAULT_PHI_THRESHOLD,
+            gossip_key: None,
             reap_after_secs: 72 * 3600,
         }
     }
@@ -120,6 +124,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.gossip_key {
+            crate::gossip::GossipKey::parse(key)?;
+        }
         if self.node_name.is_empty() {
             return Err("node_name must not be empty".into());
         }
@@ -189,6 +196,9 @@ pub struct ServerArgs {
     pub gossip_seeds: Vec<String>,
     #[arg(long, env = "ROSTER_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
+    /// Gossip encryption key; prefer the environment (from a Kubernetes Secret): flags show in `ps`.
+    #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
+    pub gossip_key: Option<String>,
     #[arg(long, env = "ROSTER_REAP_AFTER_SECS")]
     pub reap_after_secs: Option<u64>,
 }
@@ -216,6 +226,9 @@ impl ServerArgs {
             gossip_interval_ms,
             reap_after_secs
         );
+        if self.gossip_key.is_some() {
+            c.gossip_key = self.gossip_key;
+        }
         if self.gossip_addr.is_some() {
             c.gossip_addr = self.gossip_addr;
         }

@@ -35,6 +35,8 @@ enum Cmd {
     },
     /// A server of a cluster, configured by file, environment and flags.
     Server(Box<ServerArgs>),
+    /// Print a new gossip encryption key (base64 of 32 random bytes, like `consul keygen`).
+    Keygen,
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,10 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
             c
+        }
+        Cmd::Keygen => {
+            println!("{}", registry::gossip::GossipKey::generate());
+            return std::process::ExitCode::SUCCESS;
         }
         Cmd::Server(args) => match (*args).into_config() {
             Ok(c) => c,

@@ -37,6 +37,9 @@ pub struct Config {
     pub gossip_seeds: Vec<String>,
     pub gossip_interval_ms: u64,
     pub gossip_phi_threshold: f64,
+    /// The pool's gossip encryption key (Consul's `encrypt`: 32 bytes, base64; `roster keygen` makes
+    /// one). Every member of a pool needs the same key; None: plaintext gossip.
+    pub gossip_key: Option<String>,
     /// Full anti-entropy pass every this many seconds (changes are pushed at once regardless).
     pub sync_interval_secs: u64,
     /// Script checks run commands inside the pod: off unless asked for, as in Consul.
@@ -61,6 +64,7 @@ impl Default for Config {
             gossip_seeds: Vec::new(),
             gossip_interval_ms: registry::gossip::DEFAULT_INTERVAL_MS,
             gossip_phi_threshold: registry::gossip::DEFAULT_PHI_THRESHOLD,
+            gossip_key: None,
             sync_interval_secs: 60,
             enable_script_checks: false,
             services: Vec::new(),
@@ -96,6 +100,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.gossip_key {
+            registry::gossip::GossipKey::parse(key)?;
+        }
         if self.node_name.is_empty() {
             return Err("node_name must not be empty".into());
         }
@@ -143,6 +150,9 @@ pub struct SidecarArgs {
     pub gossip_seeds: Vec<String>,
     #[arg(long, env = "ROSTER_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
+    /// Gossip encryption key; prefer the environment (from a Kubernetes Secret): flags show in `ps`.
+    #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
+    pub gossip_key: Option<String>,
     #[arg(long, env = "ROSTER_SYNC_INTERVAL_SECS")]
     pub sync_interval_secs: Option<u64>,
     #[arg(long, env = "ROSTER_ENABLE_SCRIPT_CHECKS")]
@@ -182,6 +192,9 @@ impl SidecarArgs {
         }
         if self.token.is_some() {
             c.token = self.token;
+        }
+        if self.gossip_key.is_some() {
+            c.gossip_key = self.gossip_key;
         }
         if self.gossip_addr.is_some() {
             c.gossip_addr = self.gossip_addr;

@@ -118,6 +118,12 @@ async fn start_gossip(config: &Config, addr: SocketAddr) -> anyhow::Result<Membe
         seeds: config.gossip_seeds.clone(),
         interval: config.gossip_interval(),
         phi_threshold: config.gossip_phi_threshold,
+        key: config
+            .gossip_key
+            .as_deref()
+            .map(registry::gossip::GossipKey::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     }
     .join_udp()
     .await

@@ -64,6 +64,12 @@ impl Drop for Proc {
     }
 }
 
+/// The pool's gossip key: every server and sidecar here seals its gossip with it.
+fn pool_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(registry::gossip::GossipKey::generate)
+}
+
 fn roster_bin() -> PathBuf {
     let sidecar = PathBuf::from(env!("CARGO_BIN_EXE_roster-sidecar"));
     let roster = sidecar.with_file_name("roster");
@@ -87,7 +93,8 @@ fn start_server(i: usize, dir: &Path) -> Proc {
         .args(["--gossip-addr", &format!("127.0.0.{i}:{}", BASE + 3)])
         .args(["--gossip-seeds", &seeds.join(",")])
         .args(["--bootstrap-expect", &SERVERS.to_string(), "--retry-join", &join.join(",")])
-        .args(["--reap-after-secs", &REAP_AFTER_SECS.to_string()]);
+        .args(["--reap-after-secs", &REAP_AFTER_SECS.to_string()])
+        .env("ROSTER_GOSSIP_KEY", pool_key());
     Proc::spawn(&format!("server-{i}"), dir, cmd)
 }
 
@@ -96,6 +103,10 @@ fn sidecar_api(i: usize) -> String {
 }
 
 fn start_sidecar(i: usize, dir: &Path, app_port: u16) -> Proc {
+    start_sidecar_with_key(i, dir, app_port, pool_key())
+}
+
+fn start_sidecar_with_key(i: usize, dir: &Path, app_port: u16, key: &str) -> Proc {
     let servers: Vec<String> = (1..=SERVERS).map(server_http).collect();
     let seeds: Vec<String> = (1..=SERVERS).map(|j| format!("127.0.0.{j}:{}", BASE + 3)).collect();
     let ip = format!("127.0.0.{}", 10 + i);
@@ -114,7 +125,8 @@ fn start_sidecar(i: usize, dir: &Path, app_port: u16) -> Proc {
         .args(["--gossip-addr", &format!("{ip}:{}", BASE + 13)])
         .args(["--gossip-seeds", &seeds.join(",")])
         .args(["--sync-interval-secs", &SYNC_INTERVAL_SECS.to_string()])
-        .args(["--services", &services.to_string()]);
+        .args(["--services", &services.to_string()])
+        .env("ROSTER_GOSSIP_KEY", key);
     Proc::spawn(&format!("pod-{i}"), dir, cmd)
 }
 
@@ -262,6 +274,30 @@ async fn sidecars_register_check_fail_over_and_repair() {
     })
     .await;
     assert!(members.as_array().is_some_and(|a| a.iter().any(|m| m["Tags"]["role"] == "consul")));
+
+    // Gossip is sealed with the pool's key: a sidecar with another key joins nobody and nobody sees it.
+    let mut intruder = start_sidecar_with_key(9, pool.dir.path(), apps[0].0, &registry::gossip::GossipKey::generate());
+    let live = |m: Option<serde_json::Value>| {
+        m.and_then(|m| m.as_array().map(|a| a.iter().filter(|x| x["Status"] == 1).count()))
+    };
+    pool.eventually("the intruder's agent API up", Duration::from_secs(10), || async {
+        pool.get(&sidecar_api(9), "/v1/agent/self").await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(live(pool.get(&sidecar_api(9), "/v1/agent/members").await), Some(1), "it sees only itself");
+    for s in [1, 5] {
+        let members = pool.get(&sidecar_api(s), "/v1/agent/members").await;
+        assert_eq!(live(members.clone()), Some(8), "pod-{s} sees the same 8: {members:?}");
+        assert!(!members.is_some_and(|m| m.to_string().contains("pod-9")), "pod-9 is not in pod-{s}'s pool");
+    }
+    // It did register over HTTP (that is the ACLs' business, not gossip's); a clean stop takes it out.
+    intruder.signal("-TERM");
+    pool.eventually("the intruder gone from the catalog", Duration::from_secs(10), || async {
+        pool.get(&server_http(1), "/v1/catalog/node/pod-9").await.is_none_or(|n| n.is_null())
+    })
+    .await;
+    intruder.kill();
 
     // An app that starts failing goes critical, and comes back.
     apps[1].1.store(false, Ordering::Relaxed);

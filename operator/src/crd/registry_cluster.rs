@@ -44,7 +44,9 @@ pub struct RegistryClusterSpec {
     /// ACL enforcement.
     #[serde(default)]
     pub acl: AclSettings,
-    /// Name of a Secret holding the gossip encryption key under `key` (not enforced yet).
+    /// Name of a Secret holding the pool's gossip encryption key under `key` (32 bytes, base64, as
+    /// `roster keygen` prints). Servers seal their gossip with it; every sidecar of the pool needs it
+    /// too (`ROSTER_GOSSIP_KEY`). Empty: plaintext gossip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip_key_secret: Option<String>,
 }

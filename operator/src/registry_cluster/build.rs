@@ -15,8 +15,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort, ServiceSpec,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -138,6 +138,17 @@ pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
         env("ROSTER_ACL_DEFAULT_POLICY", if c.acl_default_deny { "deny" } else { "allow" }),
         env("ROSTER_LOG_FORMAT", "json"),
     ]
+    .into_iter()
+    .chain(c.gossip_key_secret.as_ref().map(|secret| EnvVar {
+        // The pool's gossip key, from the Secret (never in the pod spec itself).
+        name: "ROSTER_GOSSIP_KEY".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.clone(), key: "key".into(), optional: Some(false) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }))
+    .collect()
 }
 
 pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {

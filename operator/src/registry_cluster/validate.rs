@@ -15,6 +15,8 @@ pub struct ValidCluster {
     pub acl_enabled: bool,
     pub acl_default_deny: bool,
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Secret whose `key` entry is the pool's gossip encryption key.
+    pub gossip_key_secret: Option<String>,
 }
 
 /// StatefulSet pod names carry a controller-revision-hash label of the name plus 11 characters,
@@ -62,6 +64,19 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
     if !dns_label {
         errors.push(format!("spec.datacenter: {dc:?} is not a DNS label"));
     }
+    if let Some(secret) = &spec.gossip_key_secret {
+        let subdomain = !secret.is_empty()
+            && secret.len() <= 253
+            && secret.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !subdomain {
+            errors.push(format!("spec.gossipKeySecret: {secret:?} is not a Secret name"));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -76,6 +91,7 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
         acl_enabled: spec.acl.enabled,
         acl_default_deny: spec.acl.default_policy == DefaultPolicy::Deny,
         resources: spec.resources.clone(),
+        gossip_key_secret: spec.gossip_key_secret.clone(),
     })
 }
 

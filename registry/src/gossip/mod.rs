@@ -4,7 +4,12 @@
 //! per node). Failure detection is chitchat's phi-accrual detector, spread over all members. The
 //! pure `diff` turns two views of the live members into typed change events; `Membership` feeds it
 //! from chitchat's live-node watch. The transport is injected, so tests run in process and cut links
-//! to simulate partitions.
+//! to simulate partitions; over the network it is UDP, sealed with the pool's key when there is one
+//! (`encrypted`).
+
+mod encrypted;
+
+pub use encrypted::{EncryptedUdpTransport, GossipKey};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -188,6 +193,8 @@ pub struct Joining {
     pub seeds: Vec<String>,
     pub interval: Duration,
     pub phi_threshold: f64,
+    /// The pool's shared key: every datagram sealed with it. None: plaintext gossip.
+    pub key: Option<GossipKey>,
 }
 
 impl Joining {
@@ -210,9 +217,11 @@ impl Joining {
             gossip_interval: self.interval,
             failure_detector: failure_detector(self.interval, self.phi_threshold),
         };
-        Membership::start(config, &chitchat::transport::UdpTransport)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot start gossip on {bind}: {e:#}"))
+        let started = match self.key {
+            Some(key) => Membership::start(config, &EncryptedUdpTransport { key }).await,
+            None => Membership::start(config, &chitchat::transport::UdpTransport).await,
+        };
+        started.map_err(|e| anyhow::anyhow!("cannot start gossip on {bind}: {e:#}"))
     }
 }
 
@@ -246,7 +255,6 @@ impl Membership {
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
         };
         let me = &config.me;
         let keys = vec![
