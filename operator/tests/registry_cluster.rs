@@ -134,5 +134,5 @@ fn a_bad_spec_is_refused_with_every_problem_named() {
     for field in ["metadata.name", "spec.replicas", "spec.storage.size", "spec.datacenter", "spec.gossipKeySecret"] {
         assert!(all.contains(field), "no error about {field} in:\n{all}");
     }
-    assert_eq!(errors.len(), 4, "{all}");
+    assert_eq!(errors.len(), 5, "{all}");
 }
