@@ -48,6 +48,9 @@ struct Args {
     footprint: bool,
     #[arg(long, default_value_t = 100)]
     footprint_pool: usize,
+    /// With --footprint: the whole pool (server, sidecar, simulated members) gossips encrypted.
+    #[arg(long)]
+    encrypted: bool,
     #[arg(long, default_value = "target/release/roster")]
     roster_bin: std::path::PathBuf,
     #[arg(long, default_value = "target/release/roster-sidecar")]
@@ -393,6 +396,7 @@ mod footprint {
     #[derive(Serialize)]
     struct Footprint {
         pool_members: usize,
+        encrypted: bool,
         startup_to_registered_ms: Vec<f64>,
         startup_median_ms: f64,
         rss_idle_kib: u64,
@@ -421,7 +425,7 @@ mod footprint {
         Ok((field("VmRSS:"), field("VmHWM:"), ticks))
     }
 
-    fn start_sidecar(args: &Args, dir: &std::path::Path, run: usize) -> Result<Killed> {
+    fn start_sidecar(args: &Args, dir: &std::path::Path, run: usize, key: Option<&str>) -> Result<Killed> {
         let services = serde_json::json!([{
             "name": "web",
             "port": 8080,
@@ -433,6 +437,7 @@ mod footprint {
             .args(["--servers", SERVER_HTTP, "--http-addr", SIDECAR_HTTP])
             .args(["--gossip-addr", SIDECAR_GOSSIP, "--gossip-seeds", SERVER_GOSSIP])
             .args(["--services", &services.to_string()])
+            .envs(key.map(|k| ("ROSTER_GOSSIP_KEY", k)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -448,6 +453,7 @@ mod footprint {
 
     pub async fn run(args: &Args) -> Result<()> {
         let dir = tempfile::tempdir()?;
+        let key = args.encrypted.then(registry::gossip::GossipKey::generate);
         let server = Killed(
             Command::new(&args.roster_bin)
                 .args([
@@ -459,6 +465,7 @@ mod footprint {
                     "--gossip-addr",
                     SERVER_GOSSIP,
                 ])
+                .envs(key.as_deref().map(|k| ("ROSTER_GOSSIP_KEY", k)))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.path().join("server.log"))?)
                 .spawn()
@@ -495,7 +502,14 @@ mod footprint {
                 gossip_interval: interval,
                 failure_detector: registry::gossip::failure_detector(interval, args.phi),
             };
-            swarm.push(Membership::start(config, &chitchat::transport::UdpTransport).await?);
+            let member = match &key {
+                Some(k) => {
+                    let key = registry::gossip::GossipKey::parse(k).map_err(anyhow::Error::msg)?;
+                    Membership::start(config, &registry::gossip::EncryptedUdpTransport { key }).await?
+                }
+                None => Membership::start(config, &chitchat::transport::UdpTransport).await?,
+            };
+            swarm.push(member);
         }
 
         // Start-up to registered, five times (a clean stop in between).
@@ -503,7 +517,7 @@ mod footprint {
         let mut sidecar = None;
         for run in 0..5 {
             let t0 = Instant::now();
-            let child = start_sidecar(args, dir.path(), run)?;
+            let child = start_sidecar(args, dir.path(), run, key.as_deref())?;
             while !registered(&http).await {
                 if t0.elapsed() > Duration::from_secs(20) {
                     bail!("the sidecar did not register within 20 s");
@@ -553,6 +567,7 @@ mod footprint {
         sorted.sort_by(f64::total_cmp);
         let f = Footprint {
             pool_members: args.footprint_pool,
+            encrypted: args.encrypted,
             startup_median_ms: sorted[sorted.len() / 2],
             startup_to_registered_ms: startup,
             rss_idle_kib: rss,
@@ -561,8 +576,9 @@ mod footprint {
             idle_window_s: args.idle_secs,
         };
         println!(
-            "sidecar in a pool of {}: start-up to registered median {:.0} ms (runs {:?}), RSS idle {:.1} MiB (peak {:.1} MiB), CPU idle {:.2}% of one core over {} s",
+            "sidecar in a pool of {}{}: start-up to registered median {:.0} ms (runs {:?}), RSS idle {:.1} MiB (peak {:.1} MiB), CPU idle {:.2}% of one core over {} s",
             f.pool_members,
+            if f.encrypted { " (encrypted gossip)" } else { "" },
             f.startup_median_ms,
             f.startup_to_registered_ms.iter().map(|v| v.round()).collect::<Vec<_>>(),
             f.rss_idle_kib as f64 / 1024.0,

@@ -32,6 +32,9 @@ enum Cmd {
         /// Secret of a management token to create at start.
         #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
         acl_initial_management: Option<String>,
+        /// Gossip encryption key (`roster keygen`); sidecars joining need the same.
+        #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
+        gossip_key: Option<String>,
     },
     /// A server of a cluster, configured by file, environment and flags.
     Server(Box<ServerArgs>),
@@ -42,7 +45,15 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
-        Cmd::Dev { http_addr, rpc_addr, gossip_addr, acl_enabled, acl_default_policy, acl_initial_management } => {
+        Cmd::Dev {
+            http_addr,
+            rpc_addr,
+            gossip_addr,
+            acl_enabled,
+            acl_default_policy,
+            acl_initial_management,
+            gossip_key,
+        } => {
             let gossip_addr = match gossip_addr.as_str() {
                 "off" => None,
                 a => match a.parse() {
@@ -60,6 +71,7 @@ fn main() -> std::process::ExitCode {
                 acl_enabled,
                 acl_default_policy,
                 acl_initial_management,
+                gossip_key,
                 ..Config::dev()
             };
             if let Err(e) = c.validate() {
