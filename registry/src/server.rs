@@ -446,12 +446,7 @@ async fn start_gossip(config: &Config, me: &ServerNode, addr: SocketAddr) -> any
         seeds: config.gossip_seeds.clone(),
         interval: Duration::from_millis(config.gossip_interval_ms),
         phi_threshold: config.gossip_phi_threshold,
-        key: config
-            .gossip_key
-            .as_deref()
-            .map(crate::gossip::GossipKey::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        key: config.gossip_key.clone(),
     }
     .join_udp()
     .await

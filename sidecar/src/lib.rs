@@ -118,12 +118,7 @@ async fn start_gossip(config: &Config, addr: SocketAddr) -> anyhow::Result<Membe
         seeds: config.gossip_seeds.clone(),
         interval: config.gossip_interval(),
         phi_threshold: config.gossip_phi_threshold,
-        key: config
-            .gossip_key
-            .as_deref()
-            .map(registry::gossip::GossipKey::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        key: config.gossip_key.clone(),
     }
     .join_udp()
     .await

@@ -193,8 +193,8 @@ pub struct Joining {
     pub seeds: Vec<String>,
     pub interval: Duration,
     pub phi_threshold: f64,
-    /// The pool's shared key: every datagram sealed with it. None: plaintext gossip.
-    pub key: Option<GossipKey>,
+    /// The pool's shared key (base64, as configured): every datagram sealed with it. None: plaintext.
+    pub key: Option<String>,
 }
 
 impl Joining {
@@ -217,7 +217,8 @@ impl Joining {
             gossip_interval: self.interval,
             failure_detector: failure_detector(self.interval, self.phi_threshold),
         };
-        let started = match self.key {
+        let key = self.key.as_deref().map(GossipKey::parse).transpose().map_err(anyhow::Error::msg)?;
+        let started = match key {
             Some(key) => Membership::start(config, &EncryptedUdpTransport { key }).await,
             None => Membership::start(config, &chitchat::transport::UdpTransport).await,
         };
