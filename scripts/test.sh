@@ -20,10 +20,19 @@ fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
 stages=0
+skipped=0
 stage() { stages=$((stages + 1)); echo "== $*"; }
 
 stage "cargo fmt --check"
 cargo fmt --all -- --check
+
+stage "e2e scripts: syntax, and no wait whose condition is evaluated only once"
+for f in e2e/*/*.sh scripts/*.sh; do bash -n "$f"; done
+# `eventually 60 test "$(cmd)" = x` runs cmd once, before the wait: it can never succeed late.
+if sed 's/||.*//' e2e/cluster/run.sh | grep -nE '^[[:space:]]*eventually(_eq)? .*\$\('; then
+    echo "e2e/cluster/run.sh: a command substitution in a wait's arguments is evaluated once; pass the command" >&2
+    exit 1
+fi
 
 stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -75,11 +84,35 @@ ROSTER_HTTP_ADDRS=127.0.0.1:18600,127.0.0.2:18600,127.0.0.3:18600 ROSTER_HTTP_AD
     bash e2e/compat/run.sh || { tail -30 "$log_dir"/s*.log; exit 1; }
 rm -rf "$data"
 
+stage "py-consul 1.8.0's own test suite against roster dev (../shared/consul-compat; strict, no settle wait)"
+# The Consul client's authors' tests, from its sdist, each against a fresh dev server. Consul 1.10.3
+# passes 97 of its server tests; the score must not fall below what main already reaches.
+pyconsul_floor=65
+if [ -x ../shared/consul-compat/run.sh ] || [ -f ../shared/consul-compat/run.sh ]; then
+    suite_out="$log_dir/pyconsul.txt"
+    dev="$PWD/target/debug/roster dev --http-addr 127.0.0.1:{port} --rpc-addr 127.0.0.1:{rpc} --gossip-addr 127.0.0.1:{gossip}"
+    ROSTER_DEV_CMD="$dev" ROSTER_ACL_CMD="$dev --acl-enabled --acl-default-policy deny --acl-initial-management {token}" \
+        ROSTER_CLAIMED_VERSION=1.10.3 bash ../shared/consul-compat/run.sh -rA tests/api tests/test_std.py tests/test_aio.py \
+        >"$suite_out" 2>&1 || true
+    score="$(bash ../shared/consul-compat/score.sh "$suite_out")"
+    echo "py-consul suite: $score"
+    core='test_(kv|session|txn|catalog|health|agent|status|operator|event|coordinates|snapshot|std|aio)\.py'
+    echo "  core files: $(bash ../shared/consul-compat/score.sh "$suite_out" "$core")"
+    echo "  ACL files:  $(bash ../shared/consul-compat/score.sh "$suite_out" 'test_acl')"
+    if [ "${score%%/*}" -lt "$pyconsul_floor" ]; then
+        grep -E "^(FAILED|ERROR)" "$suite_out" | head -80 >&2
+        echo "py-consul score ${score%%/*} fell below $pyconsul_floor" >&2
+        exit 1
+    fi
+else
+    echo "(skipped: ../shared/consul-compat is not beside this checkout; not counted as passed)"
+    skipped=$((skipped + 1)); stages=$((stages - 1))
+fi
+
 stage "Helm chart: lint --strict (helm 3 and 4), values schema, kubernetes-validate --strict of every rendered object"
 bash e2e/chart/check.sh
 
 stage "End-to-end against a real Kubernetes cluster (e2e/cluster/run.sh; skipped without KUBECONFIG)"
-skipped=0
 set +e
 bash e2e/cluster/run.sh
 e2e_status=$?

@@ -43,12 +43,32 @@ fail() {
     exit 1
 }
 
-# Waits up to $1 seconds for the command after it to succeed.
+# Waits up to $1 seconds for the command after it to succeed, running it anew each time. Give it the
+# command itself, never a `test "$(...)"`: a substitution in the arguments is evaluated once, before
+# the wait starts (scripts/test.sh rejects that form). On timeout it prints what the command said last.
 eventually() {
-    local deadline=$((SECONDS + $1))
+    local deadline=$((SECONDS + $1)) out
     shift
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
+    until out="$("$@" 2>&1)"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "gave up after waiting for: $* (last said: ${out:-nothing})" >&2
+            return 1
+        fi
+        sleep 3
+    done
+}
+
+# Waits up to $1 seconds until the command after $2 prints exactly $2 (run anew each time); on timeout
+# it prints what it saw last.
+eventually_eq() {
+    local deadline=$((SECONDS + $1)) want=$2 seen
+    shift 2
+    while :; do
+        seen="$("$@" 2>&1)" && [ "$seen" = "$want" ] && return 0
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "gave up waiting for '$want' from: $* (last saw: '${seen}')" >&2
+            return 1
+        fi
         sleep 3
     done
 }
@@ -64,7 +84,7 @@ echo "== helm install into $ns"
 
 echo "== the RegistryCluster becomes Available with 3 ready servers"
 k wait --for=condition=Available registrycluster/roster --timeout=300s || fail "cluster not Available"
-eventually 120 test "$(jsonpath registrycluster/roster '{.status.readyServers}/{.status.phase}')" = "3/Running" \
+eventually_eq 120 "3/Running" jsonpath registrycluster/roster '{.status.readyServers}/{.status.phase}' \
     || fail "readyServers/phase: $(jsonpath registrycluster/roster '{.status.readyServers}/{.status.phase}')"
 k get registrycluster roster
 leader="$(jsonpath registrycluster/roster '{.status.leader}')"
@@ -77,7 +97,7 @@ api="http://127.0.0.1:18580"
 eventually 30 curl -sf "$api/v1/status/leader" || fail "no answer through the port-forward"
 voters() { curl -s "$api/v1/operator/autopilot/health" | python3 -c \
     'import json,sys; h=json.load(sys.stdin); print(sum(1 for s in h["Servers"] if s["Voter"] and s["Healthy"]))'; }
-eventually 60 test "$(voters)" = 3 || fail "autopilot: $(curl -s "$api/v1/operator/autopilot/health")"
+eventually_eq 60 3 voters || fail "autopilot: $(curl -s "$api/v1/operator/autopilot/health")"
 
 echo "== ServiceRegistration and KeyValue reach the registry"
 k apply -f - <<'EOF'
@@ -99,14 +119,14 @@ test "$(curl -sf "$api/v1/kv/config/flags/checkout?raw")" = on || fail "KV value
 
 echo "== scale up to 5: new servers join as voters"
 k patch registrycluster roster --type merge -p '{"spec":{"replicas":5}}'
-eventually 300 test "$(voters)" = 5 || fail "5 voters expected"
-eventually 120 test "$(jsonpath registrycluster/roster '{.status.readyServers}/{.status.phase}')" = "5/Running" \
+eventually_eq 300 5 voters || fail "5 voters expected"
+eventually_eq 120 "5/Running" jsonpath registrycluster/roster '{.status.readyServers}/{.status.phase}' \
     || fail "not 5/Running after scale-up"
 
 echo "== scale down to 3: servers leave Raft before their pods go"
 k patch registrycluster roster --type merge -p '{"spec":{"replicas":3}}'
-eventually 300 test "$(jsonpath statefulset/roster '{.spec.replicas}')" = 3 || fail "StatefulSet not shrunk"
-eventually 120 test "$(voters)" = 3 || fail "3 voters expected after scale-down"
+eventually_eq 300 3 jsonpath statefulset/roster '{.spec.replicas}' || fail "StatefulSet not shrunk"
+eventually_eq 120 3 voters || fail "3 voters expected after scale-down"
 k get events --field-selector reason=ServerRemoved | grep -q ServerRemoved || fail "no ServerRemoved events"
 test "$(curl -sf "$api/v1/kv/config/flags/checkout?raw")" = on || fail "KV value lost in the scale-down"
 
@@ -120,7 +140,7 @@ updated() {
         "jsonpath={range .items[*]}{.metadata.labels.controller-revision-hash}{'\n'}{end}" | grep -c "$rev")" = 3
 }
 eventually 600 updated || fail "servers not all on the new template"
-eventually 120 test "$(voters)" = 3 || fail "not healthy after the rolling update"
+eventually_eq 120 3 voters || fail "not healthy after the rolling update"
 k get events --field-selector reason=ServerRestarted | grep -q ServerRestarted || fail "no ServerRestarted events"
 kill "$pf_pid" 2>/dev/null || true
 k port-forward svc/roster 18580:8500 >/dev/null 2>&1 &
@@ -128,10 +148,57 @@ pf_pid=$!
 eventually 30 curl -sf "$api/v1/status/leader" || fail "no answer after the rolling update"
 test "$(curl -sf "$api/v1/kv/config/flags/checkout?raw")" = on || fail "KV value lost in the rolling update"
 
+echo "== every server pod deleted at once: new pod IPs, quorum and data come back"
+k delete pods -l app.kubernetes.io/component=server --wait=false
+kill "$pf_pid" 2>/dev/null || true
+eventually_eq 300 "3/Running" jsonpath registrycluster/roster '{.status.readyServers}/{.status.phase}' \
+    || fail "cluster not back after losing every server pod"
+k port-forward svc/roster 18580:8500 >/dev/null 2>&1 &
+pf_pid=$!
+eventually 60 curl -sf "$api/v1/status/leader" || fail "no answer after every server pod was deleted"
+eventually_eq 120 3 voters || fail "not 3 healthy voters after every server pod was deleted"
+test "$(curl -sf "$api/v1/kv/config/flags/checkout?raw")" = on || fail "KV value lost with every server pod"
+curl -sf "$api/v1/catalog/service/billing-db" | grep -q '"ServicePort":5432' || fail "billing-db lost with every pod"
+
 echo "== deleting the resources cleans the registry (finalizers)"
 k delete serviceregistration billing-db --wait --timeout=60s
 k delete keyvalue feature-flags --wait --timeout=60s
 test "$(curl -s -o /dev/null -w '%{http_code}' "$api/v1/kv/config/flags/checkout")" = 404 || fail "KV key left behind"
 test "$(curl -sf "$api/v1/catalog/service/billing-db")" = "[]" || fail "billing-db left in the catalog"
+
+echo "== an ACL-enabled cluster: bootstrapped by the operator, an ACLPolicy's token Secret used by a client"
+k apply -f - <<'EOF'
+apiVersion: roster.dev/v1alpha1
+kind: RegistryCluster
+metadata: {name: roster-acl}
+spec: {replicas: 1, acl: {enabled: true, defaultPolicy: deny}}
+---
+apiVersion: roster.dev/v1alpha1
+kind: ACLPolicy
+metadata: {name: app-config}
+spec:
+  cluster: roster-acl
+  rules: 'key_prefix "app/" { policy = "write" }'
+  token: {secretName: app-config-token}
+EOF
+k wait --for=condition=Available registrycluster/roster-acl --timeout=300s || fail "ACL cluster not Available"
+eventually 60 k get secret roster-acl-acl-bootstrap-token || fail "no bootstrap token Secret"
+k wait --for=condition=Ready aclpolicy/app-config --timeout=120s || fail "ACLPolicy not Ready"
+app_token="$(k get secret app-config-token -o jsonpath='{.data.token}' | base64 -d)"
+[ -n "$app_token" ] || fail "the ACLPolicy's Secret holds no token"
+kill "$pf_pid" 2>/dev/null || true
+k port-forward svc/roster-acl 18580:8500 >/dev/null 2>&1 &
+pf_pid=$!
+eventually 60 curl -sf "$api/v1/status/leader" || fail "no answer from the ACL cluster"
+code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+test "$(code -X PUT -d x "$api/v1/kv/app/greeting")" = 403 || fail "anonymous write allowed under default deny"
+test "$(code -X PUT -d x -H "X-Consul-Token: $app_token" "$api/v1/kv/app/greeting")" = 200 \
+    || fail "the ACLPolicy's token may not write app/"
+test "$(code -X PUT -d x -H "X-Consul-Token: $app_token" "$api/v1/kv/other")" = 403 \
+    || fail "the ACLPolicy's token may write outside app/"
+k delete aclpolicy app-config --wait --timeout=60s
+eventually_eq 60 403 code -X PUT -d x -H "X-Consul-Token: $app_token" "$api/v1/kv/app/greeting" \
+    || fail "the token still works after its ACLPolicy was deleted"
+k delete registrycluster roster-acl --wait --timeout=120s
 
 echo "e2e: OK"

@@ -21,7 +21,7 @@ const MANAGEMENT: &str = "6f8e1c1a-0d57-4d3b-9a5e-3c2b7f1e9d10";
 fn resource(status: Option<Value>, deleting: bool) -> AclPolicy {
     let mut v = serde_json::json!({
         "apiVersion": "roster.dev/v1alpha1",
-        "kind": "AclPolicy",
+        "kind": "ACLPolicy",
         "metadata": {"name": "app", "namespace": "shop", "uid": "4b1c0e4e-0000-4000-8000-000000000042", "generation": 1, "finalizers": [FINALIZER]},
         "spec": {"rules": "key_prefix \"app/\" { policy = \"write\" }", "token": {"secretName": "app-token"}},
     });
@@ -56,7 +56,7 @@ async fn policy_and_token_in_the_registry_and_a_secret_then_gone() {
     let task = tokio::spawn(reconcile(Arc::new(resource(None, false)), ctx));
     let secret =
         common::answer(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/secrets/app-token?", Value::Null).await;
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "AclPolicy");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "ACLPolicy");
     let secret_id = base64::engine::general_purpose::STANDARD
         .decode(secret["data"]["token"].as_str().expect("token in the Secret"))
         .expect("base64");

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use warp::Filter;
 
+use crate::app::App;
 use crate::raft::network::{RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
 use crate::raft::{decode, encode, NodeId, ServerNode};
-use crate::server::App;
 use crate::state::{Command, CommandResult};
 
 /// What `GET /raft/info` tells another server.
@@ -127,7 +127,7 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
 async fn handle_forwarded_write(app: &App, cmd: Command) -> ForwardReply {
     match app.proposer.propose(cmd).await {
         Ok(r) => Ok(Some(r)),
-        Err(crate::server::ProposeError::NotLeader) => Ok(None),
+        Err(crate::app::ProposeError::NotLeader) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -384,7 +384,7 @@ pub async fn probe_servers(app: Arc<App>) {
                 check_id: "serfHealth".into(),
                 status: want,
                 output,
-                now_ms: crate::server::now_ms(),
+                now_ms: crate::app::now_ms(),
             };
             if let Err(e) = app.propose(cmd).await {
                 tracing::warn!(error = %e, "could not update server health");

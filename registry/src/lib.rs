@@ -7,7 +7,7 @@
 //! - `state`: the pure state machine (catalog, KV, sessions) and the watch hub for blocking queries.
 //! - `raft`: openraft glue: durable log with group commit, state machine with snapshots, RPC network.
 //! - `http`: Consul's `/v1` API over warp, forwarding to the leader where Consul would.
-//! - `server`: wires config, Raft, cluster membership and HTTP together.
+//! - `app`: the `App` every handler shares; `server`: wires config, Raft, membership and HTTP together.
 
 pub mod api;
 
@@ -22,6 +22,8 @@ pub mod raft;
 
 #[cfg(feature = "acl")]
 pub mod acl;
+#[cfg(feature = "server")]
+pub mod app;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::app::ProposeError;
 use crate::raft::Raft;
-use crate::server::ProposeError;
 use crate::state::{Command, CommandResult};
 
 const MAX_BATCH_COMMANDS: usize = 1024;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{CheckRegistration, DeregisterRequest, HealthStatus, RegisterRequest};
+use crate::app::{now_ms, App};
 use crate::gossip::{Member, PoolView, Role};
-use crate::server::{now_ms, App};
 use crate::state::Command;
 
 pub const SERF_CHECK: &str = "serfHealth";

@@ -1,173 +1,22 @@
-//! Wires config, Raft, cluster membership and HTTP together. One `App` is shared by every handler.
+//! Wires config, Raft, cluster membership and HTTP together around one `App`, and runs the leader's
+//! and the agent's periodic duties.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::api::{parse_go_duration, HealthStatus};
+pub use crate::app::{now_ms, App, ProposeError, TtlCheck};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::{NodeId, Raft, ServerNode};
-use crate::state::{Command, CommandResult, WatchHub};
-
-/// Unix time in milliseconds, as carried inside commands.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProposeError {
-    #[error("No cluster leader")]
-    NoLeader,
-    /// This server stopped leading while the write was queued: retry through the new leader.
-    #[error("not the leader")]
-    NotLeader,
-    #[error("{0}")]
-    Raft(String),
-}
-
-/// A local agent check that the server itself runs (TTL checks).
-#[derive(Debug, Clone)]
-pub struct TtlCheck {
-    pub ttl: Duration,
-    pub deadline: Instant,
-}
-
-/// The state every handler shares.
-pub struct App {
-    pub id: NodeId,
-    pub me: ServerNode,
-    pub config: Config,
-    pub raft: Raft,
-    pub sm: StateMachineStore,
-    /// Batches this server's writes into log entries while it leads.
-    pub proposer: crate::proposer::Proposer,
-    /// Batches leadership confirmations of `?consistent` reads.
-    pub read_barrier: crate::proposer::ReadBarrier,
-    /// Client for forwarding HTTP requests and commands to the leader.
-    pub http: reqwest::Client,
-    pub metrics: Metrics,
-    /// Leader-side session TTL deadlines (Consul keeps these in memory on the leader too).
-    pub session_deadlines: Mutex<HashMap<String, Instant>>,
-    /// TTL checks this server's agent owns, by check ID.
-    pub ttl_checks: Mutex<HashMap<String, TtlCheck>>,
-    /// Services and checks registered through this server's agent API.
-    pub agent_services: Mutex<std::collections::BTreeSet<String>>,
-    pub agent_checks: Mutex<std::collections::BTreeSet<String>>,
-    /// When this server last heard from a leader (for X-Consul-LastContact).
-    pub last_contact: Mutex<Option<Instant>>,
-    /// On the leader: when each other server last answered its probe (autopilot's LastContact).
-    pub server_contact: Mutex<std::collections::BTreeMap<NodeId, Instant>>,
-    /// On the leader: each server's autopilot health and since when (StableSince).
-    pub server_stability: Mutex<std::collections::BTreeMap<NodeId, (bool, std::time::SystemTime)>>,
-    /// This server's place in the LAN gossip pool, when gossip is on.
-    pub gossip: Option<Arc<crate::gossip::Membership>>,
-    pub shutdown: watch::Sender<bool>,
-}
-
-impl App {
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-
-    pub fn leader(&self) -> Option<(NodeId, ServerNode)> {
-        // Borrow, don't clone the whole metrics: this runs on every answer.
-        let rx = self.raft.metrics();
-        let m = rx.borrow();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node))
-    }
-
-    /// Whether a leader is known (the `X-Consul-KnownLeader` header).
-    pub fn knows_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
-    }
-
-    /// Waits (up to `timeout`) for a leader to be known.
-    pub async fn wait_leader(&self, timeout: Duration) -> Option<(NodeId, ServerNode)> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.raft.metrics();
-        loop {
-            if let Some(l) = self.leader() {
-                return Some(l);
-            }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                return None;
-            }
-        }
-    }
-
-    /// Milliseconds since this server last heard from the leader (0 on the leader).
-    pub fn last_contact_ms(&self) -> u64 {
-        if self.is_leader() {
-            return 0;
-        }
-        match *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(t) => t.elapsed().as_millis() as u64,
-            None => 0,
-        }
-    }
-
-    /// Proposes a command; on a follower the command is forwarded to the leader's RPC port.
-    /// Returns the log index it was committed at and the state machine's answer.
-    pub async fn propose(&self, cmd: Command) -> Result<(u64, CommandResult), ProposeError> {
-        let kind = cmd.kind();
-        let started = Instant::now();
-        let result = self.propose_inner(cmd).await;
-        self.metrics.observe_commit(kind, started.elapsed());
-        result
-    }
-
-    async fn propose_inner(&self, cmd: Command) -> Result<(u64, CommandResult), ProposeError> {
-        for _attempt in 0..3 {
-            let Some((leader_id, leader)) = self.wait_leader(Duration::from_secs(5)).await else {
-                return Err(ProposeError::NoLeader);
-            };
-            if leader_id == self.id {
-                match self.proposer.propose(cmd.clone()).await {
-                    Err(ProposeError::NotLeader) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    other => return other,
-                }
-            }
-            match crate::cluster::forward_command(&self.http, &leader.rpc_addr, &cmd).await {
-                Ok(Some(r)) => {
-                    // Read-your-writes: do not answer before this server has applied the write.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), self.sm.wait_applied(r.0)).await;
-                    return Ok(r);
-                }
-                Ok(None) => {
-                    // That server is no longer leader; let metrics catch up and retry.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(ProposeError::Raft(e)),
-            }
-        }
-        Err(ProposeError::NoLeader)
-    }
-
-    /// Resets a session's TTL deadline (leader only; Consul gives sessions 2 x TTL before invalidating).
-    pub fn touch_session(&self, id: &str, ttl: &str) {
-        if let Ok(ttl) = parse_go_duration(ttl) {
-            if !ttl.is_zero() {
-                self.session_deadlines
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.to_string(), Instant::now() + ttl * 2);
-            }
-        }
-    }
-}
+use crate::raft::{Raft, ServerNode};
+use crate::state::{Command, WatchHub};
 
 /// Leader duties, run on every server but acting only while it leads: expire session TTLs, keep the
 /// servers registered in the catalog with a passing `serfHealth`.
@@ -176,9 +25,14 @@ pub async fn leader_loop(app: Arc<App>) {
     let mut was_leader = false;
     let mut registered_membership = None;
     let mut acl_ready = false;
+    let mut tombstones = TombstoneGc::default();
+    let mut raft_metrics = app.raft.metrics();
     loop {
+        // Every 250 ms, and at once when this server gains or loses leadership: a new leader
+        // registers the servers right away, so the node is ready moments after the election.
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = raft_metrics.wait_for(|m| (m.current_leader == Some(app.id)) != was_leader) => {}
             _ = shutdown.changed() => return,
         }
         let leader = app.is_leader();
@@ -187,6 +41,7 @@ pub async fn leader_loop(app: Arc<App>) {
             app.session_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clear();
             registered_membership = None;
             acl_ready = false;
+            tombstones = TombstoneGc::default();
         }
         was_leader = leader;
         if !leader {
@@ -206,12 +61,50 @@ pub async fn leader_loop(app: Arc<App>) {
                 Err(e) => tracing::warn!(error = %e, "could not register servers in the catalog"),
             }
         }
+        let (kv_index, buried) = app.sm.read(|s| (s.indexes().kvs, s.kv_tombstone_count()));
+        if let Some(up_to) = tombstones.due(Instant::now(), kv_index, TOMBSTONE_TTL) {
+            if buried > 0 {
+                if let Err(e) = app.propose(Command::KvReapTombstones { up_to }).await {
+                    tracing::warn!(error = %e, "could not reap KV tombstones");
+                }
+            }
+        }
         for id in expired_sessions(&app) {
             tracing::info!(session = %id, "session TTL expired");
             if let Err(e) = app.propose(Command::SessionDestroy { id, now_ms: now_ms() }).await {
                 tracing::warn!(error = %e, "could not destroy expired session");
             }
         }
+    }
+}
+
+/// Consul's tombstone TTL: a deleted key keeps counting in its prefixes' indexes this long.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
+/// How often the leader notes the KV index (Consul's tombstone GC granularity).
+const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
+
+/// The leader's tombstone GC, as Consul's: it notes the KV index every 30 s and, once a note is older
+/// than the TTL, every tombstone up to that index may go. Only indexes travel in the reap command,
+/// so every server forgets the same tombstones.
+#[derive(Default)]
+struct TombstoneGc {
+    hints: VecDeque<(Instant, u64)>,
+}
+
+impl TombstoneGc {
+    fn due(&mut self, now: Instant, kv_index: u64, ttl: Duration) -> Option<u64> {
+        if self.hints.back().is_none_or(|(at, _)| now.duration_since(*at) >= TOMBSTONE_GRANULARITY) {
+            self.hints.push_back((now, kv_index));
+        }
+        let mut up_to = None;
+        while let Some(&(at, index)) = self.hints.front() {
+            if now.duration_since(at) < ttl {
+                break;
+            }
+            up_to = Some(index);
+            self.hints.pop_front();
+        }
+        up_to
     }
 }
 
@@ -470,4 +363,22 @@ pub async fn stop(app: Arc<App>, tasks: Tasks) {
         aborts.iter().for_each(|a| a.abort());
     }
     let _ = app.raft.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_are_reaped_only_up_to_an_index_older_than_the_ttl() {
+        let mut gc = TombstoneGc::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        assert_eq!(gc.due(t0, 10, ttl), None);
+        assert_eq!(gc.due(t0 + Duration::from_secs(31), 20, ttl), None);
+        // The first note (index 10) is now a TTL old; the second (20) is not yet.
+        assert_eq!(gc.due(t0 + Duration::from_secs(61), 25, ttl), Some(10));
+        assert_eq!(gc.due(t0 + Duration::from_secs(62), 25, ttl), None);
+        assert_eq!(gc.due(t0 + Duration::from_secs(95), 30, ttl), Some(20));
+    }
 }

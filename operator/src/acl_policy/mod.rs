@@ -49,7 +49,7 @@ mod tests {
 
     fn policy(rules: &str) -> AclPolicy {
         let mut v: serde_json::Value = serde_json::json!({
-            "apiVersion": "roster.dev/v1alpha1", "kind": "AclPolicy",
+            "apiVersion": "roster.dev/v1alpha1", "kind": "ACLPolicy",
             "metadata": {"name": "app", "namespace": "shop"},
             "spec": {"rules": rules},
         });

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 #[kube(
     group = "roster.dev",
     version = "v1alpha1",
-    kind = "AclPolicy",
+    kind = "ACLPolicy",
+    root = "AclPolicy",
     doc = "An ACL policy in the registry and, optionally, a token for it kept in a Secret.",
     plural = "aclpolicies",
     namespaced,
@@ -41,7 +42,7 @@ pub struct AclPolicySpec {
 #[serde(rename_all = "camelCase")]
 pub struct TokenSpec {
     /// Name of the Secret (same namespace) the token's SecretID is stored in, under `token`.
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("secretName must be a valid Secret name"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub secret_name: String,
 }
 

@@ -27,13 +27,15 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("[has(self.value), has(self.values), has(self.valueFrom)].filter(x, x).size() == 1").message("give exactly one of value, values or valueFrom"))]
 pub struct KeyValueSpec {
     /// The key; with `values` or a ConfigMap/Secret source, the prefix the entries go under.
-    #[x_kube(validation = Rule::new("!self.startsWith('/')").message("key must not start with '/'"))]
+    #[schemars(length(max = 1024), regex(pattern = "^([^/]|$)"))]
     pub key: String,
-    /// One value for `key`.
+    /// One value for `key` (at most 512 KiB, the registry's default `kv_max_value_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 524288))]
     pub value: Option<String>,
     /// Several keys under the `key` prefix: name -> value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 524288}))]
     pub values: Option<BTreeMap<String, String>>,
     /// Values from a ConfigMap or a Secret: each data entry becomes a key under the prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +45,7 @@ pub struct KeyValueSpec {
     pub retain_on_delete: bool,
     /// The RegistryCluster to write to; the only one in the namespace when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub cluster: Option<String>,
 }
 
@@ -53,9 +56,11 @@ pub struct KeyValueSpec {
 pub struct ValueFrom {
     /// Name of a ConfigMap in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub config_map: Option<String>,
     /// Name of a Secret in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub secret: Option<String>,
 }
 

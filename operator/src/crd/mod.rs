@@ -35,9 +35,109 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Err
     ))
 }
 
+/// Why a real API server could refuse a CRD's CEL rules on cost: each string, list or map a rule can
+/// reach (the node the rule is on and everything under it) needs a `maxLength`, `maxItems` or
+/// `maxProperties` (or an `enum`), and each list or map the rule sits inside needs a bound too, since
+/// the rule runs once per element. Without them the API server assumes the whole request body (3 MB)
+/// and refuses the rule ("estimated rule cost exceeds budget"). Mock API servers do not estimate cost,
+/// so this check stands in for one. Empty when every rule is bounded.
+pub fn unbounded_under_cel_rules(schema: &serde_json::Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    walk(schema, "", false, &mut Vec::new(), &mut problems);
+    problems
+}
+
+fn walk(
+    node: &serde_json::Value,
+    path: &str,
+    under_rule: bool,
+    enclosing: &mut Vec<String>,
+    problems: &mut Vec<String>,
+) {
+    let has_rule = node.get("x-kubernetes-validations").and_then(|v| v.as_array()).is_some_and(|r| !r.is_empty());
+    if has_rule {
+        problems.extend(enclosing.iter().map(|c| format!("{path}: a CEL rule inside the unbounded collection {c}")));
+    }
+    let reached = under_rule || has_rule;
+    let bounded = |key: &str| node.get(key).is_some() || node.get("enum").is_some();
+    let ty = node.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let additional = node.get("additionalProperties").filter(|a| a.is_object());
+    if reached {
+        let missing = match ty {
+            "string" if !bounded("maxLength") => Some("maxLength"),
+            "array" if !bounded("maxItems") => Some("maxItems"),
+            "object" if additional.is_some() && !bounded("maxProperties") => Some("maxProperties"),
+            _ => None,
+        };
+        if let Some(bound) = missing {
+            problems.push(format!("{path}: reached by a CEL rule without {bound}"));
+        }
+    }
+    let mut descend = |child: &serde_json::Value, child_path: String, collection: Option<&str>| {
+        let unbounded = collection.filter(|bound| node.get(*bound).is_none());
+        if let Some(bound) = unbounded {
+            enclosing.push(format!("{path} (no {bound})"));
+        }
+        walk(child, &child_path, reached, enclosing, problems);
+        if unbounded.is_some() {
+            enclosing.pop();
+        }
+    };
+    if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in props {
+            descend(child, format!("{path}.{name}"), None);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        descend(items, format!("{path}[]"), Some("maxItems"));
+    }
+    if let Some(values) = additional {
+        descend(values, format!("{path}{{}}"), Some("maxProperties"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real API server estimates each CEL rule's cost and refuses CRDs over budget (wave 1:
+    /// `helm install` failed on a rule inside the unbounded `checks` list).
+    #[test]
+    fn every_cel_rule_has_bounded_inputs() {
+        for (file, crd) in all() {
+            for version in &crd.spec.versions {
+                let schema = serde_json::to_value(&version.schema).expect("schema");
+                let problems = unbounded_under_cel_rules(&schema["openAPIV3Schema"]);
+                assert!(problems.is_empty(), "{file}: {problems:#?}");
+            }
+        }
+    }
+
+    /// The check finds the wave-1 shape: a rule on a string inside a list without bounds.
+    #[test]
+    fn the_cel_bound_check_finds_unbounded_rules() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "checks": {"type": "array", "items": {"type": "object", "properties": {
+                    "status": {"type": "string", "x-kubernetes-validations": [{"rule": "self in ['a']"}]}
+                }}},
+                "meta": {"type": "object", "additionalProperties": {"type": "string"},
+                         "x-kubernetes-validations": [{"rule": "self.size() < 3"}]},
+                "ok": {"type": "string", "maxLength": 8, "x-kubernetes-validations": [{"rule": "self != 'x'"}]}
+            }
+        });
+        let problems = unbounded_under_cel_rules(&schema);
+        assert_eq!(
+            problems,
+            vec![
+                ".checks[].status: a CEL rule inside the unbounded collection .checks (no maxItems)",
+                ".checks[].status: reached by a CEL rule without maxLength",
+                ".meta: reached by a CEL rule without maxProperties",
+                ".meta{}: reached by a CEL rule without maxLength",
+            ]
+        );
+    }
 
     /// CI fails when the committed YAML is not what the types generate.
     #[test]

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub struct RegistryClusterSpec {
     /// Number of servers: 1 (no fault tolerance), 3 (survives one failure) or 5 (survives two).
     #[serde(default = "default_replicas")]
-    #[x_kube(validation = Rule::new("self in [1, 3, 5]").message("replicas must be 1, 3 or 5"))]
+    #[schemars(extend("enum" = [1, 3, 5]))]
     pub replicas: i32,
     /// Server image; defaults to the operator's own version of the Roster image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,7 +39,7 @@ pub struct RegistryClusterSpec {
     pub storage: StorageSpec,
     /// Datacenter name the servers report (Consul's `datacenter`): a DNS label.
     #[serde(default = "default_datacenter")]
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("datacenter must be a DNS label (lowercase letters, digits, '-')"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub datacenter: String,
     /// ACL enforcement.
     #[serde(default)]

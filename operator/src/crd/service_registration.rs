@@ -27,27 +27,33 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRegistrationSpec {
     /// Service name in the catalog.
-    #[x_kube(validation = Rule::new("self.size() > 0").message("name must not be empty"))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Instance ID; defaults to the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub id: Option<String>,
     /// Catalog node the service is registered on; defaults to `external-<namespace>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub node: Option<String>,
     /// Address clients connect to (IP or DNS name).
+    #[schemars(length(min = 1, max = 253))]
     pub address: String,
     /// Port clients connect to.
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Tags, as Consul's service tags.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 255)))]
     pub tags: Vec<String>,
-    /// Free-form key/value metadata.
+    /// Free-form key/value metadata (Consul allows 64 pairs).
     #[serde(default)]
+    #[schemars(extend("maxProperties" = 64))]
     pub meta: BTreeMap<String, String>,
     /// Health checks of the service.
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub checks: Vec<CheckSpec>,
     /// The RegistryCluster to register in; the only one in the namespace when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,14 +66,15 @@ pub struct ServiceRegistrationSpec {
 #[serde(rename_all = "camelCase")]
 pub struct CheckSpec {
     /// Check name; also its ID on the service.
-    #[x_kube(validation = Rule::new("self.size() > 0").message("check name must not be empty"))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Status to report: `passing`, `warning` or `critical`.
     #[serde(default = "default_status")]
-    #[x_kube(validation = Rule::new("self in ['passing', 'warning', 'critical']").message("status must be passing, warning or critical"))]
+    #[schemars(extend("enum" = ["passing", "warning", "critical"]))]
     pub status: String,
     /// Shown with the check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub notes: Option<String>,
 }
 

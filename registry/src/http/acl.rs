@@ -13,7 +13,7 @@ use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Authorizer, Global, Resource};
 use crate::api::{parse_go_duration, AclPolicy, AclRole, AclToken, ANONYMOUS_TOKEN_ACCESSOR, ANONYMOUS_TOKEN_SECRET};
-use crate::server::App;
+use crate::app::App;
 use crate::state::acl::Resolved;
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
 
@@ -333,7 +333,7 @@ async fn list<T: serde::Serialize, U: serde::Serialize>(
 
 /// Leader start-up duty with ACLs on: the anonymous token exists, and the configured initial
 /// management token (bootstrapping with it, as Consul does).
-pub async fn ensure_acl_bootstrap(app: &App) -> Result<(), crate::server::ProposeError> {
+pub async fn ensure_acl_bootstrap(app: &App) -> Result<(), crate::app::ProposeError> {
     if !app.config.acl_enabled {
         return Ok(());
     }

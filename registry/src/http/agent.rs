@@ -14,7 +14,7 @@ use crate::api::{
     parse_go_duration, AgentCheckRegistration, AgentMember, AgentService, AgentServiceHealth, AgentServiceRegistration,
     CheckRegistration, HealthCheck, HealthStatus, NodeService, RegisterRequest, ServiceRegistration,
 };
-use crate::server::{now_ms, App, TtlCheck};
+use crate::app::{now_ms, App, TtlCheck};
 use crate::state::{Command, CommandResult};
 
 pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {

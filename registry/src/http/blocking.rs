@@ -11,7 +11,7 @@ use rand::Rng;
 
 use super::{ApiError, Req};
 use crate::api::parse_go_duration;
-use crate::server::App;
+use crate::app::App;
 use crate::state::{State, WatchKey};
 
 /// Consul's defaults: 5 minutes when `wait` is absent, at most 10 minutes.

@@ -9,8 +9,8 @@ use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Authorizer, Resource};
 use crate::api::{DeregisterRequest, HealthStatus, RegisterRequest};
+use crate::app::{now_ms, App};
 use crate::filter::Filter;
-use crate::server::{now_ms, App};
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
 
 fn get_only(req: &Req) -> Result<(), ApiError> {

@@ -9,7 +9,7 @@ use super::blocking::{self, QueryOpts};
 use super::{json, ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Resource};
 use crate::api::{TxnOp, TxnResponse};
-use crate::server::{now_ms, App};
+use crate::app::{now_ms, App};
 use crate::state::{Command, CommandResult, KvSetMode, WatchKey};
 
 pub async fn handle(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {

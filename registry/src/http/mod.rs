@@ -20,7 +20,7 @@ use serde::Serialize;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
-use crate::server::{App, ProposeError};
+use crate::app::{App, ProposeError};
 
 pub use blocking::{Consistency, QueryOpts};
 

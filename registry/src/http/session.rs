@@ -10,7 +10,7 @@ use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
 use crate::acl::{Access, Resource};
 use crate::api::{parse_go_duration, SessionCreated, SessionEntry, SessionRequest};
-use crate::server::{now_ms, App};
+use crate::app::{now_ms, App};
 use crate::state::{Command, CommandResult, Table, WatchKey};
 
 const MIN_TTL: Duration = Duration::from_secs(10);

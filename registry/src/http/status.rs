@@ -10,14 +10,20 @@ use super::acl::{authorize, require_global};
 use super::{ok_json, require_leader, ApiError, ApiResult, Req};
 use crate::acl::{Access, Global};
 use crate::api::{AutopilotHealth, RaftConfiguration, RaftServer, ServerHealth};
-use crate::server::App;
+use crate::app::App;
 
 pub async fn handle_status(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     if req.method != Method::GET {
         return Err(ApiError::MethodNotAllowed(req.method.clone()));
     }
     match tail {
-        "leader" => Ok(ok_json(&app.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default())),
+        "leader" => {
+            // Ready means ready: clients take a known leader as "the agent is up" and create sessions
+            // at once, which needs this server's node and its serfHealth in the catalog. Until the
+            // leader has registered them, no leader is reported.
+            let registered = app.sm.read(|s| s.check(&app.me.name, "serfHealth").is_some());
+            Ok(ok_json(&app.leader().filter(|_| registered).map(|(_, n)| n.rpc_addr).unwrap_or_default()))
+        }
         "peers" => {
             let m = app.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();

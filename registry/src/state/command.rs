@@ -85,6 +85,11 @@ pub enum Command {
     AclTokenDelete {
         accessor: String,
     },
+    /// Forgets KV tombstones at or below this index (proposed by the leader once they are older
+    /// than the tombstone TTL, as Consul's tombstone GC does).
+    KvReapTombstones {
+        up_to: u64,
+    },
     /// Several commands in one log entry (one fsync, one replication round), applied in order at
     /// the same index. The leader batches concurrent client writes this way.
     Batch(Vec<Command>),
@@ -109,6 +114,7 @@ impl Command {
             Command::AclRoleDelete { .. } => "acl_role_delete",
             Command::AclTokenSet { .. } => "acl_token_set",
             Command::AclTokenDelete { .. } => "acl_token_delete",
+            Command::KvReapTombstones { .. } => "kv_reap_tombstones",
             Command::Batch(_) => "batch",
         }
     }

@@ -1,5 +1,7 @@
 //! KV: set/CAS/acquire/release, deletes, transactions and reads.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{CommandResult, KvSetMode, State, Touched, WatchKey};
@@ -62,6 +64,22 @@ impl State {
         }
         undo.push((key.to_string(), old));
         touched.push(WatchKey::Kv(key.to_string()));
+    }
+
+    /// Marks the keys a committed write deleted with a tombstone at `index`, so that a prefix listing
+    /// still reports the deletion's index (Consul's graveyard) after the key is gone.
+    fn bury_deleted(&mut self, index: u64, undo: &Undo) {
+        for (key, old) in undo {
+            if old.is_some() && !self.kv.contains_key(key) {
+                self.kv_tombstones.insert(key.clone(), index);
+            }
+        }
+    }
+
+    /// Forgets tombstones at or below `index` (the leader proposes this once they are old enough).
+    pub(super) fn kv_reap_tombstones(&mut self, index: u64) -> CommandResult {
+        self.kv_tombstones.retain(|_, at| *at > index);
+        CommandResult::None
     }
 
     fn rollback(&mut self, undo: Undo) {
@@ -188,6 +206,7 @@ impl State {
         }
         let mut undo = Vec::new();
         self.kv_delete_keys(key, recurse, &mut undo, touched);
+        self.bury_deleted(index, &undo);
         // Deletes move the table index so blocking list queries see them.
         self.indexes.kvs = index;
         CommandResult::Bool(true)
@@ -208,6 +227,7 @@ impl State {
             }
         }
         if !undo.is_empty() {
+            self.bury_deleted(index, &undo);
             self.indexes.kvs = index;
         }
         touched.0.extend(local.0);
@@ -331,34 +351,57 @@ impl State {
             }
             self.indexes.kvs = index;
         }
+        self.bury_deleted(index, &undo);
         // Expired delays are of no further use.
         self.lock_delays.retain(|_, until| *until > now_ms);
     }
 
     // ---- reads ----
+    //
+    // Which index a read reports is what a blocking query compares with, so it follows Consul's
+    // state store exactly: an existing key reports its own ModifyIndex; a prefix, the highest
+    // ModifyIndex under it, deletions (tombstones) included; a missing key, an empty prefix's
+    // listing and the whole table's listing report the table's index. A watcher of one key is then
+    // not woken by changes to others.
 
     pub fn kv_get(&self, key: &str) -> (u64, Option<KvPair>) {
-        (self.indexes.kvs, self.kv.get(key).map(|e| e.to_pair(key, true)))
+        let (index, entry) = self.kv_value(key);
+        (index, entry.map(|e| e.to_pair(key, true)))
     }
 
     pub fn kv_value(&self, key: &str) -> (u64, Option<&KvEntry>) {
-        (self.indexes.kvs, self.kv.get(key))
+        match self.kv.get(key) {
+            Some(e) => (e.modify_index, Some(e)),
+            None => (self.indexes.kvs, None),
+        }
+    }
+
+    fn under<'a, V>(map: &'a BTreeMap<String, V>, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+        map.range(prefix.to_string()..).take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// The index a listing of `prefix` reports.
+    fn kv_prefix_index(&self, prefix: &str) -> u64 {
+        if prefix.is_empty() {
+            return self.indexes.kvs;
+        }
+        let live = Self::under(&self.kv, prefix).map(|(_, e)| e.modify_index).max().unwrap_or(0);
+        let buried = Self::under(&self.kv_tombstones, prefix).map(|(_, at)| *at).max().unwrap_or(0);
+        match live.max(buried) {
+            0 => self.indexes.kvs,
+            i => i,
+        }
     }
 
     pub fn kv_list(&self, prefix: &str) -> (u64, Vec<KvPair>) {
-        let list = self
-            .kv
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, e)| e.to_pair(k, true))
-            .collect();
-        (self.indexes.kvs, list)
+        let list = Self::under(&self.kv, prefix).map(|(k, e)| e.to_pair(k, true)).collect();
+        (self.kv_prefix_index(prefix), list)
     }
 
     /// Keys under `prefix`; with a separator, keys are rolled up to the first separator after the prefix.
     pub fn kv_keys(&self, prefix: &str, separator: Option<&str>) -> (u64, Vec<String>) {
         let mut out: Vec<String> = Vec::new();
-        for (k, _) in self.kv.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)) {
+        for (k, _) in Self::under(&self.kv, prefix) {
             let key = match separator.filter(|s| !s.is_empty()) {
                 Some(sep) => match k[prefix.len()..].find(sep) {
                     Some(pos) => &k[..prefix.len() + pos + sep.len()],
@@ -370,6 +413,11 @@ impl State {
                 out.push(key.to_string());
             }
         }
-        (self.indexes.kvs, out)
+        (self.kv_prefix_index(prefix), out)
+    }
+
+    /// How many deleted keys are remembered (for the leader's reaping).
+    pub fn kv_tombstone_count(&self) -> usize {
+        self.kv_tombstones.len()
     }
 }

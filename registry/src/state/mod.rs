@@ -51,6 +51,10 @@ pub struct State {
     service_indexes: BTreeMap<String, u64>,
     #[serde(default)]
     acl: acl::AclTables,
+    /// Deleted KV key -> index of its deletion, until reaped (Consul's tombstones): prefix listings
+    /// report deletions under them. Last, with a default, so older snapshots still load.
+    #[serde(default)]
+    kv_tombstones: BTreeMap<String, u64>,
     /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
     #[serde(skip)]
     by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -122,6 +126,7 @@ impl State {
             Command::AclRoleDelete { id } => self.acl_role_delete(index, &id, touched),
             Command::AclTokenSet { token } => self.acl_token_set(index, token, touched),
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor, touched),
+            Command::KvReapTombstones { up_to } => self.kv_reap_tombstones(up_to),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c, touched)).collect())
             }

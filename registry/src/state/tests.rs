@@ -527,11 +527,76 @@ fn kv_list_returns_values_under_prefix_in_order() {
     let mut h = Harness::new();
     h.set("ref/b", "2");
     h.set("ref/a", "1");
+    let last_under_prefix = h.idx();
     h.set("refx", "no");
     let (i, list) = h.st.kv_list("ref/");
-    assert_eq!(i, h.idx());
+    assert_eq!(i, last_under_prefix, "a listing reports the highest ModifyIndex under its prefix");
     let got: Vec<(String, Option<Vec<u8>>)> = list.into_iter().map(|p| (p.key, p.value)).collect();
     assert_eq!(got, vec![("ref/a".into(), Some(b"1".to_vec())), ("ref/b".into(), Some(b"2".to_vec()))]);
+}
+
+/// The steps of `../shared/consul-reference/index-semantics.md`, with Consul 1.10.3's answers: which
+/// index each read reports decides whether a blocking query on it wakes.
+#[test]
+fn kv_reads_report_the_index_consul_reports() {
+    let mut h = Harness::new();
+    h.set("a/one", "1");
+    let one = h.idx();
+    h.set("a/two", "2");
+    let two = h.idx();
+    h.set("z/other", "x");
+    let other = h.idx();
+    // A key reports its own ModifyIndex; a prefix, the highest under it; a missing key and the whole
+    // table, the table's index.
+    assert_eq!(h.st.kv_get("a/one").0, one);
+    assert_eq!(h.st.kv_list("a/").0, two);
+    assert_eq!(h.st.kv_keys("a/", None).0, two);
+    assert_eq!(h.st.kv_get("missing").0, other);
+    assert_eq!(h.st.kv_list("").0, other);
+    // Writing z/other again moves neither a/one nor a/.
+    h.set("z/other", "y");
+    assert_eq!((h.st.kv_get("a/one").0, h.st.kv_list("a/").0), (one, two));
+    assert_eq!(h.st.kv_get("missing").0, h.idx());
+    // Writing a/two moves a/ but not a/one.
+    h.set("a/two", "3");
+    assert_eq!((h.st.kv_get("a/one").0, h.st.kv_list("a/").0), (one, h.idx()));
+    // A prefix with nothing under it ever reports the table's index.
+    assert_eq!(h.st.kv_list("nothing/").0, h.idx());
+    // Catalog and session writes move no KV read.
+    let before = h.st.kv_list("").0;
+    h.node("n1", "10.0.0.1");
+    assert_eq!((h.st.kv_get("a/one").0, h.st.kv_list("").0), (one, before));
+}
+
+/// A deleted key still counts in its prefixes' index (Consul's tombstones), so a watcher of the prefix
+/// sees the deletion; once the tombstone is reaped the prefix reports what is left.
+#[test]
+fn kv_prefix_index_counts_deletions_until_their_tombstones_are_reaped() {
+    let mut h = Harness::new();
+    h.set("a/one", "1");
+    let one = h.idx();
+    h.set("a/two", "2");
+    h.set("z/other", "x");
+    h.delete("a/two", false, None);
+    let deleted = h.idx();
+    assert_eq!(h.st.kv_list("a/").0, deleted, "the deletion moves the prefix's index");
+    h.set("z/other", "y");
+    assert_eq!(h.st.kv_list("a/").0, deleted, "unrelated writes do not");
+    // A recursive delete and a txn delete leave tombstones too; a failed txn none.
+    h.set("b/x", "1");
+    h.delete("b/", true, None);
+    let tree = h.idx();
+    assert_eq!(h.st.kv_list("b/").0, tree);
+    assert_eq!(h.st.kv_keys("b/", None), (tree, vec![]));
+    h.set("c/x", "1");
+    h.txn(vec![op("delete", "c/x")]);
+    assert_eq!(h.st.kv_list("c/").0, h.idx());
+    assert_eq!(h.st.kv_tombstone_count(), 3);
+    // Reaping up to the first deletion forgets only a/two's tombstone.
+    h.apply(Command::KvReapTombstones { up_to: deleted });
+    assert_eq!(h.st.kv_tombstone_count(), 2);
+    assert_eq!(h.st.kv_list("a/").0, one);
+    assert_eq!(h.st.kv_list("b/").0, tree);
 }
 
 #[test]

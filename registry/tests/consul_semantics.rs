@@ -1,0 +1,146 @@
+//! Consul semantics real clients depend on, against a real `roster dev` process: which index a read
+//! reports (so a blocking query on one key sleeps while other keys change) and "ready means ready"
+//! (a server that reports a leader accepts sessions at once). Each dev server is killed on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Dev {
+    child: Child,
+    base: String,
+}
+
+impl Dev {
+    fn start(port: u16) -> Dev {
+        let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(["dev", "--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--rpc-addr", &format!("127.0.0.1:{}", port + 1), "--gossip-addr", "off"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn roster dev");
+        Dev { child, base: format!("http://127.0.0.1:{port}/v1") }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    registry::client::http_builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// Polls `status/leader` as py-consul's and most clients' readiness checks do; returns once a leader
+/// is reported.
+async fn until_leader(http: &reqwest::Client, dev: &Dev) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{}/status/leader", dev.base)).send().await {
+            if r.json::<String>().await.is_ok_and(|l| !l.is_empty()) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader reported within 20 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Wave 1: for about 60 ms after start the dev server reported a leader while its node had no
+/// `serfHealth` check, and a session created then failed with "Missing check 'serfHealth' registration".
+#[tokio::test]
+async fn a_server_that_reports_a_leader_accepts_sessions_at_once() {
+    let http = client();
+    for round in 0..5 {
+        let dev = Dev::start(19620 + round * 2);
+        until_leader(&http, &dev).await;
+        let r = http.put(format!("{}/session/create", dev.base)).body("{}").send().await.expect("session/create");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "round {round}: session right after the leader was reported: {body}");
+    }
+}
+
+async fn put(http: &reqwest::Client, dev: &Dev, key: &str, value: &str) {
+    let r = http.put(format!("{}/kv/{key}", dev.base)).body(value.to_string()).send().await.expect("put");
+    assert_eq!(r.status(), 200, "PUT {key}");
+}
+
+/// GET with `index` and `wait`; returns the answer's `X-Consul-Index`.
+async fn blocking_get(http: &reqwest::Client, dev: &Dev, path: &str, index: u64, wait: &str) -> u64 {
+    let r = http
+        .get(format!("{}/{path}{}index={index}&wait={wait}", dev.base, if path.contains('?') { "&" } else { "?" }))
+        .send()
+        .await
+        .expect("blocking get");
+    r.headers()["x-consul-index"].to_str().expect("header").parse().expect("index")
+}
+
+/// Wave 1: single-key reads reported the KV table's index, so a leader-election client passing its
+/// key's ModifyIndex back woke at once on every call while other keys changed, and spun.
+#[tokio::test]
+async fn a_blocking_read_of_one_key_sleeps_while_other_keys_change() {
+    let http = client();
+    let dev = Dev::start(19640);
+    until_leader(&http, &dev).await;
+    put(&http, &dev, "service/leader", "a").await;
+    let r = http.get(format!("{}/kv/service/leader", dev.base)).send().await.expect("get");
+    let entries: serde_json::Value = r.json().await.expect("json");
+    let modify = entries[0]["ModifyIndex"].as_u64().expect("ModifyIndex");
+
+    // Other keys change throughout the wait.
+    let churn = {
+        let (http, base) = (http.clone(), dev.base.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let _ = http.put(format!("{base}/kv/other/{}", i % 20)).body(i.to_string()).send().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let index = blocking_get(&http, &dev, "kv/service/leader", modify, "1500ms").await;
+    let waited = started.elapsed();
+    churn.abort();
+    assert_eq!(index, modify, "the key did not change, so neither does the index its read reports");
+    assert!(waited >= Duration::from_millis(1400), "woke after {waited:?} although the key never changed");
+
+    // A prefix listing sleeps too while only keys outside it change, and a deletion under it wakes it.
+    let r = http.get(format!("{}/kv/service/?recurse", dev.base)).send().await.expect("list");
+    let listed: u64 = r.headers()["x-consul-index"].to_str().expect("header").parse().expect("index");
+    assert_eq!(listed, modify);
+    put(&http, &dev, "other/x", "y").await;
+    let deleter = {
+        let (http, base) = (http.clone(), dev.base.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            http.delete(format!("{base}/kv/service/leader")).send().await.expect("delete");
+        })
+    };
+    let started = Instant::now();
+    let after_delete = blocking_get(&http, &dev, "kv/service/?recurse", listed, "10s").await;
+    deleter.await.expect("deleter");
+    assert!(after_delete > listed, "the deletion under the prefix moves its index");
+    assert!(started.elapsed() < Duration::from_secs(5), "a deletion under the prefix wakes its watcher");
+
+    // And the key's own change wakes the key's watcher at once.
+    put(&http, &dev, "service/leader", "b").await;
+    let writer = {
+        let (http, base) = (http.clone(), dev.base.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            http.put(format!("{base}/kv/service/leader")).body("c").send().await.expect("put");
+        })
+    };
+    let r = http.get(format!("{}/kv/service/leader", dev.base)).send().await.expect("get");
+    let current: u64 = r.headers()["x-consul-index"].to_str().expect("header").parse().expect("index");
+    let started = Instant::now();
+    let woke = blocking_get(&http, &dev, "kv/service/leader", current, "10s").await;
+    writer.await.expect("writer");
+    assert!(woke > current);
+    assert!(started.elapsed() < Duration::from_secs(5), "the key's own change wakes its watcher");
+}
