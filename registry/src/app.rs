@@ -67,6 +67,10 @@ pub struct App {
     /// This server's place in the LAN gossip pool, when gossip is on.
     pub gossip: Option<Arc<crate::gossip::Membership>>,
     pub shutdown: watch::Sender<bool>,
+    /// `/v1/agent/leave` asks the process to leave and stop, as a signal would.
+    pub leave: tokio::sync::Notify,
+    /// Tokens set through `/v1/agent/token/:kind` (`default` answers requests that carry none).
+    pub agent_tokens: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl App {

@@ -10,6 +10,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The file this configuration was read from, if any: `/v1/agent/reload` reads it again.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
     /// Node name; unique in the datacenter (the pod name in Kubernetes).
     pub node_name: String,
     pub datacenter: String,
@@ -62,6 +65,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            config_file: None,
             node_name: default_node_name(),
             datacenter: "dc1".into(),
             data_dir: None,
@@ -206,7 +210,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     pub fn into_config(self) -> Result<Config, String> {
         let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
+            Some(p) => Config { config_file: Some(p.clone()), ..Config::from_file(p)? },
             None => Config::default(),
         };
         macro_rules! set {

@@ -216,7 +216,10 @@ pub async fn run(
     shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (app, tasks) = start(config).await?;
-    shutdown_signal.await;
+    tokio::select! {
+        _ = shutdown_signal => {}
+        _ = app.leave.notified() => tracing::info!("leaving: asked through /v1/agent/leave"),
+    }
     stop(app, tasks).await;
     Ok(())
 }
@@ -299,6 +302,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         server_stability: Mutex::new(Default::default()),
         gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
+        leave: tokio::sync::Notify::new(),
+        agent_tokens: Mutex::new(Default::default()),
     });
 
     let mut handles = Vec::new();

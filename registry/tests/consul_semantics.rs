@@ -144,3 +144,71 @@ async fn a_blocking_read_of_one_key_sleeps_while_other_keys_change() {
     assert!(woke > current);
     assert!(started.elapsed() < Duration::from_secs(5), "the key's own change wakes its watcher");
 }
+
+async fn call(http: &reqwest::Client, method: &str, url: String, body: &str) -> (u16, serde_json::Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let r = http.request(method, url).body(body.to_string()).send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// Maintenance mode takes a service (or the node) out of `?passing` answers through a critical
+/// `maintenance` check, and back; the agent's `Stats` name the leader as `status/leader` does;
+/// autopilot's configuration is replicated state with CAS; a write for another datacenter is refused.
+#[tokio::test]
+async fn maintenance_agent_stats_autopilot_and_foreign_datacenters() {
+    let http = client();
+    let dev = Dev::start(19660);
+    until_leader(&http, &dev).await;
+    let b = &dev.base;
+    let (s, _) = call(&http, "PUT", format!("{b}/agent/service/register"), r#"{"Name":"web","Port":80}"#).await;
+    assert_eq!(s, 200);
+    let passing = |http: reqwest::Client, b: String| async move {
+        call(&http, "GET", format!("{b}/health/service/web?passing"), "").await.1.as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(passing(http.clone(), b.clone()).await, 1);
+
+    let (s, body) = call(&http, "PUT", format!("{b}/agent/service/maintenance/web"), "").await;
+    assert_eq!((s, body.as_str()), (400, Some("Missing value for enable")));
+    let (s, _) = call(&http, "PUT", format!("{b}/agent/service/maintenance/nope?enable=true"), "").await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&http, "PUT", format!("{b}/agent/service/maintenance/web?enable=true&reason=deploy"), "").await;
+    assert_eq!(s, 200);
+    let checks = call(&http, "GET", format!("{b}/agent/checks"), "").await.1;
+    let maint = &checks["_service_maintenance:web"];
+    assert_eq!((maint["Status"].as_str(), maint["Notes"].as_str()), (Some("critical"), Some("deploy")));
+    assert_eq!(maint["Type"], "maintenance");
+    assert_eq!(passing(http.clone(), b.clone()).await, 0, "a service in maintenance is not passing");
+    call(&http, "PUT", format!("{b}/agent/service/maintenance/web?enable=false"), "").await;
+    assert_eq!(passing(http.clone(), b.clone()).await, 1);
+    call(&http, "PUT", format!("{b}/agent/maintenance?enable=true"), "").await;
+    assert_eq!(passing(http.clone(), b.clone()).await, 0, "a node in maintenance serves nothing passing");
+    call(&http, "PUT", format!("{b}/agent/maintenance?enable=false"), "").await;
+    assert_eq!(passing(http.clone(), b.clone()).await, 1);
+
+    let leader = call(&http, "GET", format!("{b}/status/leader"), "").await.1;
+    let me = call(&http, "GET", format!("{b}/agent/self"), "").await.1;
+    assert_eq!(me["Stats"]["consul"]["leader_addr"], leader);
+    let peers = call(&http, "GET", format!("{b}/status/peers"), "").await.1;
+    assert!(peers.as_array().is_some_and(|p| p.contains(&leader)));
+
+    let config = call(&http, "GET", format!("{b}/operator/autopilot/configuration"), "").await.1;
+    assert_eq!((config["CleanupDeadServers"].as_bool(), config["MaxTrailingLogs"].as_u64()), (Some(true), Some(250)));
+    let url = format!("{b}/operator/autopilot/configuration");
+    let stale = config["ModifyIndex"].as_u64().unwrap_or(0) + 1000;
+    let (_, done) = call(&http, "PUT", format!("{url}?cas={stale}"), r#"{"CleanupDeadServers":false}"#).await;
+    assert_eq!(done, false, "a stale cas changes nothing");
+    assert_eq!(call(&http, "GET", url.clone(), "").await.1["CleanupDeadServers"], true);
+    let (_, done) = call(&http, "PUT", url.clone(), r#"{"CleanupDeadServers":false}"#).await;
+    assert_eq!(done, true);
+    let now = call(&http, "GET", url.clone(), "").await.1;
+    assert_eq!((now["CleanupDeadServers"].as_bool(), now["MaxTrailingLogs"].as_u64()), (Some(false), Some(0)));
+    let (s, _) = call(&http, "PUT", url.clone(), r#"{"LastContactThreshold":"soon"}"#).await;
+    assert_eq!(s, 400, "a bad duration is the client's mistake");
+
+    let (s, body) = call(&http, "PUT", format!("{b}/catalog/deregister"), r#"{"Node":"n","Datacenter":"dc2"}"#).await;
+    assert_eq!((s, body.as_str()), (400, Some("No path to datacenter \"dc2\"")));
+    let (s, _) = call(&http, "GET", format!("{b}/catalog/nodes?dc=dc2"), "").await;
+    assert_eq!(s, 400);
+}

@@ -131,6 +131,56 @@ pub struct ServerHealth {
     pub stable_since: String,
 }
 
+/// `/v1/operator/autopilot/configuration`, as Consul stores it. A PUT replaces the whole
+/// configuration: fields it leaves out become their zero values, as with Consul.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AutopilotConfiguration {
+    pub cleanup_dead_servers: bool,
+    /// A Go duration ("200ms").
+    pub last_contact_threshold: String,
+    pub max_trailing_logs: u64,
+    pub min_quorum: u32,
+    /// A Go duration ("10s").
+    pub server_stabilization_time: String,
+    pub redundancy_zone_tag: String,
+    pub disable_upgrade_migration: bool,
+    pub upgrade_version_tag: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl Default for AutopilotConfiguration {
+    /// The zero configuration a PUT body is decoded into.
+    fn default() -> Self {
+        AutopilotConfiguration {
+            cleanup_dead_servers: false,
+            last_contact_threshold: "0s".into(),
+            max_trailing_logs: 0,
+            min_quorum: 0,
+            server_stabilization_time: "0s".into(),
+            redundancy_zone_tag: String::new(),
+            disable_upgrade_migration: false,
+            upgrade_version_tag: String::new(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
+impl AutopilotConfiguration {
+    /// Consul's defaults, which a new cluster starts with.
+    pub fn consul_defaults() -> Self {
+        AutopilotConfiguration {
+            cleanup_dead_servers: true,
+            last_contact_threshold: "200ms".into(),
+            max_trailing_logs: 250,
+            server_stabilization_time: "10s".into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Autopilot's rule for one server: reached recently, on the leader's term, and not trailing the
 /// leader's log by more than `max_trailing_logs` entries (Consul's defaults: 250 entries; the
 /// contact threshold here is wider than Consul's 200 ms because the leader probes once a second).

@@ -17,8 +17,16 @@ use crate::app::App;
 use crate::state::acl::Resolved;
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
 
-/// The secret a request carries, if any.
-pub fn token_of(req: &Req) -> Option<String> {
+/// The secret a request acts with: the one it carries, else the agent's default token (set through
+/// `/v1/agent/token/default`), else none (anonymous), as Consul resolves it.
+pub fn token_of(app: &App, req: &Req) -> Option<String> {
+    carried_token(req).or_else(|| {
+        let tokens = app.agent_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get("default").filter(|t| !t.is_empty()).cloned()
+    })
+}
+
+fn carried_token(req: &Req) -> Option<String> {
     if let Some(t) = req.headers.get("x-consul-token").and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty()) {
         return Some(t.to_string());
     }
@@ -62,7 +70,7 @@ pub fn authorize_write(app: &App, req: &Req) -> Result<Authorizer, ApiError> {
 
 /// Resolves the request's token against the current state.
 pub fn authorize(app: &App, req: &Req) -> Result<Authorizer, ApiError> {
-    let token = token_of(req);
+    let token = token_of(app, req);
     app.sm.read(|s| authorizer_in(app, s, &token))
 }
 
@@ -168,7 +176,7 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     }
     // ACL reads and writes are answered by the leader, like Consul's default consistency.
     let authz = authorize_write(app, req)?;
-    let token = token_of(req);
+    let token = token_of(app, req);
     match (parts.as_slice(), &m) {
         (["token", "self"], &Method::GET) => {
             let secret = token.unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use warp::http::{HeaderValue, Method, StatusCode};
 
-use super::acl::{authorize, filter_by, mark_filtered, require};
+use super::acl::{authorize, mark_filtered, require};
+use super::agent_admin::my_address;
 use super::{json, ok_json, ApiError, ApiResult, Req};
 use crate::acl::{Access, Authorizer, Resource};
 use crate::api::{
-    parse_go_duration, AgentCheckRegistration, AgentMember, AgentService, AgentServiceHealth, AgentServiceRegistration,
+    parse_go_duration, AgentCheckRegistration, AgentService, AgentServiceHealth, AgentServiceRegistration,
     CheckRegistration, HealthCheck, HealthStatus, NodeService, RegisterRequest, ServiceRegistration,
 };
 use crate::app::{now_ms, App, TtlCheck};
@@ -22,30 +23,35 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     let m = &req.method;
     let a = authorize(app, req)?;
     let me = app.me.name.clone();
+    if let Some(answer) = super::agent_admin::handle(app, &a, req, &parts).await {
+        return answer;
+    }
     match (parts.as_slice(), m) {
-        (["self"], &Method::GET) => {
-            require(&a, Resource::Agent, &me, Access::Read)?;
-            Ok(ok_json(&agent_self(app)))
-        }
-        (["members"], &Method::GET) => {
-            let (list, f) = filter_by(members(app), |m| a.allows(Resource::Node, &m.name, Access::Read));
-            Ok(mark_filtered(ok_json(&list), f))
-        }
         (["services"], &Method::GET) => {
+            let filter = super::catalog::parse_filter(req)?;
             let all = local_services(app);
             let before = all.len();
-            let kept: std::collections::BTreeMap<_, _> =
-                all.into_iter().filter(|(_, s)| a.allows(Resource::Service, &s.service, Access::Read)).collect();
-            let f = kept.len() != before;
+            let kept: std::collections::BTreeMap<_, _> = all
+                .into_iter()
+                .filter(|(_, s)| a.allows(Resource::Service, &s.service, Access::Read))
+                .filter(|(_, s)| filter.as_ref().is_none_or(|f| f.matches(s)))
+                .collect();
+            let f = kept.len() != before && filter.is_none();
             Ok(mark_filtered(ok_json(&kept), f))
         }
+        (["service", "maintenance", id], &Method::PUT) => service_maintenance(app, &a, req, id).await,
+        (["maintenance"], &Method::PUT) => node_maintenance(app, &a, req).await,
         (["service", id], &Method::GET) if *id != "register" => local_service(app, &a, id),
         (["checks"], &Method::GET) => {
+            let filter = super::catalog::parse_filter(req)?;
             let all = local_checks(app);
             let before = all.len();
-            let kept: std::collections::BTreeMap<_, _> =
-                all.into_iter().filter(|(_, c)| may_touch_check(&a, &me, c, Access::Read)).collect();
-            let f = kept.len() != before;
+            let kept: std::collections::BTreeMap<_, _> = all
+                .into_iter()
+                .filter(|(_, c)| may_touch_check(&a, &me, c, Access::Read))
+                .filter(|(_, c)| filter.as_ref().is_none_or(|f| f.matches(c)))
+                .collect();
+            let f = kept.len() != before && filter.is_none();
             Ok(mark_filtered(ok_json(&kept), f))
         }
         (["metrics"], &Method::GET) => {
@@ -82,9 +88,8 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         }
         (["health", "service", "id", id], &Method::GET) => service_health_by_id(app, &a, id),
         (
-            ["self"]
-            | ["members"]
-            | ["services"]
+            ["services"]
+            | ["maintenance"]
             | ["checks"]
             | ["metrics"]
             | ["service", ..]
@@ -94,44 +99,6 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         ) => Err(ApiError::MethodNotAllowed(m.clone())),
         _ => Err(ApiError::NotFound(String::new())),
     }
-}
-
-fn my_address(app: &App) -> String {
-    app.me.rpc_addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(app.me.rpc_addr.clone())
-}
-
-fn agent_self(app: &App) -> serde_json::Value {
-    serde_json::json!({
-        "Config": {
-            "Datacenter": app.config.datacenter,
-            "PrimaryDatacenter": app.config.datacenter,
-            "NodeName": app.me.name,
-            "NodeID": format!("{:016x}", app.id),
-            "Revision": "roster",
-            "Server": true,
-            "Version": env!("CARGO_PKG_VERSION"),
-        },
-        "Member": members(app).into_iter().find(|m| m.name == app.me.name),
-        "Meta": {},
-    })
-}
-
-fn members(app: &App) -> Vec<AgentMember> {
-    let m = app.raft.metrics().borrow().clone();
-    m.membership_config
-        .membership()
-        .nodes()
-        .map(|(id, n)| {
-            let (addr, port) = n.rpc_addr.rsplit_once(':').unwrap_or((n.rpc_addr.as_str(), "8300"));
-            let mut tags = std::collections::BTreeMap::new();
-            tags.insert("role".to_string(), "consul".to_string());
-            tags.insert("dc".to_string(), app.config.datacenter.clone());
-            tags.insert("port".to_string(), port.to_string());
-            tags.insert("id".to_string(), format!("{id:016x}"));
-            tags.insert("build".to_string(), format!("roster-{}", env!("CARGO_PKG_VERSION")));
-            AgentMember::new(n.name.clone(), addr.to_string(), port.parse().unwrap_or(8300), tags, 1)
-        })
-        .collect()
 }
 
 fn to_agent_service(app: &App, s: &NodeService) -> AgentService {
@@ -415,4 +382,73 @@ fn service_health_by_id(app: &App, a: &Authorizer, id: &str) -> ApiResult {
     require(a, Resource::Service, &svc.service, Access::Read)?;
     let h = service_health(app, &svc);
     Ok(json(health_status_code(h.aggregated_status), &h))
+}
+
+/// `?enable=` of the maintenance endpoints: required, a boolean.
+fn maintenance_enable(req: &Req) -> Result<bool, ApiError> {
+    match req.get("enable") {
+        None | Some("") => Err(ApiError::BadRequest("Missing value for enable".into())),
+        Some(v) => v.parse::<bool>().map_err(|_| ApiError::BadRequest(format!("Invalid value for enable: {v:?}"))),
+    }
+}
+
+/// Puts a service or the whole node in maintenance (a critical check of type `maintenance`, so it
+/// leaves every `?passing` answer) or takes it out, as Consul's agent does.
+async fn set_maintenance(
+    app: &Arc<App>,
+    check_id: String,
+    name: &str,
+    service_id: Option<&str>,
+    enable: bool,
+    notes: String,
+) -> ApiResult {
+    let present = app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).contains(&check_id);
+    if !enable {
+        if present {
+            deregister_check(app, &check_id).await?;
+        }
+        return Ok(super::text(StatusCode::OK, ""));
+    }
+    let check = CheckRegistration {
+        check_id: Some(check_id.clone()),
+        name: Some(name.to_string()),
+        status: Some(HealthStatus::Critical),
+        notes: Some(notes),
+        service_id: service_id.map(str::to_string),
+        check_type: Some("maintenance".into()),
+        ..Default::default()
+    };
+    let request = RegisterRequest {
+        node: Some(app.me.name.clone()),
+        address: Some(my_address(app)),
+        skip_node_update: true,
+        check: Some(check),
+        ..Default::default()
+    };
+    write(app, Command::Register { request, now_ms: now_ms() }).await?;
+    app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(check_id);
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+async fn service_maintenance(app: &Arc<App>, a: &Authorizer, req: &Req, id: &str) -> ApiResult {
+    let enable = maintenance_enable(req)?;
+    let svc = local_service_list(app)
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("Unknown service ID {id:?}")))?;
+    require(a, Resource::Service, &svc.service, Access::Write)?;
+    let notes = req.get("reason").filter(|r| !r.is_empty()).map(str::to_string).unwrap_or_else(|| {
+        "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".into()
+    });
+    set_maintenance(app, format!("_service_maintenance:{id}"), "Service Maintenance Mode", Some(id), enable, notes)
+        .await
+}
+
+async fn node_maintenance(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResult {
+    let enable = maintenance_enable(req)?;
+    require(a, Resource::Node, &app.me.name, Access::Write)?;
+    let notes = req.get("reason").filter(|r| !r.is_empty()).map(str::to_string).unwrap_or_else(|| {
+        "Maintenance mode is enabled for this node, but no reason was provided. This is a default message.".into()
+    });
+    set_maintenance(app, "_node_maintenance".into(), "Node Maintenance Mode", None, enable, notes).await
 }

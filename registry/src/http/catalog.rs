@@ -38,7 +38,7 @@ async fn read<T: Body>(
     query: impl Fn(&State, &Authorizer) -> (u64, T, bool),
 ) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
-    let token = token_of(req);
+    let token = token_of(app, req);
     let (index, result) = blocking::run(app, &opts, keys, |s| match authorizer_in(app, s, &token) {
         Ok(a) => {
             let (i, v, f) = query(s, &a);
@@ -154,6 +154,10 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
             )
             .await
         }
+        "connect" if !arg.is_empty() => {
+            get_only(req)?;
+            mesh_view(app, req, arg).await
+        }
         "node" if !arg.is_empty() => {
             get_only(req)?;
             // Consul answers an unknown (or unreadable) node with 200 and null.
@@ -181,6 +185,22 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
     }
 }
 
+/// The Connect and ingress views of a service (`catalog/connect`, `health/connect`,
+/// `health/ingress`): instances reachable through the service mesh. Roster has no service mesh,
+/// so no instance is a Connect proxy, Connect-native or behind an ingress gateway: the answer is
+/// the empty list, with the service's index so that blocking queries on it behave.
+async fn mesh_view(app: &Arc<App>, req: &Req, service: &str) -> ApiResult {
+    let service = service.to_string();
+    let key = service.clone();
+    read(
+        app,
+        req,
+        move || vec![WatchKey::Service(key.clone())],
+        |s, _| (s.catalog_service(&service).0, Vec::<crate::api::CatalogService>::new(), false),
+    )
+    .await
+}
+
 /// Keeps the items `?filter=` selects (all of them without a filter).
 fn filtered<T: serde::Serialize>(filter: &Option<Filter>, (index, list): (u64, Vec<T>)) -> (u64, Vec<T>) {
     match filter {
@@ -189,7 +209,7 @@ fn filtered<T: serde::Serialize>(filter: &Option<Filter>, (index, list): (u64, V
     }
 }
 
-fn parse_filter(req: &Req) -> Result<Option<Filter>, ApiError> {
+pub(super) fn parse_filter(req: &Req) -> Result<Option<Filter>, ApiError> {
     match req.get("filter") {
         Some(f) if !f.is_empty() => Filter::parse(f).map(Some).map_err(ApiError::BadRequest),
         _ => Ok(None),
@@ -204,11 +224,7 @@ async fn register(app: &Arc<App>, req: &Req) -> ApiResult {
     if r.node.as_deref().unwrap_or("").is_empty() {
         return Err(ApiError::BadRequest("Must provide node".into()));
     }
-    if let Some(dc) = r.datacenter.as_deref().filter(|d| !d.is_empty()) {
-        if dc != app.config.datacenter {
-            return Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}")));
-        }
-    }
+    super::check_datacenter(app, r.datacenter.as_deref())?;
     let authz = authorize_write(app, req)?;
     let node = r.node.clone().unwrap_or_default();
     // Changing the node itself needs node:write; a service or its checks need service:write.
@@ -238,6 +254,7 @@ async fn deregister(app: &Arc<App>, req: &Req) -> ApiResult {
         return Err(ApiError::MethodNotAllowed(req.method.clone()));
     }
     let r: DeregisterRequest = super::json::decode(&req.body)?;
+    super::check_datacenter(app, r.datacenter.as_deref())?;
     let authz = authorize_write(app, req)?;
     let node = r.node.clone().unwrap_or_default();
     match r.service_id.as_deref().filter(|s| !s.is_empty()) {
@@ -318,6 +335,7 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
             )
             .await
         }
+        "connect" | "ingress" => mesh_view(app, req, arg).await,
         "state" => {
             let state = match arg {
                 "any" => None,

@@ -32,7 +32,7 @@ fn parse_u64(req: &Req, name: &str) -> Result<Option<u64>, ApiError> {
 
 async fn get(app: &Arc<App>, req: &Req, key: &str) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
-    let token = token_of(req);
+    let token = token_of(app, req);
     if req.has("keys") || req.has("recurse") {
         let sep = req.get("separator").map(str::to_string);
         let prefix = key.to_string();

@@ -6,6 +6,7 @@
 
 pub mod acl;
 mod agent;
+mod agent_admin;
 mod blocking;
 mod catalog;
 mod kv;
@@ -82,6 +83,9 @@ pub enum ApiError {
     MethodNotAllowed(Method),
     #[error("{0}")]
     Internal(String),
+    /// 501: a Consul feature Roster does not have (yet); the message says which.
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("No cluster leader")]
     NoLeader,
     /// This server is not the leader: forward the request.
@@ -107,6 +111,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) | ApiError::NoLeader | ApiError::NotLeader => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,6 +165,15 @@ pub fn with_consistency(mut resp: Resp, opts: &QueryOpts) -> Resp {
     };
     resp.headers_mut().insert("x-consul-effective-consistency", HeaderValue::from_static(mode));
     resp
+}
+
+/// A request for another datacenter (`?dc=`, or `Datacenter` in a catalog write's body): Roster
+/// knows only its own yet. Consul answers 500 "No path to datacenter"; a 400 names the mistake.
+pub fn check_datacenter(app: &App, dc: Option<&str>) -> Result<(), ApiError> {
+    match dc.filter(|d| !d.is_empty()) {
+        Some(dc) if dc != app.config.datacenter => Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}"))),
+        _ => Ok(()),
+    }
 }
 
 /// Writes are answered by the leader: followers forward the request.
@@ -226,11 +240,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         return Err(ApiError::NotFound(String::new()));
     };
     let (area, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    if let Some(dc) = req.get("dc").filter(|d| !d.is_empty()) {
-        if dc != app.config.datacenter {
-            return Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}")));
-        }
-    }
+    check_datacenter(app, req.get("dc"))?;
     match area {
         "kv" => kv::handle(app, req, tail).await,
         "txn" => kv::txn(app, req).await,

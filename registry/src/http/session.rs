@@ -48,7 +48,7 @@ async fn read(
     query: impl Fn(&crate::state::State) -> (u64, Vec<SessionEntry>),
 ) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
-    let token = token_of(req);
+    let token = token_of(app, req);
     let (index, result) = blocking::run(
         app,
         &opts,

@@ -11,6 +11,7 @@ use super::{ok_json, require_leader, ApiError, ApiResult, Req};
 use crate::acl::{Access, Global};
 use crate::api::{AutopilotHealth, RaftConfiguration, RaftServer, ServerHealth};
 use crate::app::App;
+use crate::state::{Command, CommandResult};
 
 pub async fn handle_status(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     if req.method != Method::GET {
@@ -35,6 +36,34 @@ pub async fn handle_status(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     }
 }
 
+/// `/v1/operator/keyring`. The pool has one key (`gossip_key`): listing reports it, installed on
+/// every live member (a member without it cannot take part in the pool at all). Rotation
+/// (install, use, remove) is not available yet. Without encryption every call fails as Consul's do.
+async fn keyring(app: &App, method: &Method) -> ApiResult {
+    let (Some(key), Some(gossip)) = (app.config.gossip_key.as_ref(), app.gossip.as_ref()) else {
+        let what = if *method == Method::GET {
+            "Keyring is empty (encryption not enabled)"
+        } else {
+            "No keyring to modify (encryption not enabled)"
+        };
+        return Err(ApiError::BadRequest(format!("{}: {what}", app.me.name)));
+    };
+    match *method {
+        Method::GET => {
+            let members = gossip.live_members().await.len().max(1);
+            let keys = serde_json::Value::Object(serde_json::Map::from_iter([(key.to_string(), members.into())]));
+            Ok(ok_json(&serde_json::json!([{
+                "WAN": false, "Datacenter": app.config.datacenter, "Segment": "",
+                "Keys": keys, "PrimaryKeys": keys, "NumNodes": members,
+            }])))
+        }
+        Method::POST | Method::PUT | Method::DELETE => Err(ApiError::NotImplemented(
+            "Gossip key rotation (keyring install, use, remove) is not available yet: restart the pool with the new key".into(),
+        )),
+        ref m => Err(ApiError::MethodNotAllowed(m.clone())),
+    }
+}
+
 fn configuration(app: &App) -> RaftConfiguration {
     let m = app.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
@@ -53,9 +82,9 @@ fn configuration(app: &App) -> RaftConfiguration {
     RaftConfiguration { servers, index: m.membership_config.log_id().map_or(0, |l| l.index) }
 }
 
-/// A server more than this far behind the leader's log is not healthy (Consul's MaxTrailingLogs).
-const MAX_TRAILING_LOGS: u64 = 250;
-/// The leader probes every server once a second; three missed probes make it unhealthy.
+/// The leader probes every server once a second, so contact is known to about a second: three
+/// missed probes make a server unhealthy, and autopilot's `LastContactThreshold` can widen this
+/// but not narrow it.
 const CONTACT_THRESHOLD: Duration = Duration::from_secs(3);
 
 fn go_duration(d: Duration) -> String {
@@ -74,6 +103,9 @@ async fn autopilot_health(app: &App) -> AutopilotHealth {
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let leader_last_index = m.last_log_index.unwrap_or(0);
+    let settings = app.sm.read(|s| s.autopilot());
+    let contact_threshold =
+        crate::api::parse_go_duration(&settings.last_contact_threshold).unwrap_or_default().max(CONTACT_THRESHOLD);
     let versions: std::collections::BTreeMap<String, String> = match &app.gossip {
         Some(g) => g.live_members().await.into_iter().map(|(name, member)| (name, member.version)).collect(),
         None => Default::default(),
@@ -96,12 +128,12 @@ async fn autopilot_health(app: &App) -> AutopilotHealth {
         };
         let healthy = crate::api::server_is_healthy(
             last_contact,
-            CONTACT_THRESHOLD,
+            contact_threshold,
             last_term,
             m.current_term,
             last_index,
             leader_last_index,
-            MAX_TRAILING_LOGS,
+            settings.max_trailing_logs,
         );
         let since = match stability.get(id) {
             Some((was, since)) if *was == healthy => *since,
@@ -117,7 +149,7 @@ async fn autopilot_health(app: &App) -> AutopilotHealth {
             id: id.to_string(),
             name: node.name.clone(),
             address: node.rpc_addr.clone(),
-            serf_status: if last_contact.is_some_and(|c| c <= CONTACT_THRESHOLD) { "alive" } else { "failed" }.into(),
+            serf_status: if last_contact.is_some_and(|c| c <= contact_threshold) { "alive" } else { "failed" }.into(),
             version,
             leader: is_me,
             last_contact: last_contact.map_or_else(|| "never".into(), go_duration),
@@ -218,9 +250,37 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
             let status = if health.healthy { StatusCode::OK } else { StatusCode::TOO_MANY_REQUESTS };
             Ok(super::json(status, &health))
         }
-        ("raft/configuration" | "raft/peer" | "raft/transfer-leader" | "autopilot/health", m) => {
-            Err(ApiError::MethodNotAllowed(m.clone()))
+        ("autopilot/configuration", &Method::GET) => Ok(ok_json(&app.sm.read(|s| s.autopilot()))),
+        ("autopilot/configuration", &Method::PUT) => {
+            let config: crate::api::AutopilotConfiguration = super::json::decode(&req.body)?;
+            for (name, value) in [
+                ("LastContactThreshold", &config.last_contact_threshold),
+                ("ServerStabilizationTime", &config.server_stabilization_time),
+            ] {
+                crate::api::parse_go_duration(value)
+                    .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {name}: {e}")))?;
+            }
+            let cas = match req.get("cas") {
+                None => None,
+                Some(v) => Some(
+                    v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("Error parsing cas value: {v:?}")))?,
+                ),
+            };
+            require_leader(app)?;
+            match app.propose(Command::AutopilotSet { config, cas }).await?.1 {
+                CommandResult::Bool(b) => Ok(ok_json(&b)),
+                other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
+            }
         }
+        ("keyring", m) => keyring(app, m).await,
+        (
+            "raft/configuration"
+            | "raft/peer"
+            | "raft/transfer-leader"
+            | "autopilot/health"
+            | "autopilot/configuration",
+            m,
+        ) => Err(ApiError::MethodNotAllowed(m.clone())),
         _ => Err(ApiError::NotFound(String::new())),
     }
 }

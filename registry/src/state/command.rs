@@ -90,6 +90,11 @@ pub enum Command {
     KvReapTombstones {
         up_to: u64,
     },
+    /// Replaces the autopilot configuration (with `cas`: only if its ModifyIndex matches).
+    AutopilotSet {
+        config: crate::api::AutopilotConfiguration,
+        cas: Option<u64>,
+    },
     /// Several commands in one log entry (one fsync, one replication round), applied in order at
     /// the same index. The leader batches concurrent client writes this way.
     Batch(Vec<Command>),
@@ -115,6 +120,7 @@ impl Command {
             Command::AclTokenSet { .. } => "acl_token_set",
             Command::AclTokenDelete { .. } => "acl_token_delete",
             Command::KvReapTombstones { .. } => "kv_reap_tombstones",
+            Command::AutopilotSet { .. } => "autopilot_set",
             Command::Batch(_) => "batch",
         }
     }

@@ -55,6 +55,9 @@ pub struct State {
     /// report deletions under them. Last, with a default, so older snapshots still load.
     #[serde(default)]
     kv_tombstones: BTreeMap<String, u64>,
+    /// Autopilot's settings (`/v1/operator/autopilot/configuration`); Consul's defaults until set.
+    #[serde(default)]
+    autopilot: Option<crate::api::AutopilotConfiguration>,
     /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
     #[serde(skip)]
     by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -127,10 +130,36 @@ impl State {
             Command::AclTokenSet { token } => self.acl_token_set(index, token, touched),
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor, touched),
             Command::KvReapTombstones { up_to } => self.kv_reap_tombstones(up_to),
+            Command::AutopilotSet { config, cas } => self.autopilot_set(index, config, cas),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c, touched)).collect())
             }
         }
+    }
+}
+
+impl State {
+    /// The autopilot configuration; Consul's defaults (index 0) until one was written.
+    pub fn autopilot(&self) -> crate::api::AutopilotConfiguration {
+        self.autopilot.clone().unwrap_or_else(crate::api::AutopilotConfiguration::consul_defaults)
+    }
+
+    /// Replaces the autopilot configuration; with `cas`, only if its ModifyIndex is still that
+    /// (Consul answers `false`, and changes nothing, otherwise).
+    fn autopilot_set(
+        &mut self,
+        index: u64,
+        mut config: crate::api::AutopilotConfiguration,
+        cas: Option<u64>,
+    ) -> CommandResult {
+        let current = self.autopilot.as_ref();
+        if cas.is_some_and(|cas| cas != current.map_or(0, |c| c.modify_index)) {
+            return CommandResult::Bool(false);
+        }
+        config.create_index = current.map_or(index, |c| c.create_index);
+        config.modify_index = index;
+        self.autopilot = Some(config);
+        CommandResult::Bool(true)
     }
 }
 

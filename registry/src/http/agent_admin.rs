@@ -1,0 +1,262 @@
+//! The agent's own administration, as Consul's agent answers it: `self`, `members`, `leave`,
+//! `force-leave`, `reload`, `monitor` and `token/*`. Services and checks are in `agent.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use warp::http::StatusCode;
+
+use super::acl::{filter_by, mark_filtered, require};
+use super::{ok_json, ApiError, ApiResult, Req};
+use crate::acl::{Access, Authorizer, Global, Resource};
+use crate::api::AgentMember;
+use crate::app::{now_ms, App};
+use crate::state::Command;
+
+/// The agent's address as other members reach it (the host of its RPC address).
+pub fn my_address(app: &App) -> String {
+    host_port(&app.me.rpc_addr).0.to_string()
+}
+
+fn host_port(addr: &str) -> (&str, u16) {
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(8300)),
+        None => (addr, 8300),
+    }
+}
+
+/// Consul's LAN members list (`?wan=1`: the WAN pool, whose members are named `node.dc`). The
+/// servers are the Raft members; with gossip on, live clients (sidecars) of the pool join them.
+pub async fn members(app: &App, wan: bool) -> Vec<AgentMember> {
+    let m = app.raft.metrics().borrow().clone();
+    let dc = &app.config.datacenter;
+    let mut out: Vec<AgentMember> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| {
+            let (addr, port) = host_port(&n.rpc_addr);
+            let tags = BTreeMap::from([
+                ("acls".to_string(), if app.config.acl_enabled { "1" } else { "0" }.to_string()),
+                ("build".to_string(), format!("{}:roster", env!("CARGO_PKG_VERSION"))),
+                ("dc".to_string(), dc.clone()),
+                ("id".to_string(), format!("{id:016x}")),
+                ("port".to_string(), port.to_string()),
+                ("raft_vsn".to_string(), "3".to_string()),
+                ("role".to_string(), "consul".to_string()),
+                ("segment".to_string(), String::new()),
+                ("vsn".to_string(), "2".to_string()),
+                ("vsn_max".to_string(), "3".to_string()),
+                ("vsn_min".to_string(), "2".to_string()),
+            ]);
+            let name = if wan { format!("{}.{dc}", n.name) } else { n.name.clone() };
+            AgentMember::new(name, addr.to_string(), port, tags, 1)
+        })
+        .collect();
+    if wan {
+        return out;
+    }
+    if let Some(g) = &app.gossip {
+        for (name, member) in g.live_members().await {
+            if out.iter().any(|m| m.name == name) {
+                continue;
+            }
+            let tags = BTreeMap::from([
+                ("build".to_string(), format!("{}:roster", member.version)),
+                ("dc".to_string(), member.datacenter.clone()),
+                ("role".to_string(), "node".to_string()),
+                ("segment".to_string(), String::new()),
+                ("vsn".to_string(), "2".to_string()),
+            ]);
+            out.push(AgentMember::new(name, member.address.clone(), 8301, tags, 1));
+        }
+    }
+    out
+}
+
+pub async fn agent_self(app: &App) -> serde_json::Value {
+    let m = app.raft.metrics().borrow().clone();
+    let leader_addr = app.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default();
+    let voters = m.membership_config.membership().voter_ids().count();
+    let (services, checks) = (
+        app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).len(),
+    );
+    let ttls = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let me = members(app, false).await.into_iter().find(|m| m.name == app.me.name);
+    let (bind, port) = (app.config.http_addr.ip().to_string(), app.config.http_addr.port());
+    json!({
+        "Config": {
+            "Datacenter": app.config.datacenter,
+            "PrimaryDatacenter": app.config.datacenter,
+            "NodeName": app.me.name,
+            "NodeID": format!("{:016x}", app.id),
+            "Revision": "roster",
+            "Server": true,
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        // The settings clients read (Consul's full DebugConfig is hundreds of fields).
+        "DebugConfig": {
+            "ACLsEnabled": app.config.acl_enabled,
+            "ACLDefaultPolicy": app.config.acl_default_policy,
+            "AdvertiseAddrLAN": my_address(app),
+            "BindAddr": bind,
+            "ClientAddrs": [bind],
+            "Datacenter": app.config.datacenter,
+            "DataDir": app.config.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+            "DevMode": app.config.data_dir.is_none(),
+            "HTTPPort": port,
+            "KVMaxValueSize": app.config.kv_max_value_size,
+            "NodeName": app.me.name,
+            "PrimaryDatacenter": app.config.datacenter,
+            "RaftSnapshotThreshold": app.config.snapshot_threshold,
+            "ServerMode": true,
+        },
+        "Member": me,
+        "Stats": {
+            "agent": {
+                "check_monitors": "0",
+                "check_ttls": ttls.to_string(),
+                "checks": checks.to_string(),
+                "services": services.to_string(),
+            },
+            "build": {"prerelease": "", "revision": "roster", "version": env!("CARGO_PKG_VERSION")},
+            "consul": {
+                "acl": if app.config.acl_enabled { "enabled" } else { "disabled" },
+                "bootstrap": "false",
+                "known_datacenters": "1",
+                "leader": (m.current_leader == Some(app.id)).to_string(),
+                "leader_addr": leader_addr,
+                "server": "true",
+            },
+            "raft": {
+                "applied_index": m.last_applied.map_or(0, |l| l.index).to_string(),
+                "commit_index": m.last_applied.map_or(0, |l| l.index).to_string(),
+                "last_log_index": m.last_log_index.unwrap_or(0).to_string(),
+                "last_snapshot_index": m.snapshot.map_or(0, |l| l.index).to_string(),
+                "num_peers": voters.saturating_sub(1).to_string(),
+                "state": format!("{:?}", m.state),
+                "term": m.current_term.to_string(),
+                "last_contact": app.last_contact_ms().to_string(),
+                "protocol_version": "3",
+            },
+        },
+        "Meta": {"consul-network-segment": ""},
+    })
+}
+
+pub async fn handle(app: &Arc<App>, a: &Authorizer, req: &Req, parts: &[&str]) -> Option<ApiResult> {
+    let me = app.me.name.clone();
+    let get = req.method == warp::http::Method::GET;
+    let put = req.method == warp::http::Method::PUT;
+    Some(match parts {
+        ["self"] if get => match require(a, Resource::Agent, &me, Access::Read) {
+            Ok(()) => Ok(ok_json(&agent_self(app).await)),
+            Err(e) => Err(e),
+        },
+        ["members"] if get => {
+            let wan = req.has("wan");
+            let (list, f) = filter_by(members(app, wan).await, |m| a.allows(Resource::Node, &m.name, Access::Read));
+            Ok(mark_filtered(ok_json(&list), f))
+        }
+        ["leave"] if put => leave(app, a),
+        ["force-leave", node] if put => force_leave(app, a, node, req.has("prune")).await,
+        ["reload"] if put => reload(app, a),
+        ["monitor"] if get => monitor(app, a, req),
+        ["token", kind] if put => set_token(app, a, kind, req),
+        ["self" | "members" | "monitor"] | ["leave" | "reload"] | ["force-leave" | "token", _] => {
+            Err(ApiError::MethodNotAllowed(req.method.clone()))
+        }
+        _ => return None,
+    })
+}
+
+fn leave(app: &Arc<App>, a: &Authorizer) -> ApiResult {
+    require(a, Resource::Agent, &app.me.name, Access::Write)?;
+    // Answer first, then leave the pool and stop as on SIGTERM.
+    let app = app.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.leave.notify_one();
+    });
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+/// Consul's force-leave: a failed member is marked left at once (its node leaves the catalog)
+/// instead of waiting out the reap time; a live member refutes it and stays. `prune` also forgets
+/// it, which for Roster is the same: a left node is not kept.
+async fn force_leave(app: &App, a: &Authorizer, node: &str, _prune: bool) -> ApiResult {
+    if !a.allows_global(Global::Operator, Access::Write) {
+        return Err(super::acl::denied("operator", "", Access::Write));
+    }
+    let known = app.sm.read(|s| s.catalog_node(node).1.is_some());
+    let live = match &app.gossip {
+        Some(g) => g.live_members().await.contains_key(node),
+        None => false,
+    };
+    let server = app.raft.metrics().borrow().membership_config.membership().nodes().any(|(_, n)| n.name == node);
+    if !known && !live {
+        // Consul answers 500; the name is the client's mistake.
+        return Err(ApiError::BadRequest(format!("No node found with name '{node}'")));
+    }
+    if !live && !server && known {
+        let request = crate::api::DeregisterRequest { node: Some(node.to_string()), ..Default::default() };
+        app.propose(Command::Deregister { request, now_ms: now_ms() }).await?;
+    }
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+/// Reads the configuration file again and checks it; settings a running server cannot change
+/// (addresses, data directory) keep their values until a restart, as with Consul.
+fn reload(app: &App, a: &Authorizer) -> ApiResult {
+    require(a, Resource::Agent, &app.me.name, Access::Write)?;
+    if let Some(path) = &app.config.config_file {
+        let c = crate::config::Config::from_file(path)
+            .map_err(|e| ApiError::BadRequest(format!("Failed reloading: {e}")))?;
+        c.validate().map_err(|e| ApiError::BadRequest(format!("Failed reloading: {e}")))?;
+        tracing::info!(file = %path.display(), "configuration reloaded; addresses and storage apply at the next restart");
+    }
+    Ok(super::text(StatusCode::OK, ""))
+}
+
+/// Consul's log levels for `/v1/agent/monitor`.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "err", "error"];
+
+fn monitor(app: &App, a: &Authorizer, req: &Req) -> ApiResult {
+    require(a, Resource::Agent, &app.me.name, Access::Read)?;
+    let level = req.get("loglevel").unwrap_or("info").to_ascii_lowercase();
+    if !LOG_LEVELS.contains(&level.as_str()) {
+        return Err(ApiError::BadRequest(format!("Unknown log level: {}", req.get("loglevel").unwrap_or(""))));
+    }
+    Err(ApiError::NotImplemented("Log streaming (/v1/agent/monitor) is not available in Roster yet".into()))
+}
+
+/// The token kinds `/v1/agent/token/:kind` sets (Consul's names, old and new).
+const TOKEN_KINDS: &[&str] =
+    &["default", "agent", "agent_recovery", "agent_master", "replication", "config_file_service_registration"];
+
+fn set_token(app: &App, a: &Authorizer, kind: &str, req: &Req) -> ApiResult {
+    if !app.config.acl_enabled {
+        return Err(ApiError::Unauthorized("ACL support disabled".into()));
+    }
+    if !a.allows(Resource::Agent, &app.me.name, Access::Write) {
+        return Err(super::acl::denied("agent", &app.me.name, Access::Write));
+    }
+    if !TOKEN_KINDS.contains(&kind) {
+        return Err(ApiError::NotFound(format!("Token {kind:?} is unknown")));
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "PascalCase", default)]
+    struct TokenBody {
+        token: String,
+    }
+    let body: TokenBody = super::json::decode(&req.body)?;
+    let kind = match kind {
+        "agent_master" => "agent_recovery",
+        k => k,
+    };
+    app.agent_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(kind.to_string(), body.token);
+    Ok(super::text(StatusCode::OK, ""))
+}
