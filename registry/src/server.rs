@@ -55,7 +55,9 @@ pub async fn leader_loop(app: Arc<App>) {
         }
         // (Re-)register the servers whenever the Raft configuration changes.
         let membership = *app.raft.metrics().borrow().membership_config.log_id();
-        if registered_membership != Some(membership) {
+        // Also after a snapshot restore, which can drop this server's own registration.
+        let registered = app.sm.read(|s| s.check(&app.me.name, "serfHealth").is_some());
+        if registered_membership != Some(membership) || !registered {
             match register_servers(&app).await {
                 Ok(()) => registered_membership = Some(membership),
                 Err(e) => tracing::warn!(error = %e, "could not register servers in the catalog"),

@@ -212,3 +212,44 @@ async fn maintenance_agent_stats_autopilot_and_foreign_datacenters() {
     let (s, _) = call(&http, "GET", format!("{b}/catalog/nodes?dc=dc2"), "").await;
     assert_eq!(s, 400);
 }
+
+/// A snapshot taken from one server restores everything onto a fresh one; a corrupt or truncated
+/// archive is refused with a 400 and changes nothing.
+#[tokio::test]
+async fn a_snapshot_round_trips_onto_a_fresh_server_and_a_bad_one_changes_nothing() {
+    let http = client();
+    let (old, new) = (Dev::start(19680), Dev::start(19682));
+    until_leader(&http, &old).await;
+    until_leader(&http, &new).await;
+    put(&http, &old, "config/a", "from-the-snapshot").await;
+    let reg = r#"{"Node":"ext","Address":"10.0.0.9","Service":{"Service":"billing","Port":5432}}"#;
+    assert_eq!(call(&http, "PUT", format!("{}/catalog/register", old.base), reg).await.0, 200);
+    let r = http.get(format!("{}/snapshot", old.base)).send().await.expect("snapshot");
+    assert_eq!(r.status(), 200);
+    let archive = r.bytes().await.expect("archive").to_vec();
+    assert_eq!(&archive[..2], &[0x1f, 0x8b]);
+
+    put(&http, &new, "config/a", "before-restore").await;
+    let truncated = archive[..archive.len() / 2].to_vec();
+    let r = http.put(format!("{}/snapshot", new.base)).body(truncated).send().await.expect("restore");
+    assert_eq!(r.status(), 400);
+    let raw = http.get(format!("{}/kv/config/a?raw", new.base)).send().await.expect("get");
+    assert_eq!(raw.text().await.expect("body"), "before-restore", "a refused archive changes nothing");
+
+    let r = http.put(format!("{}/snapshot", new.base)).body(archive).send().await.expect("restore");
+    assert_eq!(r.status(), 200);
+    let raw = http.get(format!("{}/kv/config/a?raw", new.base)).send().await.expect("get");
+    assert_eq!(raw.text().await.expect("body"), "from-the-snapshot");
+    let billing = call(&http, "GET", format!("{}/catalog/service/billing", new.base), "").await.1;
+    assert_eq!(billing[0]["ServicePort"], 5432);
+    // The restored server still knows itself: sessions can be created on its node.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _) = call(&http, "PUT", format!("{}/session/create", new.base), "{}").await;
+        if s == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no session after the restore");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

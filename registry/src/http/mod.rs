@@ -11,6 +11,7 @@ mod blocking;
 mod catalog;
 mod kv;
 mod session;
+mod snapshot;
 mod status;
 
 use std::sync::Arc;
@@ -220,6 +221,9 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/status/peers",
         "/v1/operator/raft",
         "/v1/operator/autopilot",
+        "/v1/operator/keyring",
+        "/v1/snapshot",
+        "/v1/agent/maintenance",
         "/readyz",
     ];
     ROUTES
@@ -251,6 +255,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "status" => status::handle_status(app, req, tail).await,
         "operator" => status::handle_operator(app, req, tail).await,
         "acl" => acl::handle(app, req, tail).await,
+        "snapshot" if tail.is_empty() => snapshot::handle(app, req).await,
         _ => Err(ApiError::NotFound(String::new())),
     }
 }

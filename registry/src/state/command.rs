@@ -95,6 +95,11 @@ pub enum Command {
         config: crate::api::AutopilotConfiguration,
         cas: Option<u64>,
     },
+    /// Replaces the whole state with a snapshot archive's (`state::archive`).
+    Restore {
+        #[serde(with = "serde_bytes")]
+        archive: Vec<u8>,
+    },
     /// Several commands in one log entry (one fsync, one replication round), applied in order at
     /// the same index. The leader batches concurrent client writes this way.
     Batch(Vec<Command>),
@@ -121,6 +126,7 @@ impl Command {
             Command::AclTokenDelete { .. } => "acl_token_delete",
             Command::KvReapTombstones { .. } => "kv_reap_tombstones",
             Command::AutopilotSet { .. } => "autopilot_set",
+            Command::Restore { .. } => "restore",
             Command::Batch(_) => "batch",
         }
     }
@@ -135,6 +141,7 @@ impl Command {
                 ops.iter().map(|o| 64 + o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum()
             }
             Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            Command::Restore { archive } => archive.len(),
             _ => 512,
         }
     }

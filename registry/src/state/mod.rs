@@ -5,6 +5,7 @@
 //! index is what `X-Consul-Index` carries and what blocking queries compare against.
 
 pub mod acl;
+pub mod archive;
 mod catalog;
 pub mod command;
 mod kv;
@@ -131,6 +132,7 @@ impl State {
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor, touched),
             Command::KvReapTombstones { up_to } => self.kv_reap_tombstones(up_to),
             Command::AutopilotSet { config, cas } => self.autopilot_set(index, config, cas),
+            Command::Restore { archive } => self.restore(index, &archive, touched),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c, touched)).collect())
             }
@@ -142,6 +144,29 @@ impl State {
     /// The autopilot configuration; Consul's defaults (index 0) until one was written.
     pub fn autopilot(&self) -> crate::api::AutopilotConfiguration {
         self.autopilot.clone().unwrap_or_else(crate::api::AutopilotConfiguration::consul_defaults)
+    }
+
+    /// Replaces the whole state with an archive's (`PUT /v1/snapshot`). The archive was checked
+    /// before it was proposed; should it still not open, nothing changes. Every table index moves to
+    /// this entry's index, so blocking queries wake and see the restore.
+    fn restore(&mut self, index: u64, archive: &[u8], touched: &mut Touched) -> CommandResult {
+        match archive::decode(archive) {
+            Ok((_, mut restored)) => {
+                restored.datacenter = std::mem::take(&mut self.datacenter);
+                restored.indexes = TableIndexes {
+                    kvs: index,
+                    nodes: index,
+                    services: index,
+                    checks: index,
+                    sessions: index,
+                    acl: index,
+                };
+                *self = restored;
+                touched.push(WatchKey::Any);
+                CommandResult::Bool(true)
+            }
+            Err(e) => CommandResult::Rejected(e),
+        }
     }
 
     /// Replaces the autopilot configuration; with `cas`, only if its ModifyIndex is still that

@@ -28,7 +28,8 @@ pub enum WatchKey {
     Service(String),
     Node(String),
     Table(Table),
-    /// Anything at all changed (used by endpoints that read several tables).
+    /// Anything at all: waiters of endpoints that read several tables; when touched (a restore),
+    /// every waiter wakes.
     Any,
 }
 
@@ -145,6 +146,9 @@ impl WatchHub {
     pub fn notify(&self, touched: &[WatchKey]) {
         if touched.is_empty() {
             return;
+        }
+        if touched.contains(&WatchKey::Any) {
+            return self.notify_all();
         }
         let Ok(w) = self.inner.lock() else { return };
         for slot in w.any.values() {
