@@ -69,6 +69,8 @@ pub struct App {
     pub shutdown: watch::Sender<bool>,
     /// `/v1/agent/leave` asks the process to leave and stop, as a signal would.
     pub leave: tokio::sync::Notify,
+    /// User events this agent received (`/v1/event/list`).
+    pub events: Arc<crate::gossip::events::EventBuffer>,
     /// Tokens set through `/v1/agent/token/:kind` (`default` answers requests that carry none).
     pub agent_tokens: Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -156,6 +158,19 @@ impl App {
             }
         }
         Err(ProposeError::NoLeader)
+    }
+
+    /// This agent's node name and services (name, tags), against which events' filters match.
+    pub fn local_services_for_events(&self) -> (String, crate::gossip::events::LocalServices) {
+        let mine = self.agent_services.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let services = self.sm.read(|s| {
+            s.node_services(&self.me.name)
+                .into_iter()
+                .filter(|svc| mine.contains(&svc.id))
+                .map(|svc| (svc.service, svc.tags))
+                .collect()
+        });
+        (self.me.name.clone(), services)
     }
 
     /// Resets a session's TTL deadline (leader only; Consul gives sessions 2 x TTL before invalidating).

@@ -305,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
+        events: Default::default(),
         agent_tokens: Mutex::new(Default::default()),
     });
 
@@ -328,7 +329,11 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
     if let Some(g) = gossip {
-        handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g)));
+        handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g.clone())));
+        let (app, buffer) = (app.clone(), app.events.clone());
+        handles.push(tokio::spawn(async move {
+            g.deliver_events(buffer, || app.local_services_for_events()).await;
+        }));
     }
     tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, rpc = %bound.rpc, "roster server started");
     Ok((app, Tasks { handles, bound }))

@@ -11,6 +11,7 @@ use registry::api::{
     HealthStatus,
 };
 use registry::client::Client;
+use registry::gossip::events::{self, EventBuffer, FireError, LocalServices};
 use registry::gossip::{Member, Membership, Role};
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::Filter;
@@ -24,6 +25,8 @@ pub struct Ctx {
     pub agent: Arc<Agent>,
     pub client: Client,
     pub gossip: Option<Arc<Membership>>,
+    /// User events this sidecar received through the pool (`/v1/event/list`).
+    pub events: Arc<EventBuffer>,
 }
 
 /// Largest request body passed on (the servers apply their own, smaller limits).
@@ -86,6 +89,8 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 async fn handle(ctx: &Ctx, method: Method, path: &str, query: &str, headers: HeaderMap, body: Bytes) -> Resp {
     match path.strip_prefix("/v1/agent/") {
         Some(tail) => agent(ctx, &method, tail, query, &body).await,
+        // Events are the agent's own: fired into the pool from here, listed from what reached it.
+        None if path.starts_with("/v1/event/") => event(ctx, &method, path, query, &body).await,
         None if path.starts_with("/v1/") => forward(ctx, method, path, query, headers, body).await,
         None => text(StatusCode::NOT_FOUND, format!("no such path: {path}")),
     }
@@ -166,6 +171,58 @@ async fn agent(ctx: &Ctx, method: &Method, tail: &str, query: &str, body: &[u8])
             text(StatusCode::METHOD_NOT_ALLOWED, format!("method {m} not allowed"))
         }
         _ => text(StatusCode::NOT_FOUND, format!("the sidecar does not serve /v1/agent/{tail}")),
+    }
+}
+
+/// This sidecar's node name and services, against which events' filters match.
+pub fn local_for_events(agent: &Agent) -> (String, LocalServices) {
+    agent.with_state(|s| {
+        (s.node().name.clone(), s.services().map(|svc| (svc.service.clone(), svc.tags.clone())).collect())
+    })
+}
+
+async fn event(ctx: &Ctx, method: &Method, path: &str, query: &str, body: &[u8]) -> Resp {
+    let param = |k: &str| query_param(query, k).unwrap_or_default();
+    match (path.strip_prefix("/v1/event/"), method) {
+        (Some("list"), &Method::GET) => {
+            let index = match param("index") {
+                i if i.is_empty() => None,
+                i => match i.parse::<u64>() {
+                    Ok(i) => Some(i),
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "Invalid index"),
+                },
+            };
+            let wait = match param("wait") {
+                w if w.is_empty() => std::time::Duration::from_secs(300),
+                w => match registry::api::parse_go_duration(&w) {
+                    Ok(w) => w.min(std::time::Duration::from_secs(600)),
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "Invalid wait time"),
+                },
+            };
+            let name = query_param(query, "name");
+            let (index, list) = ctx.events.list_blocking(name.as_deref(), index, wait).await;
+            let mut r = json(StatusCode::OK, &list);
+            r.headers_mut().insert("x-consul-index", index.into());
+            r
+        }
+        (Some(fire), &Method::PUT) if fire.starts_with("fire/") => {
+            let name = &fire["fire/".len()..];
+            let event = match events::new_event(name, body, &param("node"), &param("service"), &param("tag")) {
+                Ok(e) => e,
+                Err(FireError::TooLarge(m)) => return text(StatusCode::PAYLOAD_TOO_LARGE, m),
+                Err(FireError::Invalid(m)) => return text(StatusCode::BAD_REQUEST, m),
+            };
+            if let Some(g) = &ctx.gossip {
+                if let Err(e) = g.fire(&event).await {
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, format!("firing the event: {e}"));
+                }
+            }
+            let (me, services) = local_for_events(&ctx.agent);
+            ctx.events.offer(event.clone(), |e| events::delivers_to(e, &me, &services));
+            json(StatusCode::OK, &event)
+        }
+        (Some("list"), m) => text(StatusCode::METHOD_NOT_ALLOWED, format!("method {m} not allowed")),
+        _ => text(StatusCode::NOT_FOUND, format!("no such path: {path}")),
     }
 }
 

@@ -57,9 +57,15 @@ impl Sidecar {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?;
         let http_addr = listener.local_addr()?;
         let (shutdown, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(http::Ctx { agent: agent.clone(), client: client.clone(), gossip: gossip.clone() });
+        let events: Arc<registry::gossip::events::EventBuffer> = Default::default();
+        let ctx = Arc::new(http::Ctx {
+            agent: agent.clone(),
+            client: client.clone(),
+            gossip: gossip.clone(),
+            events: events.clone(),
+        });
         let mut graceful = stop_rx.clone();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(
                 warp::serve(http::routes(ctx))
                     .incoming(listener)
@@ -71,6 +77,12 @@ impl Sidecar {
             tokio::spawn(agent.clone().run(updates, stop_rx.clone())),
             tokio::spawn(sync::sync_loop(agent.clone(), client.clone(), config.sync_interval(), stop_rx)),
         ];
+        if let Some(g) = gossip.clone() {
+            let agent = agent.clone();
+            tasks.push(tokio::spawn(async move {
+                g.deliver_events(events, || http::local_for_events(&agent)).await;
+            }));
+        }
         tracing::info!(node = %config.node_name, http = %http_addr, servers = ?config.servers, "roster sidecar started");
         Ok(Sidecar { http_addr, agent, gossip, client, shutdown, tasks })
     }

@@ -299,6 +299,45 @@ async fn sidecars_register_check_fail_over_and_repair() {
     .await;
     intruder.kill();
 
+    // User events travel through the pool: fired on a server, filtered by node, listed by sidecars;
+    // fired on a sidecar, listed by the servers.
+    let fire = |addr: String, query: &'static str| {
+        let http = pool.http.clone();
+        async move {
+            let r = http.put(format!("http://{addr}/v1/event/fire/{query}")).body("v2").send().await.expect("fire");
+            assert_eq!(r.status(), 200, "fire {query}");
+            r.json::<Value>().await.expect("event")["ID"].as_str().map(str::to_string).unwrap_or_default()
+        }
+    };
+    let has_event = |addr: String, id: String| {
+        let pool = &pool;
+        async move {
+            let list = pool.get(&addr, "/v1/event/list?name=deploy").await;
+            list.is_some_and(|l| l.as_array().is_some_and(|a| a.iter().any(|e| e["ID"] == id.as_str())))
+        }
+    };
+    let targeted = fire(server_http(1), "deploy?node=^pod-2$").await;
+    let everyone = fire(server_http(1), "deploy").await;
+    for s in 1..=SIDECARS {
+        pool.eventually(&format!("pod-{s} to list the event for everyone"), Duration::from_secs(10), || {
+            has_event(sidecar_api(s), everyone.clone())
+        })
+        .await;
+    }
+    pool.eventually("pod-2 to list the event for it", Duration::from_secs(10), || {
+        has_event(sidecar_api(2), targeted.clone())
+    })
+    .await;
+    assert!(!has_event(sidecar_api(1), targeted.clone()).await, "pod-1 kept an event for pod-2 only");
+    assert!(!has_event(server_http(1), targeted.clone()).await, "server-1 kept an event for pod-2 only");
+    let from_pod = fire(sidecar_api(3), "deploy?service=^app$&tag=v1").await;
+    pool.eventually("pod-4 (an app v1) to list pod-3's event", Duration::from_secs(10), || {
+        has_event(sidecar_api(4), from_pod.clone())
+    })
+    .await;
+    let big = pool.http.put(format!("http://{}/v1/event/fire/deploy", sidecar_api(1))).body(vec![b'x'; 600]);
+    assert_eq!(big.send().await.expect("fire").status(), 413, "Consul's 512-byte event limit");
+
     // An app that starts failing goes critical, and comes back.
     apps[1].1.store(false, Ordering::Relaxed);
     pool.eventually("app-2 out of ?passing", Duration::from_secs(10), || async {

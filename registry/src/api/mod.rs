@@ -7,6 +7,7 @@ mod acl;
 mod agent;
 mod catalog;
 mod duration;
+mod event;
 pub mod json;
 mod kv;
 mod session;
@@ -15,6 +16,7 @@ pub use acl::*;
 pub use agent::*;
 pub use catalog::*;
 pub use duration::{format_go_duration, parse_go_duration};
+pub use event::*;
 pub use kv::*;
 pub use session::*;
 

@@ -8,6 +8,7 @@
 //! (`encrypted`).
 
 mod encrypted;
+pub mod events;
 
 pub use encrypted::{EncryptedUdpTransport, GossipKey};
 
@@ -233,6 +234,8 @@ pub struct Membership {
     interval: Duration,
     /// Taken by the first `shutdown`/`leave`.
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    /// Sequence of the events this member fired (its gossip keys).
+    fired: std::sync::atomic::AtomicU64,
 }
 
 impl Membership {
@@ -271,7 +274,45 @@ impl Membership {
             id: handle.chitchat_id().clone(),
             interval,
             handle: tokio::sync::Mutex::new(Some(handle)),
+            fired: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Fires a user event into the pool: it goes into this member's gossip state, and only the
+    /// latest few of its events stay there.
+    pub async fn fire(&self, event: &crate::api::UserEvent) -> anyhow::Result<()> {
+        let seq = self.fired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let value = serde_json::to_string(event)?;
+        let mut guard = self.chitchat.lock().await;
+        let state = guard.self_node_state();
+        state.set(events::event_key(seq), value);
+        let old: Vec<String> = state.iter_prefix(events::KEY_EVENT_PREFIX).map(|(k, _)| k.to_string()).collect();
+        for key in old.iter().take(old.len().saturating_sub(events::EVENTS_GOSSIPED_PER_MEMBER)) {
+            state.delete(key);
+        }
+        Ok(())
+    }
+
+    /// Delivers the pool's events to `buffer` as they arrive, those whose filters match this
+    /// member (`local` tells its node name and services), until gossip stops.
+    pub async fn deliver_events(
+        &self,
+        buffer: std::sync::Arc<events::EventBuffer>,
+        local: impl Fn() -> (String, events::LocalServices),
+    ) {
+        let mut rx = self.watch().await;
+        loop {
+            let gossiped = events::events_in(&rx.borrow_and_update());
+            if !gossiped.is_empty() {
+                let (node, services) = local();
+                for event in gossiped {
+                    buffer.offer(event, |e| events::delivers_to(e, &node, &services));
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The live members now (this node included).

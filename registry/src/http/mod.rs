@@ -9,6 +9,7 @@ mod agent;
 mod agent_admin;
 mod blocking;
 mod catalog;
+mod event;
 mod kv;
 mod session;
 mod snapshot;
@@ -223,6 +224,8 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/operator/autopilot",
         "/v1/operator/keyring",
         "/v1/snapshot",
+        "/v1/event/fire",
+        "/v1/event/list",
         "/v1/agent/maintenance",
         "/readyz",
     ];
@@ -256,6 +259,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "operator" => status::handle_operator(app, req, tail).await,
         "acl" => acl::handle(app, req, tail).await,
         "snapshot" if tail.is_empty() => snapshot::handle(app, req).await,
+        "event" => event::handle(app, req, tail).await,
         _ => Err(ApiError::NotFound(String::new())),
     }
 }
