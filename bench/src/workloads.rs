@@ -526,8 +526,80 @@ async fn service_watch(roster: &Arc<Roster>, n: usize) -> Result<WatchStats> {
     watch_round(n, roster.pids(), open, registered, write).await
 }
 
+/// A leader-election client watching its one key while other keys change: how often it wakes.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuietWatch {
+    pub seconds: f64,
+    pub other_keys_per_second: u64,
+    /// Times the watch answered although the watched key never changed (each one costs the client
+    /// a read and a new request; against Consul the count is 0).
+    pub wakeups: u64,
+    pub servers_cpu_ms: u64,
+}
+
+async fn quiet_watch<T: Target>(t: &Arc<T>, window: Duration, others: u64) -> Result<QuietWatch> {
+    t.refresh_leader().await?;
+    let key = format!("{PREFIX}quiet/leader");
+    let ctl = watcher_client(4)?;
+    let leader = t.addr(Route::Leader, 0).to_string();
+    t.put(&ctl, &leader, &key, b"me").await?;
+    let cpu = |pids: &[u32]| -> Result<u64> { pids.iter().map(|p| crate::cluster::cpu_ms(*p)).sum() };
+    let cpu_before = cpu(t.pids())?;
+    let until = Instant::now() + window;
+    let churn = {
+        let (t, ctl, leader) = (t.clone(), ctl.clone(), leader.clone());
+        tokio::spawn(async move {
+            let mut second = 0u64;
+            while Instant::now() < until {
+                for i in 0..others {
+                    let _ = t.put(&ctl, &leader, &format!("{PREFIX}quiet/other/{i}"), &second.to_be_bytes()).await;
+                }
+                second += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    // As a leader-election client does: read the key's index, watch from it, and on every answer
+    // read and watch again.
+    let http = watcher_client(1)?;
+    let unused = AtomicUsize::new(0);
+    let mut wakeups = 0u64;
+    while Instant::now() < until {
+        let from = t.watch_from(&key).await?;
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, t.watch(&http, &leader, &key, from, &unused)).await {
+            Ok(answer) => wakeups += 1 + u64::from(answer.map_or(0, |a| a.reissued)),
+            Err(_) => break,
+        }
+    }
+    churn.await?;
+    let servers_cpu_ms = cpu(t.pids())?.saturating_sub(cpu_before);
+    t.reset().await?;
+    Ok(QuietWatch { seconds: window.as_secs_f64(), other_keys_per_second: others, wakeups, servers_cpu_ms })
+}
+
 pub async fn watch(plan: &Plan, sys: &Systems) -> Result<Section> {
     let mut s = Section::new("watch", "5. Blocking queries (Roster) / watches (etcd) on one key, then one write");
+    let (window, others) = if plan.smoke { (Duration::from_secs(2), 10) } else { (Duration::from_secs(10), 100) };
+    let (r, e) = both!(sys, |t| quiet_watch(t, window, others));
+    let label = format!("1 client on a quiet key, {others} other keys written every second for {}s", window.as_secs());
+    s.row(
+        "quiet.wakeups",
+        &format!("{label}: wake-ups"),
+        "answers",
+        Better::Lower,
+        Some(r.wakeups as f64),
+        e.as_ref().map(|e| e.wakeups as f64),
+    );
+    s.row(
+        "quiet.servers_cpu_ms",
+        &format!("{label}: servers' CPU"),
+        "ms",
+        Better::Lower,
+        Some(r.servers_cpu_ms as f64),
+        e.as_ref().map(|e| e.servers_cpu_ms as f64),
+    );
+    s.raw("quiet", Some(&r), e.as_ref());
     for &n in &plan.watchers {
         let (r, e) = both!(sys, |t| kv_watch(t, n));
         watch_rows(&mut s, &format!("kv.{n}"), &format!("{n} on a KV key"), Some(&r), e.as_ref());
