@@ -69,6 +69,10 @@ pub struct App {
     pub shutdown: watch::Sender<bool>,
     /// `/v1/agent/leave` asks the process to leave and stop, as a signal would.
     pub leave: tokio::sync::Notify,
+    /// Runners of this agent's HTTP/TCP/gRPC/script checks, by check ID (send `true` to stop one).
+    pub check_runners: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Where the runners report changes; `server::agent_check_updates` writes them to the catalog.
+    pub check_updates: tokio::sync::mpsc::UnboundedSender<crate::checks::scheduler::CheckUpdate>,
     /// User events this agent received (`/v1/event/list`).
     pub events: Arc<crate::gossip::events::EventBuffer>,
     /// Tokens set through `/v1/agent/token/:kind` (`default` answers requests that carry none).

@@ -60,6 +60,9 @@ pub struct Config {
     pub gossip_key: Option<String>,
     /// A member failed this long is removed from the catalog (Consul's `reconnect_timeout`, 72 h).
     pub reap_after_secs: u64,
+    /// Lets the agent API register script (`Args`) checks, which run commands on this server
+    /// (Consul's `enable_script_checks`; off by default, as there).
+    pub enable_script_checks: bool,
 }
 
 impl Default for Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             gossip_phi_threshold: crate::gossip::DEFAULT_PHI_THRESHOLD,
             gossip_key: None,
             reap_after_secs: 72 * 3600,
+            enable_script_checks: false,
         }
     }
 }
@@ -205,6 +209,9 @@ pub struct ServerArgs {
     pub gossip_key: Option<String>,
     #[arg(long, env = "ROSTER_REAP_AFTER_SECS")]
     pub reap_after_secs: Option<u64>,
+    /// Allow script (`Args`) checks through the agent API (they run commands on this server).
+    #[arg(long, env = "ROSTER_ENABLE_SCRIPT_CHECKS")]
+    pub enable_script_checks: Option<bool>,
 }
 
 impl ServerArgs {
@@ -228,7 +235,8 @@ impl ServerArgs {
             acl_enabled,
             acl_default_policy,
             gossip_interval_ms,
-            reap_after_secs
+            reap_after_secs,
+            enable_script_checks
         );
         if self.gossip_key.is_some() {
             c.gossip_key = self.gossip_key;

@@ -3,6 +3,7 @@
 //! Layers, bottom up (nothing imports upward):
 //! - [`api`]: Consul wire types. Always built; no tokio, warp or openraft.
 //! - `client`: a typed HTTP client over `api` (feature `client`), shared by the sidecar and the operator.
+//! - `checks`: the agent's check runners and their plan (feature `checks`), shared by servers and sidecars.
 //! - `gossip`: LAN gossip membership over chitchat (feature `gossip`), shared by servers and sidecars.
 //! - `state`: the pure state machine (catalog, KV, sessions) and the watch hub for blocking queries.
 //! - `raft`: openraft glue: durable log with group commit, state machine with snapshots, RPC network.
@@ -24,6 +25,8 @@ pub mod raft;
 pub mod acl;
 #[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "checks")]
+pub mod checks;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]

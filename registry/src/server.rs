@@ -205,6 +205,34 @@ pub async fn agent_loop(app: Arc<App>) {
     }
 }
 
+/// Writes what this agent's check runners report to the catalog (only changes arrive here), for
+/// checks the agent still has.
+async fn agent_check_updates(
+    app: Arc<App>,
+    mut updates: tokio::sync::mpsc::UnboundedReceiver<crate::checks::scheduler::CheckUpdate>,
+) {
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        let update = tokio::select! {
+            u = updates.recv() => match u { Some(u) => u, None => return },
+            _ = shutdown.changed() => return,
+        };
+        if !app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).contains(&update.check_id) {
+            continue;
+        }
+        let cmd = Command::CheckStatus {
+            node: app.me.name.clone(),
+            check_id: update.check_id,
+            status: update.status,
+            output: update.output,
+            now_ms: now_ms(),
+        };
+        if let Err(e) = app.propose(cmd).await {
+            tracing::warn!(error = %e, "could not write a check's status");
+        }
+    }
+}
+
 /// Listening addresses a started server actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -285,6 +313,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     };
     let http = crate::client::http_builder().build()?;
     let metrics = Metrics::new();
+    let (check_updates, check_updates_rx) = tokio::sync::mpsc::unbounded_channel();
     let app = Arc::new(App {
         id,
         me,
@@ -305,6 +334,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
+        check_runners: Mutex::new(HashMap::new()),
+        check_updates,
         events: Default::default(),
         agent_tokens: Mutex::new(Default::default()),
     });
@@ -326,6 +357,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     handles.push(tokio::spawn(crate::cluster::bootstrap(app.clone())));
     handles.push(tokio::spawn(leader_loop(app.clone())));
     handles.push(tokio::spawn(agent_loop(app.clone())));
+    handles.push(tokio::spawn(agent_check_updates(app.clone(), check_updates_rx)));
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
     if let Some(g) = gossip {

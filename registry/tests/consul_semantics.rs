@@ -253,3 +253,73 @@ async fn a_snapshot_round_trips_onto_a_fresh_server_and_a_bad_one_changes_nothin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A tiny app whose `/health` answers 200 or 500 as the test says.
+async fn app() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let flag = healthy.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let ok = flag.load(std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let status = if ok { "200 OK" } else { "500 Internal Server Error" };
+                let body = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi");
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    (port, healthy)
+}
+
+async fn check_status(http: &reqwest::Client, dev: &Dev, id: &str) -> Option<String> {
+    let checks = call(http, "GET", format!("{}/agent/checks", dev.base), "").await.1;
+    checks[id]["Status"].as_str().map(str::to_string)
+}
+
+async fn eventually_status(http: &reqwest::Client, dev: &Dev, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while check_status(http, dev, id).await.as_deref() != Some(want) {
+        assert!(Instant::now() < deadline, "{id} never became {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applications register HTTP/TCP checks with whatever agent they talk to, often a server: the
+/// server's agent runs them (the sidecar's runners), refuses script checks unless enabled, and a
+/// service re-registered unchanged keeps its checks' status.
+#[tokio::test]
+async fn a_servers_agent_runs_http_and_tcp_checks() {
+    let http = client();
+    let dev = Dev::start(19700);
+    until_leader(&http, &dev).await;
+    let (port, healthy) = app().await;
+    let reg = format!(
+        r#"{{"Name":"web","Port":{port},"Checks":[{{"HTTP":"http://127.0.0.1:{port}/health","Interval":"1s"}},{{"TCP":"127.0.0.1:{port}","Interval":"1s"}}]}}"#
+    );
+    let url = format!("{}/agent/service/register", dev.base);
+    assert_eq!(call(&http, "PUT", url.clone(), &reg).await.0, 200);
+    eventually_status(&http, &dev, "service:web:1", "passing").await;
+    eventually_status(&http, &dev, "service:web:2", "passing").await;
+    let health = call(&http, "GET", format!("{}/health/checks/web", dev.base), "").await.1;
+    assert!(health.as_array().is_some_and(|c| c.iter().any(|c| c["Type"] == "http")));
+
+    // Re-registered unchanged: still passing at once, not back to critical.
+    assert_eq!(call(&http, "PUT", url.clone(), &reg).await.0, 200);
+    assert_eq!(check_status(&http, &dev, "service:web:1").await.as_deref(), Some("passing"));
+
+    healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    eventually_status(&http, &dev, "service:web:1", "critical").await;
+    assert_eq!(check_status(&http, &dev, "service:web:2").await.as_deref(), Some("passing"), "TCP still answers");
+
+    let script = r#"{"Name":"sh","Args":["true"],"Interval":"1s"}"#;
+    let (s, body) = call(&http, "PUT", format!("{}/agent/check/register", dev.base), script).await;
+    assert_eq!(s, 400);
+    assert!(body.as_str().is_some_and(|b| b.contains("Scripts are disabled")), "{body}");
+    assert_eq!(call(&http, "PUT", format!("{}/agent/service/deregister/web", dev.base), "").await.0, 200);
+    assert_eq!(check_status(&http, &dev, "service:web:1").await, None);
+}

@@ -6,120 +6,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use registry::api::{
-    parse_go_duration, AgentCheckRegistration, AgentService, AgentServiceRegistration, HealthCheck, HealthStatus,
-    Weights,
-};
+use registry::api::{AgentCheckRegistration, AgentService, AgentServiceRegistration, HealthStatus, Weights};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::checks::scheduler::{self, CheckUpdate, Schedule};
-use crate::checks::{ExecCheck, GrpcCheck, HttpCheck, TcpCheck};
+use registry::checks::plan::{self, CheckPlan, OfService};
+use registry::checks::scheduler::CheckUpdate;
+
 use crate::local::{LocalCheck, LocalState, NodeInfo, TtlError};
 
-/// Consul's floor for check intervals.
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What runs a check (TTL and status-only checks have no runner: the app or nobody updates them).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Probe {
-    Http { url: String, method: String },
-    Tcp(String),
-    Grpc(String),
-    Exec(Vec<String>),
-}
-
-/// A check definition, validated.
-#[derive(Debug, Clone)]
-pub struct CheckPlan {
-    pub local: LocalCheck,
-    pub probe: Option<Probe>,
-    pub schedule: Schedule,
-    pub timeout: Duration,
-}
-
-fn duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, String> {
-    match text.filter(|t| !t.is_empty()) {
-        None => Ok(None),
-        Some(t) => parse_go_duration(t).map(Some).map_err(|e| format!("Invalid {field}: {e}")),
+/// The sidecar's record of a planned check.
+fn local_of(p: &CheckPlan) -> LocalCheck {
+    LocalCheck {
+        check: p.check.clone(),
+        ttl: p.ttl,
+        ttl_deadline: None,
+        deregister_after: p.deregister_after,
+        critical_since: None,
     }
-}
-
-/// Validates a check definition as Consul's agent does and plans how to run it.
-pub fn plan_check(
-    def: &AgentCheckRegistration,
-    id: String,
-    service: Option<&AgentService>,
-    enable_script_checks: bool,
-) -> Result<CheckPlan, String> {
-    let ttl = duration("TTL", def.ttl.as_deref())?;
-    let interval = duration("Interval", def.interval.as_deref())?;
-    let timeout = duration("Timeout", def.timeout.as_deref())?.unwrap_or(DEFAULT_TIMEOUT);
-    let kinds = [ttl.is_some(), def.http.is_some(), def.tcp.is_some(), def.grpc.is_some(), def.args.is_some()];
-    if kinds.iter().filter(|k| **k).count() > 1 {
-        return Err("Invalid check: give exactly one of TTL, HTTP, TCP, GRPC or Args".into());
-    }
-    let (probe, kind) = if let Some(url) = &def.http {
-        (Some(Probe::Http { url: url.clone(), method: def.method.clone().unwrap_or_else(|| "GET".into()) }), "http")
-    } else if let Some(addr) = &def.tcp {
-        (Some(Probe::Tcp(addr.clone())), "tcp")
-    } else if let Some(target) = &def.grpc {
-        if def.grpc_use_tls == Some(true) {
-            return Err("Invalid check: GRPCUseTLS is not supported by the Roster sidecar (plaintext gRPC only)".into());
-        }
-        (Some(Probe::Grpc(target.clone())), "grpc")
-    } else if let Some(args) = &def.args {
-        if !enable_script_checks {
-            return Err(
-                "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' to true".into()
-            );
-        }
-        if args.is_empty() {
-            return Err("Invalid check: Args must name a command".into());
-        }
-        (Some(Probe::Exec(args.clone())), "script")
-    } else if ttl.is_some() {
-        (None, "ttl")
-    } else {
-        return Err("Invalid check: TTL or one of HTTP, TCP, GRPC, Args with an Interval is required".into());
-    };
-    let interval = match (&probe, interval) {
-        (Some(_), None) => {
-            return Err("Invalid check: Interval is required for HTTP, TCP, GRPC and script checks".into())
-        }
-        (Some(_), Some(i)) => i.max(MIN_INTERVAL),
-        (None, _) => Duration::ZERO,
-    };
-    let deregister_after =
-        duration("DeregisterCriticalServiceAfter", def.deregister_critical_service_after.as_deref())?;
-    let name = def.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| match service {
-        Some(s) => format!("Service '{}' check", s.service),
-        None => id.clone(),
-    });
-    let check = HealthCheck {
-        check_id: id.clone(),
-        name,
-        status: def.status.unwrap_or(HealthStatus::Critical),
-        notes: def.notes.clone().unwrap_or_default(),
-        service_id: service.map(|s| s.id.clone()).or(def.service_id.clone()).unwrap_or_default(),
-        service_name: service.map(|s| s.service.clone()).unwrap_or_default(),
-        service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
-        check_type: kind.into(),
-        interval: def.interval.clone().unwrap_or_default(),
-        timeout: def.timeout.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    Ok(CheckPlan {
-        local: LocalCheck { check, ttl, ttl_deadline: None, deregister_after, critical_since: None },
-        probe,
-        schedule: Schedule {
-            check_id: id,
-            interval,
-            success_before_passing: def.success_before_passing.unwrap_or(0),
-            failures_before_critical: def.failures_before_critical.unwrap_or(1),
-        },
-        timeout: timeout.min(interval.max(MIN_INTERVAL)),
-    })
 }
 
 /// Validates a service registration and plans its checks (Consul's default check IDs included).
@@ -145,13 +48,8 @@ pub fn plan_service(
         enable_tag_override: r.enable_tag_override.unwrap_or(false),
         datacenter: datacenter.into(),
     };
-    let defs: Vec<&AgentCheckRegistration> = r.check.iter().chain(r.checks.iter().flatten()).collect();
-    let mut plans = Vec::new();
-    for (i, def) in defs.iter().enumerate() {
-        let default_id = if defs.len() == 1 { format!("service:{id}") } else { format!("service:{id}:{}", i + 1) };
-        let check_id = def.effective_id().map(str::to_string).unwrap_or(default_id);
-        plans.push(plan_check(def, check_id, Some(&service), enable_script_checks)?);
-    }
+    let of = OfService { id: &service.id, name: &service.service, tags: &service.tags };
+    let plans = plan::service_checks(r, of, enable_script_checks)?;
     Ok((service, plans))
 }
 
@@ -198,7 +96,7 @@ impl Agent {
     pub fn register_service(&self, r: &AgentServiceRegistration) -> Result<(), AgentError> {
         let datacenter = self.node().datacenter;
         let (service, plans) = plan_service(r, &datacenter, self.enable_script_checks).map_err(AgentError::Invalid)?;
-        let locals = plans.iter().map(|p| p.local.clone()).collect();
+        let locals = plans.iter().map(local_of).collect();
         let stale = self.with_state(|s| s.add_service(service, locals, Instant::now()));
         self.stop_runners(&stale);
         for p in plans {
@@ -232,10 +130,10 @@ impl Agent {
             ),
             None => None,
         };
-        let plan =
-            plan_check(def, id.clone(), service.as_ref(), self.enable_script_checks).map_err(AgentError::Invalid)?;
+        let of = service.as_ref().map(|s| OfService { id: &s.id, name: &s.service, tags: &s.tags });
+        let plan = plan::plan_check(def, id.clone(), of, self.enable_script_checks).map_err(AgentError::Invalid)?;
         self.stop_runners(std::slice::from_ref(&id));
-        self.with_state(|s| s.add_check(plan.local.clone(), Instant::now()));
+        self.with_state(|s| s.add_check(local_of(&plan), Instant::now()));
         self.start_runner(plan);
         self.changed.notify_one();
         Ok(())
@@ -253,7 +151,7 @@ impl Agent {
     }
 
     pub fn update_ttl(&self, id: &str, status: HealthStatus, output: String) -> Result<(), AgentError> {
-        let output = crate::checks::cap_output(output);
+        let output = registry::checks::cap_output(output);
         // Consul answers 500 for both; a 400 with its message is the better answer to a client's mistake
         // (and what the servers' own agent API answers).
         self.with_state(|s| s.update_ttl(id, status, output, Instant::now())).map_err(|e| match e {
@@ -275,28 +173,11 @@ impl Agent {
     }
 
     fn start_runner(&self, plan: CheckPlan) {
-        let Some(probe) = plan.probe else { return };
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let tx = self.updates.clone();
+        let Some(probe) = &plan.probe else { return };
         let id = plan.schedule.check_id.clone();
-        let started = match probe {
-            Probe::Http { url, method } => match reqwest::Method::from_bytes(method.as_bytes()) {
-                Ok(m) => HttpCheck::new(url, m, plan.timeout)
-                    .map(|c| scheduler::spawn(Arc::new(c), plan.schedule, tx, stop_rx)),
-                Err(e) => Err(anyhow::anyhow!("bad method {method:?}: {e}")),
-            },
-            Probe::Tcp(addr) => {
-                Ok(scheduler::spawn(Arc::new(TcpCheck::new(addr, plan.timeout)), plan.schedule, tx, stop_rx))
-            }
-            Probe::Grpc(target) => {
-                GrpcCheck::new(&target, plan.timeout).map(|c| scheduler::spawn(Arc::new(c), plan.schedule, tx, stop_rx))
-            }
-            Probe::Exec(args) => ExecCheck::new(args, plan.timeout, self.enable_script_checks)
-                .map(|c| scheduler::spawn(Arc::new(c), plan.schedule, tx, stop_rx)),
-        };
-        match started {
-            Ok(_) => {
-                self.runners.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stop_tx);
+        match plan::start(probe, plan.schedule, plan.timeout, self.enable_script_checks, self.updates.clone()) {
+            Ok(stop) => {
+                self.runners.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stop);
             }
             Err(e) => {
                 let msg = format!("check cannot run: {e:#}");
@@ -357,15 +238,15 @@ mod tests {
             def(r#"{"Name":"web","Port":80,"Checks":[{"TTL":"10s"},{"HTTP":"http://127.0.0.1/","Interval":"100ms"}]}"#);
         let (svc, plans) = plan_service(&r, "dc1", false).unwrap();
         assert_eq!(svc.id, "web");
-        assert_eq!(plans[0].local.check.check_id, "service:web:1");
-        assert_eq!(plans[1].local.check.check_id, "service:web:2");
-        assert_eq!(plans[0].local.check.name, "Service 'web' check");
-        assert_eq!(plans[0].local.check.status, HealthStatus::Critical, "checks start critical");
-        assert_eq!(plans[1].schedule.interval, MIN_INTERVAL, "intervals have Consul's 1 s floor");
+        assert_eq!(plans[0].check.check_id, "service:web:1");
+        assert_eq!(plans[1].check.check_id, "service:web:2");
+        assert_eq!(plans[0].check.name, "Service 'web' check");
+        assert_eq!(plans[0].check.status, HealthStatus::Critical, "checks start critical");
+        assert_eq!(plans[1].schedule.interval, Duration::from_secs(1), "intervals have Consul's 1 s floor");
         let r = def(r#"{"Name":"web","Check":{"TTL":"10s","Status":"passing"}}"#);
         let (_, plans) = plan_service(&r, "dc1", false).unwrap();
-        assert_eq!(plans[0].local.check.check_id, "service:web");
-        assert_eq!(plans[0].local.check.status, HealthStatus::Passing);
+        assert_eq!(plans[0].check.check_id, "service:web");
+        assert_eq!(plans[0].check.status, HealthStatus::Passing);
     }
 
     #[test]

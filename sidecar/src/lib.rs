@@ -7,7 +7,7 @@
 //! `checks`) -> `sync` (anti-entropy) and `http` (the localhost API); `Sidecar` wires them up.
 
 pub mod agent;
-pub mod checks;
+
 pub mod config;
 pub mod http;
 pub mod local;

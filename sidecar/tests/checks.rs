@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use registry::api::HealthStatus;
-use roster_sidecar::checks::{Check, GrpcCheck, HttpCheck, TcpCheck};
+use registry::checks::{Check, GrpcCheck, HttpCheck, TcpCheck};
 use warp::Filter;
 
 /// An app with /ok (200), /busy (429), /broken (500) and /slow (answers after 2 s).

@@ -12,10 +12,11 @@ use super::agent_admin::my_address;
 use super::{json, ok_json, ApiError, ApiResult, Req};
 use crate::acl::{Access, Authorizer, Resource};
 use crate::api::{
-    parse_go_duration, AgentCheckRegistration, AgentService, AgentServiceHealth, AgentServiceRegistration,
-    CheckRegistration, HealthCheck, HealthStatus, NodeService, RegisterRequest, ServiceRegistration,
+    AgentCheckRegistration, AgentService, AgentServiceHealth, AgentServiceRegistration, CheckRegistration, HealthCheck,
+    HealthStatus, NodeService, RegisterRequest, ServiceRegistration,
 };
 use crate::app::{now_ms, App, TtlCheck};
+use crate::checks::plan::{self, CheckPlan, OfService};
 use crate::state::{Command, CommandResult};
 
 pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
@@ -169,33 +170,62 @@ fn metrics(app: &App) -> super::Resp {
     r
 }
 
-/// Turns an agent check definition into a catalog check this server can run (TTL) or hold (status only).
-fn check_of(
-    def: &AgentCheckRegistration,
-    default_id: String,
-    service_id: Option<&str>,
-) -> Result<(CheckRegistration, Option<Duration>), ApiError> {
-    if def.http.is_some() || def.tcp.is_some() || def.grpc.is_some() || def.args.is_some() {
-        return Err(ApiError::BadRequest(
-            "HTTP, TCP, gRPC and script checks are run by the sidecar, not by a server agent; use a TTL check here"
-                .into(),
-        ));
-    }
-    let ttl = match def.ttl.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => Some(parse_go_duration(t).map_err(|e| ApiError::BadRequest(format!("Invalid check TTL: {e}")))?),
-        None => None,
+/// The catalog registration of a planned check. A check re-registered unchanged keeps the status
+/// and output it has (a client re-registering its service on every start must not reset it).
+fn registration_of(app: &App, plan: &CheckPlan) -> CheckRegistration {
+    let c = &plan.check;
+    let existing = app.sm.read(|s| s.check(&app.me.name, &c.check_id).cloned());
+    let unchanged = existing.as_ref().is_some_and(|e| {
+        (&e.name, &e.check_type, &e.interval, &e.timeout, &e.notes, &e.service_id)
+            == (&c.name, &c.check_type, &c.interval, &c.timeout, &c.notes, &c.service_id)
+    });
+    let (status, output) = match existing.filter(|_| unchanged) {
+        Some(e) => (e.status, Some(e.output)),
+        None => (c.status, None),
     };
-    let id = def.effective_id().map(str::to_string).unwrap_or(default_id);
-    let check = CheckRegistration {
-        check_id: Some(id),
-        name: def.name.clone().filter(|n| !n.is_empty()),
-        status: Some(def.status.unwrap_or(HealthStatus::Critical)),
-        notes: def.notes.clone(),
-        service_id: service_id.map(str::to_string).or(def.service_id.clone()),
-        check_type: Some(if ttl.is_some() { "ttl".into() } else { String::new() }),
+    CheckRegistration {
+        check_id: Some(c.check_id.clone()),
+        name: Some(c.name.clone()),
+        status: Some(status),
+        notes: Some(c.notes.clone()).filter(|n| !n.is_empty()),
+        output,
+        service_id: Some(c.service_id.clone()).filter(|s| !s.is_empty()),
+        check_type: Some(c.check_type.clone()),
+        interval: Some(c.interval.clone()).filter(|i| !i.is_empty()),
+        timeout: Some(c.timeout.clone()).filter(|t| !t.is_empty()),
         ..Default::default()
-    };
-    Ok((check, ttl))
+    }
+}
+
+/// After a check is in the catalog: arm its TTL or start its runner (HTTP, TCP, gRPC, script),
+/// the same runners the sidecar uses. A runner that cannot start makes the check critical.
+async fn start_check(app: &App, plan: CheckPlan) {
+    let id = plan.check.check_id.clone();
+    stop_runner(app, &id);
+    arm_ttl(app, &id, plan.ttl);
+    app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+    let Some(probe) = &plan.probe else { return };
+    match plan::start(probe, plan.schedule, plan.timeout, app.config.enable_script_checks, app.check_updates.clone()) {
+        Ok(stop) => {
+            app.check_runners.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stop);
+        }
+        Err(e) => {
+            let cmd = Command::CheckStatus {
+                node: app.me.name.clone(),
+                check_id: id,
+                status: HealthStatus::Critical,
+                output: format!("check cannot run: {e:#}"),
+                now_ms: now_ms(),
+            };
+            let _ = app.propose(cmd).await;
+        }
+    }
+}
+
+fn stop_runner(app: &App, id: &str) {
+    if let Some(stop) = app.check_runners.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+        let _ = stop.send(true);
+    }
 }
 
 async fn write(app: &App, cmd: Command) -> Result<(), ApiError> {
@@ -224,16 +254,9 @@ async fn register_service(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResul
     }
     require(a, Resource::Service, &r.name, Access::Write)?;
     let id = r.id.clone().filter(|i| !i.is_empty()).unwrap_or(r.name.clone());
-    let defs: Vec<&AgentCheckRegistration> = r.check.iter().chain(r.checks.iter().flatten()).collect();
-    let mut checks = Vec::new();
-    for (i, def) in defs.iter().enumerate() {
-        let default_id = if defs.len() == 1 { format!("service:{id}") } else { format!("service:{id}:{}", i + 1) };
-        let (mut c, ttl) = check_of(def, default_id, Some(&id))?;
-        if c.name.is_none() {
-            c.name = Some(format!("Service '{}' check", r.name));
-        }
-        checks.push((c, ttl));
-    }
+    let tags = r.tags.clone().unwrap_or_default();
+    let of = OfService { id: &id, name: &r.name, tags: &tags };
+    let plans = plan::service_checks(&r, of, app.config.enable_script_checks).map_err(ApiError::BadRequest)?;
     let request = RegisterRequest {
         node: Some(app.me.name.clone()),
         address: Some(my_address(app)),
@@ -249,15 +272,13 @@ async fn register_service(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResul
             weights: r.weights,
             enable_tag_override: r.enable_tag_override,
         }),
-        checks: Some(checks.iter().map(|(c, _)| c.clone()).collect()),
+        checks: Some(plans.iter().map(|p| registration_of(app, p)).collect()),
         ..Default::default()
     };
     write(app, Command::Register { request, now_ms: now_ms() }).await?;
     app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
-    for (c, ttl) in checks {
-        let cid = c.check_id.unwrap_or_default();
-        arm_ttl(app, &cid, ttl);
-        app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(cid);
+    for p in plans {
+        start_check(app, p).await;
     }
     Ok(super::text(StatusCode::OK, ""))
 }
@@ -282,6 +303,7 @@ async fn deregister_service(app: &Arc<App>, a: &Authorizer, id: &str) -> ApiResu
     app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     for c in checks {
         arm_ttl(app, &c, None);
+        stop_runner(app, &c);
         app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).remove(&c);
     }
     Ok(super::text(StatusCode::OK, ""))
@@ -289,30 +311,36 @@ async fn deregister_service(app: &Arc<App>, a: &Authorizer, id: &str) -> ApiResu
 
 async fn register_check(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResult {
     let def: AgentCheckRegistration = super::json::decode(&req.body)?;
-    let name =
-        def.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| ApiError::BadRequest("Missing check name".into()))?;
-    let (c, ttl) = check_of(&def, name, None)?;
-    match c.service_id.as_deref().filter(|s| !s.is_empty()) {
+    let id = def
+        .effective_id()
+        .map(str::to_string)
+        .or(def.name.clone().filter(|n| !n.is_empty()))
+        .ok_or_else(|| ApiError::BadRequest("Missing check name".into()))?;
+    let service = match def.service_id.as_deref().filter(|s| !s.is_empty()) {
         Some(sid) => {
             let svc = local_service_list(app)
                 .into_iter()
                 .find(|s| s.id == sid)
                 .ok_or_else(|| ApiError::BadRequest(format!("ServiceID {sid:?} does not exist")))?;
             require(a, Resource::Service, &svc.service, Access::Write)?;
+            Some(svc)
         }
-        None => require(a, Resource::Node, &app.me.name, Access::Write)?,
-    }
+        None => {
+            require(a, Resource::Node, &app.me.name, Access::Write)?;
+            None
+        }
+    };
+    let of = service.as_ref().map(|s| OfService { id: &s.id, name: &s.service, tags: &s.tags });
+    let plan = plan::plan_check(&def, id, of, app.config.enable_script_checks).map_err(ApiError::BadRequest)?;
     let request = RegisterRequest {
         node: Some(app.me.name.clone()),
         address: Some(my_address(app)),
         skip_node_update: true,
-        check: Some(c.clone()),
+        check: Some(registration_of(app, &plan)),
         ..Default::default()
     };
     write(app, Command::Register { request, now_ms: now_ms() }).await?;
-    let cid = c.check_id.unwrap_or_default();
-    arm_ttl(app, &cid, ttl);
-    app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(cid);
+    start_check(app, plan).await;
     Ok(super::text(StatusCode::OK, ""))
 }
 
@@ -327,6 +355,7 @@ async fn deregister_check(app: &Arc<App>, id: &str) -> ApiResult {
     };
     write(app, Command::Deregister { request, now_ms: now_ms() }).await?;
     arm_ttl(app, id, None);
+    stop_runner(app, id);
     app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     Ok(super::text(StatusCode::OK, ""))
 }

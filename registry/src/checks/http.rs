@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use registry::api::HealthStatus;
+use crate::api::HealthStatus;
 
 use super::{Check, Probe};
 
@@ -14,7 +14,7 @@ pub struct HttpCheck {
 
 impl HttpCheck {
     pub fn new(url: impl Into<String>, method: reqwest::Method, timeout: Duration) -> anyhow::Result<Self> {
-        let client = registry::client::http_builder().timeout(timeout).build()?;
+        let client = crate::client::http_builder().timeout(timeout).build()?;
         Ok(HttpCheck { client, url: url.into(), method })
     }
 }

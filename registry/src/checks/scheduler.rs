@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::api::HealthStatus;
+use crate::api::HealthStatus;
 use tokio::sync::{mpsc, watch};
 
 use super::{Check, Damper};

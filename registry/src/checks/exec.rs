@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use registry::api::HealthStatus;
+use crate::api::HealthStatus;
 
 use super::{Check, Probe};
 

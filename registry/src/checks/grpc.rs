@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use registry::api::HealthStatus;
+use crate::api::HealthStatus;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -1,10 +1,12 @@
-//! Health checks the sidecar runs against its app: one file per kind behind one trait, and the
-//! flap damping (`success_before_passing`, `failures_before_critical`) shared by all of them.
-//! TTL checks have no runner: the app pushes their status (see `local::LocalState::update_ttl`).
+//! Health checks an agent runs (a server's agent and the sidecar alike): one file per kind behind
+//! one trait, the flap damping (`success_before_passing`, `failures_before_critical`) shared by all
+//! of them, and `plan`: a definition validated and turned into a runner. TTL checks have no runner:
+//! the app pushes their status.
 
 mod exec;
 mod grpc;
 mod http;
+pub mod plan;
 pub mod scheduler;
 mod tcp;
 
@@ -13,9 +15,9 @@ pub use grpc::GrpcCheck;
 pub use http::HttpCheck;
 pub use tcp::TcpCheck;
 
-use registry::api::HealthStatus;
+use crate::api::HealthStatus;
 
-pub use registry::api::{cap_check_output as cap_output, MAX_CHECK_OUTPUT as MAX_OUTPUT};
+pub use crate::api::{cap_check_output as cap_output, MAX_CHECK_OUTPUT as MAX_OUTPUT};
 
 /// One probe's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
