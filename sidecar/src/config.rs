@@ -1,7 +1,7 @@
 //! Sidecar configuration: a file (YAML or JSON), then `ROSTER_*` environment variables, then flags.
 //!
 //! Built for Kubernetes: the node name and address come from the downward API (`ROSTER_NODE_NAME`
-//! from `metadata.name`, `ROSTER_ADVERTISE_ADDR` from `status.podIP`), node meta from labels or
+//! from `metadata.name`, `POD_IP` from `status.podIP`: the address defaults to it), node meta from labels or
 //! namespace (`ROSTER_NODE_META=k8s-namespace=shop,k8s-node=worker-1`), and services from the file
 //! or from `ROSTER_SERVICES` (JSON, for example copied from a pod annotation). Service definitions use
 //! Consul's format in any key case (`name`, `Name`, `check`, `checks`, ...).
@@ -22,6 +22,7 @@ pub struct Config {
     pub node_name: String,
     pub datacenter: String,
     /// The node's address in the catalog (the pod IP); services without their own address use it.
+    /// Empty: `POD_IP`, else the address of the interface that reaches the first server.
     pub address: String,
     pub node_meta: BTreeMap<String, String>,
     /// The agent API for the app (Consul's default port).
@@ -54,7 +55,7 @@ impl Default for Config {
         Config {
             node_name: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "roster-pod".into()),
             datacenter: "dc1".into(),
-            address: "127.0.0.1".into(),
+            address: String::new(),
             node_meta: BTreeMap::new(),
             http_addr: ([127, 0, 0, 1], 8500).into(),
             servers: Vec::new(),
@@ -130,8 +131,9 @@ pub struct SidecarArgs {
     pub node_name: Option<String>,
     #[arg(long, env = "ROSTER_DATACENTER")]
     pub datacenter: Option<String>,
-    /// The pod IP.
-    #[arg(long, env = "ROSTER_ADVERTISE_ADDR")]
+    /// The node's address others reach it at [default: $POD_IP, else the address of the interface
+    /// that reaches the first server]. `ROSTER_ADVERTISE_ADDR` is still read, for older manifests.
+    #[arg(long, env = "ROSTER_ADDRESS")]
     pub address: Option<String>,
     /// key=value pairs, comma-separated in the environment.
     #[arg(long, env = "ROSTER_NODE_META", value_delimiter = ',')]
@@ -210,9 +212,36 @@ impl SidecarArgs {
                 serde_json::from_str(json).map_err(|e| format!("ROSTER_SERVICES is not a JSON list: {e}"))?;
             c.services.extend(list);
         }
+        if c.address.is_empty() {
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            c.address = env("ROSTER_ADVERTISE_ADDR")
+                .or_else(|| env("POD_IP"))
+                .or_else(|| address_towards(&c.servers))
+                .unwrap_or_else(|| "127.0.0.1".into());
+        }
+        // Gossip bound to every interface is advertised at the node's address.
+        if c.gossip_advertise.is_none() {
+            if let (Some(bind), Ok(ip)) = (c.gossip_addr, c.address.parse::<std::net::IpAddr>()) {
+                if bind.ip().is_unspecified() {
+                    c.gossip_advertise = Some(SocketAddr::new(ip, bind.port()));
+                }
+            }
+        }
         c.validate()?;
         Ok(c)
     }
+}
+
+/// The local address of the interface that routes to the first server (no packet is sent: a UDP
+/// socket is only connected, which picks the route).
+fn address_towards(servers: &[String]) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let target = servers.first()?.to_socket_addrs().ok()?.next()?;
+    let bind: SocketAddr =
+        if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
 }
 
 #[cfg(test)]
@@ -224,6 +253,26 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: SidecarArgs,
+    }
+
+    /// A sidecar added by hand registered its node at 127.0.0.1 (unreachable from other pods): the
+    /// address now follows the route to the servers when neither a flag nor POD_IP says otherwise.
+    #[test]
+    fn the_default_address_is_the_one_that_reaches_the_servers() {
+        let route = address_towards(&["127.0.0.3:8500".into()]).expect("a route to loopback");
+        assert!(route.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()), "{route}");
+        let seeds = ["--gossip-seeds", "127.0.0.3:8301"];
+        let cli =
+            Cli::parse_from(["x", "--servers", "127.0.0.3:8500", "--gossip-addr", "0.0.0.0:8301", seeds[0], seeds[1]]);
+        let c = cli.args.into_config().unwrap();
+        if std::env::var("POD_IP").is_err() && std::env::var("ROSTER_ADVERTISE_ADDR").is_err() {
+            assert_eq!(c.address, route);
+            assert_eq!(c.gossip_advertise, Some(format!("{route}:8301").parse().unwrap()));
+        }
+        let flags = ["--servers", "127.0.0.3:8500", "--address", "10.1.2.3", "--gossip-addr", "0.0.0.0:8301"];
+        let cli = Cli::parse_from(["x"].into_iter().chain(flags).chain(seeds));
+        let c = cli.args.into_config().unwrap();
+        assert_eq!((c.address.as_str(), c.gossip_advertise), ("10.1.2.3", Some("10.1.2.3:8301".parse().unwrap())));
     }
 
     #[test]
