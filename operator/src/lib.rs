@@ -6,11 +6,13 @@
 //! - [`service_registration`]: external services in the catalog, with a finalizer.
 //! - [`key_value`]: KV entries written with CAS, drift reported, deleted with a finalizer.
 //! - [`acl_policy`]: ACL policies, and tokens for them kept in Secrets.
+//! - [`pod_gc`]: no ghost registrations: a pod's node leaves the catalog once the pod is gone.
 //! - [`telemetry`]: the operator's metrics, health endpoints and the loop that drives a controller.
 
 pub mod acl_policy;
 pub mod crd;
 pub mod key_value;
+pub mod pod_gc;
 pub mod registry_api;
 pub mod registry_cluster;
 pub mod service_registration;

@@ -160,7 +160,7 @@ async fn run(s: RunSettings) -> Result<(), String> {
     }
     metrics.set_leader(true);
     let controllers = async {
-        use roster_operator::{acl_policy, key_value, registry_cluster, service_registration};
+        use roster_operator::{acl_policy, key_value, pod_gc, registry_cluster, service_registration};
         let (addr, token) = (s.registry_addr.clone(), s.registry_token.clone());
         // One context for the controllers of registry-side resources (client, registry, Events).
         let shared = std::sync::Arc::new(roster_operator::registry_api::Context::new(
@@ -172,7 +172,8 @@ async fn run(s: RunSettings) -> Result<(), String> {
             registry_cluster::controller::run(client.clone(), addr, token, metrics.clone()),
             service_registration::controller::run(shared.clone(), metrics.clone()),
             key_value::controller::run(shared.clone(), metrics.clone()),
-            acl_policy::controller::run(shared, metrics.clone()),
+            acl_policy::controller::run(shared.clone(), metrics.clone()),
+            pod_gc::controller::run(shared),
         );
     };
     let result = match lease {

@@ -214,6 +214,20 @@ impl Client {
         Self::parse(status, &body)
     }
 
+    /// `GET /v1/catalog/nodes`: every node.
+    pub async fn catalog_nodes(&self) -> Result<Vec<crate::api::Node>, ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::GET, "/v1/catalog/nodes", None).await?;
+        Self::check(status, &body)?;
+        Self::parse(status, &body)
+    }
+
+    /// `GET /v1/health/state/:state`: every check in that state (`any` for all).
+    pub async fn health_state(&self, state: &str) -> Result<Vec<HealthCheck>, ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::GET, &format!("/v1/health/state/{state}"), None).await?;
+        Self::check(status, &body)?;
+        Self::parse(status, &body)
+    }
+
     /// `GET /v1/health/node/:node`: the node's checks.
     pub async fn health_node(&self, node: &str) -> Result<Vec<HealthCheck>, ClientError> {
         let (_, status, body) = self.send(reqwest::Method::GET, &format!("/v1/health/node/{node}"), None).await?;

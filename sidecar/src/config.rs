@@ -212,8 +212,12 @@ impl SidecarArgs {
                 serde_json::from_str(json).map_err(|e| format!("ROSTER_SERVICES is not a JSON list: {e}"))?;
             c.services.extend(list);
         }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        // The pod's namespace marks the node as a pod's: the operator removes it once the pod is gone.
+        if let Some(ns) = env("POD_NAMESPACE") {
+            c.node_meta.entry(registry::api::POD_NAMESPACE_META.to_string()).or_insert(ns);
+        }
         if c.address.is_empty() {
-            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             c.address = env("ROSTER_ADVERTISE_ADDR")
                 .or_else(|| env("POD_IP"))
                 .or_else(|| address_towards(&c.servers))

@@ -60,6 +60,11 @@ pub struct ServiceProxy {
     pub expose: BTreeMap<String, String>,
 }
 
+/// Node meta naming the Kubernetes namespace of the pod a catalog node stands for (the node's name
+/// is the pod's). Sidecars set it from `POD_NAMESPACE`; the operator removes such a node once its
+/// pod is gone.
+pub const POD_NAMESPACE_META: &str = "k8s-namespace";
+
 /// A service instance on a node (`Service` in health answers, `Services` of `/v1/catalog/node/:node`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
