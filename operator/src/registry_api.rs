@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use registry::client::{Client as RegistryClient, ClientError};
 
 /// The registry a resource in `namespace` talks to: `addr` when given (out-of-cluster runs, tests),
@@ -190,6 +190,73 @@ pub fn error_policy<K: kube::ResourceExt + Resource<DynamicType = ()>>(
 ) -> kube::runtime::controller::Action {
     tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), %error, "reconcile failed; retrying in 15 s");
     kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(15))
+}
+
+/// How long one blocking read of a registry waits before it is asked again.
+const CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Emits `()` whenever `path` (a blocking read such as `/v1/health/state/critical`, whose index is
+/// the whole checks table's) changes in the
+/// registry of any RegistryCluster, so a controller reconciles at once (`reconcile_all_on`) instead
+/// of polling.
+pub fn registry_changes(ctx: std::sync::Arc<Context>, path: &'static str) -> impl futures::Stream<Item = ()> + Send {
+    let clusters = Api::<crate::crd::RegistryCluster>::all(ctx.client.clone());
+    changes_of(
+        move || {
+            let (ctx, clusters) = (ctx.clone(), clusters.clone());
+            async move {
+                let mut out = Vec::new();
+                for c in clusters.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                    let ns = c.namespace().unwrap_or_else(|| "default".into());
+                    if let Ok(r) = ctx.registry(&ns, Some(&c.name_any())).await {
+                        out.push((format!("{ns}/{}", c.name_any()), r));
+                    }
+                }
+                out
+            }
+        },
+        path,
+    )
+}
+
+/// The mechanism of `registry_changes`, over any source of registries (named): each round holds one
+/// blocking query per registry; the first to answer with a new index triggers, and the round starts
+/// again with the registries the source gives then.
+pub fn changes_of<F, Fut>(mut registries: F, path: &'static str) -> impl futures::Stream<Item = ()> + Send
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<(String, RegistryClient)>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let mut seen: std::collections::HashMap<String, u64> = Default::default();
+        loop {
+            let list = registries().await;
+            if list.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                continue;
+            }
+            let waits = list.into_iter().map(|(name, registry)| {
+                let from = seen.get(&name).copied().unwrap_or(0);
+                Box::pin(async move { (name, from, registry.wait_index(path, from, CHANGE_WAIT).await) })
+            });
+            let ((name, from, answer), _, _) = futures::future::select_all(waits).await;
+            match answer {
+                Ok(index) => {
+                    seen.insert(name, index);
+                    // The first read of a registry only learns where it stands.
+                    if from != 0 && index != from && tx.send(()).await.is_err() {
+                        return;
+                    }
+                }
+                // An unreachable registry: do not spin on it.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_secs(2)).await,
+            }
+        }
+    });
+    // poll_fn, not unfold: a `next()` cancelled by a timeout must not lose the receiver.
+    let mut rx = rx;
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ async fn finalizer_then_register_then_deregister() {
     assert_eq!(status["status"]["registered"], true);
     assert_eq!(status["status"]["health"], "warning");
     assert_eq!(status["status"]["observedGeneration"], 2);
-    assert_eq!(task.await.expect("join").expect("reconciled"), Action::requeue(Duration::from_secs(60)));
+    assert_eq!(task.await.expect("join").expect("reconciled"), Action::requeue(Duration::from_secs(600)));
     let entries = registered(&catalog).await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].node.node, "external-shop");

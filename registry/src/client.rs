@@ -214,6 +214,22 @@ impl Client {
         Self::parse(status, &body)
     }
 
+    /// A blocking read of `path`: answers once its `X-Consul-Index` passes `index` or `wait` runs
+    /// out, and returns the index it reports (`index` 0: an ordinary read, answered at once).
+    pub async fn wait_index(&self, path: &str, index: u64, wait: Duration) -> Result<u64, ClientError> {
+        let query = match (index, path.contains('?')) {
+            (0, _) => String::new(),
+            (_, false) => format!("?index={index}&wait={}ms", wait.as_millis()),
+            (_, true) => format!("&index={index}&wait={}ms", wait.as_millis()),
+        };
+        let (new, status, body) = self.send(reqwest::Method::GET, &format!("{path}{query}"), None).await?;
+        // A missing key or an empty listing is a 404 that still carries an index.
+        if status != reqwest::StatusCode::NOT_FOUND {
+            Self::check(status, &body)?;
+        }
+        Ok(new)
+    }
+
     /// `GET /v1/catalog/nodes`: every node.
     pub async fn catalog_nodes(&self) -> Result<Vec<crate::api::Node>, ClientError> {
         let (_, status, body) = self.send(reqwest::Method::GET, "/v1/catalog/nodes", None).await?;

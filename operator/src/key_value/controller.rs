@@ -106,8 +106,8 @@ async fn apply(kv: Arc<KeyValue>, ctx: &Context, api: Api<KeyValue>) -> Result<A
     patch_status(&api, &name, status).await?;
     let reason = if synced { "Synced" } else { "Drifted" };
     ctx.event_on_change(kv.as_ref(), &previous, "Synced", synced, reason, message).await;
-    // Drift happens in the registry, which is not watched: look again now and then.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    // Changes by others reach us through `registry_changes` (a blocking query); a safety net.
+    Ok(Action::requeue(Duration::from_secs(600)))
 }
 
 async fn cleanup(kv: Arc<KeyValue>, ctx: &Context) -> Result<Action, Error> {
@@ -134,6 +134,10 @@ pub async fn reconcile(kv: Arc<KeyValue>, ctx: Arc<Context>) -> Result<Action, E
 /// Runs the controller until SIGTERM or Ctrl-C, with the context the registry controllers share.
 pub async fn run(ctx: Arc<Context>, metrics: Arc<crate::telemetry::Metrics>) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<KeyValue>::all(client.clone()), watcher::Config::default());
+    // Any KV write in a registry reconciles at once, so drift shows within a second, no polling
+    // (the top level of the whole tree: its index is the KV table's, its answer small).
+    let changes = crate::registry_api::registry_changes(ctx.clone(), "/v1/kv/?keys&separator=/");
+    let controller =
+        Controller::new(Api::<KeyValue>::all(client.clone()), watcher::Config::default()).reconcile_all_on(changes);
     crate::telemetry::drive(controller, "key-value", reconcile, error_policy, ctx, metrics).await;
 }

@@ -55,8 +55,8 @@ async fn apply(sr: Arc<ServiceRegistration>, ctx: &Context, api: Api<ServiceRegi
     ctx.event_on_change(sr.as_ref(), &previous, "Registered", true, "Registered", placed).await;
     let reason = if healthy { "Healthy" } else { "Unhealthy" };
     ctx.event_on_change(sr.as_ref(), &previous, "Healthy", healthy, reason, checks).await;
-    // Health changes in the registry are not watched yet: look again now and then.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    // Health changes reach us through `registry_changes` (a blocking query); this is a safety net.
+    Ok(Action::requeue(Duration::from_secs(600)))
 }
 
 async fn cleanup(sr: Arc<ServiceRegistration>, ctx: &Context) -> Result<Action, Error> {
@@ -75,6 +75,9 @@ pub async fn reconcile(sr: Arc<ServiceRegistration>, ctx: Arc<Context>) -> Resul
 /// Runs the controller until SIGTERM or Ctrl-C, with the context the registry controllers share.
 pub async fn run(ctx: Arc<Context>, metrics: Arc<crate::telemetry::Metrics>) {
     let client = ctx.client.clone();
-    let controller = Controller::new(Api::<ServiceRegistration>::all(client.clone()), watcher::Config::default());
+    // Any check changing state in a registry reconciles at once: status within a second, no polling.
+    let changes = crate::registry_api::registry_changes(ctx.clone(), "/v1/health/state/critical");
+    let controller = Controller::new(Api::<ServiceRegistration>::all(client.clone()), watcher::Config::default())
+        .reconcile_all_on(changes);
     crate::telemetry::drive(controller, "service-registration", reconcile, error_policy, ctx, metrics).await;
 }
