@@ -323,3 +323,34 @@ async fn a_servers_agent_runs_http_and_tcp_checks() {
     assert_eq!(call(&http, "PUT", format!("{}/agent/service/deregister/web", dev.base), "").await.0, 200);
     assert_eq!(check_status(&http, &dev, "service:web:1").await, None);
 }
+
+/// Coordinates are stored through Raft and served as Consul serves them; bad updates are refused.
+#[tokio::test]
+async fn coordinates_are_stored_served_and_checked() {
+    let http = client();
+    let dev = Dev::start(19720);
+    until_leader(&http, &dev).await;
+    let b = &dev.base;
+    let dcs = call(&http, "GET", format!("{b}/coordinate/datacenters"), "").await.1;
+    let node = dcs[0]["Coordinates"][0]["Node"].as_str().expect("the server's node").to_string();
+    assert_eq!(dcs[0]["AreaID"], "wan");
+    assert_eq!(dcs[0]["Coordinates"][0]["Coord"]["Error"], 1.5, "Serf's starting coordinate");
+    assert_eq!(call(&http, "GET", format!("{b}/coordinate/node/{node}"), "").await.0, 404);
+
+    let coord = r#"{"Vec":[0.001,0,0,0,0,0,0,0],"Error":0.2,"Adjustment":0,"Height":0.0001}"#;
+    let update = |n: &str, c: &str| format!(r#"{{"Node":"{n}","Segment":"","Coord":{c}}}"#);
+    let url = format!("{b}/coordinate/update");
+    assert_eq!(call(&http, "PUT", url.clone(), &update(&node, coord)).await.0, 200);
+    let (s, entry) = call(&http, "GET", format!("{b}/coordinate/node/{node}"), "").await;
+    assert_eq!((s, entry[0]["Coord"]["Vec"][0].as_f64()), (200, Some(0.001)));
+    let nodes = call(&http, "GET", format!("{b}/coordinate/nodes"), "").await.1;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1));
+    let dcs = call(&http, "GET", format!("{b}/coordinate/datacenters"), "").await.1;
+    assert_eq!(dcs[0]["Coordinates"][0]["Coord"]["Error"], 0.2, "the stored coordinate now");
+
+    let (s, body) = call(&http, "PUT", url.clone(), &update("nobody", coord)).await;
+    assert_eq!(s, 400, "{body}");
+    let short = r#"{"Vec":[0,0],"Error":1.5,"Adjustment":0,"Height":0}"#;
+    let (s, body) = call(&http, "PUT", url.clone(), &update(&node, short)).await;
+    assert!(s == 400 && body.as_str().is_some_and(|b| b.contains("Invalid coordinate")), "{s} {body}");
+}

@@ -6,6 +6,7 @@
 mod acl;
 mod agent;
 mod catalog;
+mod coordinate;
 mod duration;
 mod event;
 pub mod json;
@@ -15,6 +16,7 @@ mod session;
 pub use acl::*;
 pub use agent::*;
 pub use catalog::*;
+pub use coordinate::*;
 pub use duration::{format_go_duration, parse_go_duration};
 pub use event::*;
 pub use kv::*;

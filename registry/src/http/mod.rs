@@ -9,6 +9,7 @@ mod agent;
 mod agent_admin;
 mod blocking;
 mod catalog;
+mod coordinate;
 mod event;
 mod kv;
 mod session;
@@ -226,6 +227,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/snapshot",
         "/v1/event/fire",
         "/v1/event/list",
+        "/v1/coordinate",
         "/v1/agent/maintenance",
         "/readyz",
     ];
@@ -260,6 +262,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "acl" => acl::handle(app, req, tail).await,
         "snapshot" if tail.is_empty() => snapshot::handle(app, req).await,
         "event" => event::handle(app, req, tail).await,
+        "coordinate" => coordinate::handle(app, req, tail).await,
         _ => Err(ApiError::NotFound(String::new())),
     }
 }

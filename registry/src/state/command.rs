@@ -21,7 +21,7 @@ pub enum KvSetMode {
 
 // Commands are built once and moved into the log; boxing the large variants would buy nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     KvSet {
         key: String,
@@ -95,6 +95,10 @@ pub enum Command {
         config: crate::api::AutopilotConfiguration,
         cas: Option<u64>,
     },
+    /// Nodes' network coordinates (`/v1/coordinate/update`).
+    CoordinateUpdate {
+        updates: Vec<crate::api::CoordinateEntry>,
+    },
     /// Replaces the whole state with a snapshot archive's (`state::archive`).
     Restore {
         #[serde(with = "serde_bytes")]
@@ -127,6 +131,7 @@ impl Command {
             Command::KvReapTombstones { .. } => "kv_reap_tombstones",
             Command::AutopilotSet { .. } => "autopilot_set",
             Command::Restore { .. } => "restore",
+            Command::CoordinateUpdate { .. } => "coordinate_update",
             Command::Batch(_) => "batch",
         }
     }

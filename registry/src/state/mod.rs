@@ -32,6 +32,8 @@ pub struct TableIndexes {
     pub sessions: u64,
     #[serde(default)]
     pub acl: u64,
+    #[serde(default)]
+    pub coordinates: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -59,6 +61,9 @@ pub struct State {
     /// Autopilot's settings (`/v1/operator/autopilot/configuration`); Consul's defaults until set.
     #[serde(default)]
     autopilot: Option<crate::api::AutopilotConfiguration>,
+    /// Network coordinates by node (segment "" only).
+    #[serde(default)]
+    coordinates: BTreeMap<String, crate::api::Coordinate>,
     /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
     #[serde(skip)]
     by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -133,6 +138,7 @@ impl State {
             Command::KvReapTombstones { up_to } => self.kv_reap_tombstones(up_to),
             Command::AutopilotSet { config, cas } => self.autopilot_set(index, config, cas),
             Command::Restore { archive } => self.restore(index, &archive, touched),
+            Command::CoordinateUpdate { updates } => self.coordinate_update(index, updates, touched),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c, touched)).collect())
             }
@@ -144,6 +150,36 @@ impl State {
     /// The autopilot configuration; Consul's defaults (index 0) until one was written.
     pub fn autopilot(&self) -> crate::api::AutopilotConfiguration {
         self.autopilot.clone().unwrap_or_else(crate::api::AutopilotConfiguration::consul_defaults)
+    }
+
+    /// Stores nodes' coordinates; those of nodes not in the catalog are dropped (as Consul's are).
+    fn coordinate_update(
+        &mut self,
+        index: u64,
+        updates: Vec<crate::api::CoordinateEntry>,
+        touched: &mut Touched,
+    ) -> CommandResult {
+        for u in updates.into_iter().filter(|u| self.nodes.contains_key(&u.node) && u.coord.is_valid()) {
+            self.coordinates.insert(u.node, u.coord);
+        }
+        self.indexes.coordinates = index;
+        touched.push(WatchKey::Table(Table::Coordinates));
+        CommandResult::Bool(true)
+    }
+
+    /// Every stored coordinate, by node, and the table's index.
+    pub fn coordinates(&self) -> (u64, Vec<crate::api::CoordinateEntry>) {
+        let list = self
+            .coordinates
+            .iter()
+            .filter(|(node, _)| self.nodes.contains_key(*node))
+            .map(|(node, coord)| crate::api::CoordinateEntry {
+                node: node.clone(),
+                segment: String::new(),
+                coord: coord.clone(),
+            })
+            .collect();
+        (self.indexes.coordinates, list)
     }
 
     /// Replaces the whole state with an archive's (`PUT /v1/snapshot`). The archive was checked
@@ -160,6 +196,7 @@ impl State {
                     checks: index,
                     sessions: index,
                     acl: index,
+                    coordinates: index,
                 };
                 *self = restored;
                 touched.push(WatchKey::Any);

@@ -17,6 +17,7 @@ pub enum Table {
     Checks,
     Sessions,
     Acl,
+    Coordinates,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
