@@ -1134,7 +1134,10 @@ fn register_node_service_and_check() {
     assert_eq!(cs.len(), 1);
     assert_eq!((cs[0].node.as_str(), cs[0].service_id.as_str(), cs[0].address.as_str()), ("ext1", "db-1", "10.1.2.3"));
 
-    assert_eq!(h.st.indexes(), &TableIndexes { kvs: 0, nodes: i, services: i, checks: i, sessions: 0, acl: 0 });
+    assert_eq!(
+        h.st.indexes(),
+        &TableIndexes { kvs: 0, nodes: i, services: i, checks: i, sessions: 0, acl: 0, coordinates: 0 }
+    );
     assert_eq!(h.st.checks_in_state(Some(HealthStatus::Critical)).1.len(), 0);
     assert_eq!(h.st.checks_in_state(None).1.len(), 1);
 }
