@@ -354,3 +354,26 @@ async fn coordinates_are_stored_served_and_checked() {
     let (s, body) = call(&http, "PUT", url.clone(), &update(&node, short)).await;
     assert!(s == 400 && body.as_str().is_some_and(|b| b.contains("Invalid coordinate")), "{s} {body}");
 }
+
+/// Shapes from the reference recording: a service without tagged addresses has no
+/// `TaggedAddresses` key; a rolled-back txn's body carries the query meta fields.
+#[tokio::test]
+async fn answers_have_consuls_shapes() {
+    let http = client();
+    let dev = Dev::start(19740);
+    until_leader(&http, &dev).await;
+    let b = &dev.base;
+    let reg = r#"{"Node":"ext1","Address":"10.1.2.3","Service":{"ID":"db-1","Service":"db","Port":5432}}"#;
+    assert_eq!(call(&http, "PUT", format!("{b}/catalog/register"), reg).await.0, 200);
+    let node = call(&http, "GET", format!("{b}/catalog/node/ext1"), "").await.1;
+    assert!(node["Services"]["db-1"].get("TaggedAddresses").is_none(), "{node}");
+    let listing = call(&http, "GET", format!("{b}/catalog/service/db"), "").await.1;
+    assert!(listing[0].get("ServiceTaggedAddresses").is_none(), "{listing}");
+
+    let failing = r#"[{"KV":{"Verb":"check-index","Key":"ref/t1","Index":1}}]"#;
+    let (s, body) = call(&http, "PUT", format!("{b}/txn"), failing).await;
+    assert_eq!(s, 409);
+    assert_eq!(body["Results"], serde_json::Value::Null);
+    assert_eq!(body["Errors"][0]["OpIndex"], 0);
+    assert_eq!((body["KnownLeader"].as_bool(), body["Index"].as_u64()), (Some(true), Some(0)));
+}

@@ -65,6 +65,11 @@ pub struct ServiceProxy {
 /// pod is gone.
 pub const POD_NAMESPACE_META: &str = "k8s-namespace";
 
+/// Consul omits a service's `TaggedAddresses` when it has none (`omitempty`).
+fn no_addresses(a: &Option<BTreeMap<String, ServiceAddress>>) -> bool {
+    a.as_ref().is_none_or(BTreeMap::is_empty)
+}
+
 /// A service instance on a node (`Service` in health answers, `Services` of `/v1/catalog/node/:node`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -74,7 +79,8 @@ pub struct NodeService {
     pub service: String,
     pub tags: Vec<String>,
     pub address: String,
-    #[serde(default)]
+    /// Left out when there are none, as Consul leaves it out.
+    #[serde(default, skip_serializing_if = "no_addresses")]
     pub tagged_addresses: Option<BTreeMap<String, ServiceAddress>>,
     pub meta: Option<Meta>,
     pub port: u16,
@@ -130,6 +136,7 @@ pub struct CatalogService {
     pub service_name: String,
     pub service_tags: Vec<String>,
     pub service_address: String,
+    #[serde(default, skip_serializing_if = "no_addresses")]
     pub service_tagged_addresses: Option<BTreeMap<String, ServiceAddress>>,
     pub service_weights: Weights,
     pub service_meta: Option<Meta>,

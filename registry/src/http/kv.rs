@@ -213,7 +213,17 @@ pub async fn txn(app: &Arc<App>, req: &Req) -> ApiResult {
     let (index, result) = app.propose(Command::Txn { ops: kv_ops, now_ms: now_ms() }).await?;
     match result {
         CommandResult::Txn(t @ TxnResponse { errors: None, .. }) => Ok(with_query_meta(app, ok_json(&t), index)),
-        CommandResult::Txn(t) => Ok(with_query_meta(app, json(StatusCode::CONFLICT, &t), index)),
+        CommandResult::Txn(t) => {
+            // A rolled-back transaction's body also carries Consul's query meta fields.
+            let mut body = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+            body["Index"] = 0.into();
+            body["LastContact"] = app.last_contact_ms().into();
+            body["KnownLeader"] = app.knows_leader().into();
+            body["ConsistencyLevel"] = "".into();
+            body["NotModified"] = false.into();
+            body["Backend"] = 0.into();
+            Ok(with_query_meta(app, json(StatusCode::CONFLICT, &body), index))
+        }
         CommandResult::Rejected(msg) => Err(ApiError::BadRequest(msg)),
         other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
     }
