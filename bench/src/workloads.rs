@@ -583,22 +583,21 @@ pub async fn watch(plan: &Plan, sys: &Systems) -> Result<Section> {
     let (window, others) = if plan.smoke { (Duration::from_secs(2), 10) } else { (Duration::from_secs(10), 100) };
     let (r, e) = both!(sys, |t| quiet_watch(t, window, others));
     let label = format!("1 client on a quiet key, {others} other keys written every second for {}s", window.as_secs());
-    s.row(
-        "quiet.wakeups",
-        &format!("{label}: wake-ups"),
-        "answers",
-        Better::Lower,
-        Some(r.wakeups as f64),
-        e.as_ref().map(|e| e.wakeups as f64),
-    );
-    s.row(
-        "quiet.servers_cpu_ms",
-        &format!("{label}: servers' CPU"),
-        "ms",
-        Better::Lower,
-        Some(r.servers_cpu_ms as f64),
-        e.as_ref().map(|e| e.servers_cpu_ms as f64),
-    );
+    type Get = fn(&QuietWatch) -> f64;
+    let figures: [(&str, &str, &str, Get); 2] = [
+        ("wakeups", "wake-ups", "answers", |q| q.wakeups as f64),
+        ("servers_cpu_ms", "servers' CPU", "ms", |q| q.servers_cpu_ms as f64),
+    ];
+    for (id, name, unit, get) in figures {
+        s.row(
+            &format!("quiet.{id}"),
+            &format!("{label}: {name}"),
+            unit,
+            Better::Lower,
+            Some(get(&r)),
+            e.as_ref().map(get),
+        );
+    }
     s.raw("quiet", Some(&r), e.as_ref());
     for &n in &plan.watchers {
         let (r, e) = both!(sys, |t| kv_watch(t, n));

@@ -118,11 +118,7 @@ impl Agent {
     }
 
     pub fn register_check(&self, def: &AgentCheckRegistration) -> Result<(), AgentError> {
-        let id = def
-            .effective_id()
-            .map(str::to_string)
-            .or(def.name.clone().filter(|n| !n.is_empty()))
-            .ok_or_else(|| AgentError::Invalid("Missing check name".into()))?;
+        let id = def.id_or_name().ok_or_else(|| AgentError::Invalid("Missing check name".into()))?;
         let service = match def.service_id.as_deref().filter(|s| !s.is_empty()) {
             Some(sid) => Some(
                 self.with_state(|s| s.service(sid).cloned())

@@ -63,6 +63,11 @@ impl AgentCheckRegistration {
     pub fn effective_id(&self) -> Option<&str> {
         self.id.as_deref().or(self.check_id.as_deref()).filter(|s| !s.is_empty())
     }
+
+    /// The ID a check registered on its own gets: its ID, else its name (`None`: neither is given).
+    pub fn id_or_name(&self) -> Option<String> {
+        self.effective_id().or(self.name.as_deref().filter(|n| !n.is_empty())).map(str::to_string)
+    }
 }
 
 /// `PUT /v1/agent/service/register`.

@@ -311,11 +311,7 @@ async fn deregister_service(app: &Arc<App>, a: &Authorizer, id: &str) -> ApiResu
 
 async fn register_check(app: &Arc<App>, a: &Authorizer, req: &Req) -> ApiResult {
     let def: AgentCheckRegistration = super::json::decode(&req.body)?;
-    let id = def
-        .effective_id()
-        .map(str::to_string)
-        .or(def.name.clone().filter(|n| !n.is_empty()))
-        .ok_or_else(|| ApiError::BadRequest("Missing check name".into()))?;
+    let id = def.id_or_name().ok_or_else(|| ApiError::BadRequest("Missing check name".into()))?;
     let service = match def.service_id.as_deref().filter(|s| !s.is_empty()) {
         Some(sid) => {
             let svc = local_service_list(app)
