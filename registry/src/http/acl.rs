@@ -177,6 +177,17 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     // ACL reads and writes are answered by the leader, like Consul's default consistency.
     let authz = authorize_write(app, req)?;
     let token = token_of(app, req);
+    // Tokens, policies and roles are looked up by UUID: anything else is refused before the lookup,
+    // with Consul's message (Consul answers 500; it is the client's mistake).
+    if let [kind @ ("token" | "policy" | "role"), id, ..] = parts.as_slice() {
+        if !matches!(*id, "self" | "name") && (id.len() != 36 || uuid::Uuid::parse_str(id).is_err()) {
+            return Err(ApiError::BadRequest(format!(
+                "failed acl {kind} lookup: index error: UUID must be 36 characters"
+            )));
+        }
+    }
+    // A well-formed ID that names nothing: Consul's "ACL not found" (403), which clients raise on.
+    let not_found = || ApiError::Forbidden("ACL not found".into());
     match (parts.as_slice(), &m) {
         (["token", "self"], &Method::GET) => {
             let secret = token.unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());
@@ -205,7 +216,7 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         (["token", id], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
             let (index, t) = app.sm.read(|s| s.acl_token(id));
-            let t = t.ok_or_else(|| ApiError::NotFound("ACL not found".into()))?;
+            let t = t.ok_or_else(not_found)?;
             Ok(with_query_meta(app, ok_json(&redact(t, &authz)), index))
         }
         (["token", id], &Method::PUT) => {
@@ -262,13 +273,13 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         (["policy", "name", name], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
             let (index, p) = app.sm.read(|s| s.acl_policy_by_name(name));
-            let p = p.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
+            let p = p.ok_or_else(not_found)?;
             Ok(with_query_meta(app, ok_json(&p), index))
         }
         (["policy", id], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
             let (index, p) = app.sm.read(|s| s.acl_policy(id));
-            let p = p.ok_or_else(|| ApiError::NotFound("ACL policy not found".into()))?;
+            let p = p.ok_or_else(not_found)?;
             Ok(with_query_meta(app, ok_json(&p), index))
         }
         (["policy", id], &Method::PUT) => {
@@ -300,7 +311,7 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         (["role", id], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
             let (index, r) = app.sm.read(|s| s.acl_role(id));
-            let r = r.ok_or_else(|| ApiError::NotFound("ACL role not found".into()))?;
+            let r = r.ok_or_else(not_found)?;
             Ok(with_query_meta(app, ok_json(&r), index))
         }
         (["role", id], &Method::PUT) => {
