@@ -310,4 +310,24 @@ node_prefix "" { policy = "read" }"#,
 
     // Bootstrap is one-shot.
     assert_eq!(api.call("PUT", "/v1/acl/bootstrap", None, None).await.status, 403);
+
+    // IDs are UUIDs: anything else is refused before a lookup; a UUID naming nothing is Consul's
+    // "ACL not found", which clients raise on (a 404 reads as "no answer" to py-consul).
+    for (method, path) in [
+        ("GET", "/v1/acl/token/unknown"),
+        ("PUT", "/v1/acl/token/unknown"),
+        ("PUT", "/v1/acl/token/unknown/clone"),
+        ("DELETE", "/v1/acl/token/unknown"),
+        ("GET", "/v1/acl/policy/unknown"),
+        ("GET", "/v1/acl/role/unknown"),
+    ] {
+        let a = api.call(method, path, Some(MANAGEMENT), Some(json!({}))).await;
+        assert_eq!(a.status, 400, "{method} {path}: {}", a.body);
+        assert!(a.body.as_str().is_some_and(|m| m.contains("UUID must be 36 characters")), "{}", a.body);
+    }
+    let gone = "00000000-dead-beef-0000-000000000000";
+    for path in [format!("/v1/acl/token/{gone}"), format!("/v1/acl/policy/{gone}"), format!("/v1/acl/role/{gone}")] {
+        let a = api.call("GET", &path, Some(MANAGEMENT), None).await;
+        assert_eq!((a.status, a.body.as_str()), (403, Some("ACL not found")), "{path}");
+    }
 }
