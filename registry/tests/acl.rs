@@ -325,6 +325,16 @@ node_prefix "" { policy = "read" }"#,
         assert_eq!(a.status, 400, "{method} {path}: {}", a.body);
         assert!(a.body.as_str().is_some_and(|m| m.contains("UUID must be 36 characters")), "{}", a.body);
     }
+    // Token listing filters: by linked policy.
+    let policy = api.ok("PUT", "/v1/acl/policy", Some(json!({"Name": "filter-test"}))).await;
+    let pid = policy["ID"].as_str().expect("policy ID").to_string();
+    let linked = json!({"AccessorID": "00000000-f17e-0000-0000-000000000000", "Policies": [{"ID": pid}]});
+    api.ok("PUT", "/v1/acl/token", Some(linked)).await;
+    let filtered = api.ok("GET", &format!("/v1/acl/tokens?policy={pid}"), None).await;
+    let ids: Vec<&str> = filtered.as_array().expect("list").iter().filter_map(|t| t["AccessorID"].as_str()).collect();
+    assert_eq!(ids, vec!["00000000-f17e-0000-0000-000000000000"]);
+    let none = api.ok("GET", "/v1/acl/tokens?policy=00000000-0000-0000-0000-000000000099", None).await;
+    assert_eq!(none, json!([]));
     let gone = "00000000-dead-beef-0000-000000000000";
     for path in [format!("/v1/acl/token/{gone}"), format!("/v1/acl/policy/{gone}"), format!("/v1/acl/role/{gone}")] {
         let a = api.call("GET", &path, Some(MANAGEMENT), None).await;

@@ -196,7 +196,27 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         }
         (["tokens"], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
-            list(app, req, |s| s.acl_tokens(), move |t| redact(t, &authz)).await
+            // Consul's filters: tokens linked to a policy or a role (by ID). Tokens from auth
+            // methods and with service identities do not exist in Roster yet, so those filters
+            // select none.
+            let policy = req.get("policy").filter(|p| !p.is_empty()).map(str::to_string);
+            let role = req.get("role").filter(|r| !r.is_empty()).map(str::to_string);
+            let unsupported = ["authmethod", "servicename"].iter().any(|k| req.get(k).is_some_and(|v| !v.is_empty()));
+            let selected = move |t: &AclToken| {
+                policy.as_ref().is_none_or(|p| t.policies.iter().any(|l| &l.id == p))
+                    && role.as_ref().is_none_or(|r| t.roles.iter().any(|l| &l.id == r))
+                    && !unsupported
+            };
+            list(
+                app,
+                req,
+                move |s| {
+                    let (i, tokens) = s.acl_tokens();
+                    (i, tokens.into_iter().filter(|t| selected(t)).collect())
+                },
+                move |t| redact(t, &authz),
+            )
+            .await
         }
         (["policies"], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
