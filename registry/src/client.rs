@@ -251,7 +251,8 @@ impl Client {
         Self::parse(status, &body)
     }
 
-    /// A JSON call; `None` when the server answers 404 (not found).
+    /// A JSON call; `None` when the server answers that the thing does not exist: 404, or the
+    /// ACL endpoints' 403 "ACL not found" (Consul's answer for a token, policy or role it lacks).
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -259,7 +260,8 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Option<T>, ClientError> {
         let (_, status, body) = self.send(method, path, body).await?;
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let acl_not_found = status == reqwest::StatusCode::FORBIDDEN && body.as_ref() == b"ACL not found";
+        if status == reqwest::StatusCode::NOT_FOUND || acl_not_found {
             return Ok(None);
         }
         Self::check(status, &body)?;
