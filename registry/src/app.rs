@@ -30,13 +30,6 @@ pub enum ProposeError {
     Raft(String),
 }
 
-/// A local agent check that the server itself runs (TTL checks).
-#[derive(Debug, Clone)]
-pub struct TtlCheck {
-    pub ttl: Duration,
-    pub deadline: Instant,
-}
-
 /// The state every handler shares.
 pub struct App {
     pub id: NodeId,
@@ -53,11 +46,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Leader-side session TTL deadlines (Consul keeps these in memory on the leader too).
     pub session_deadlines: Mutex<HashMap<String, Instant>>,
-    /// TTL checks this server's agent owns, by check ID.
-    pub ttl_checks: Mutex<HashMap<String, TtlCheck>>,
-    /// Services and checks registered through this server's agent API.
-    pub agent_services: Mutex<std::collections::BTreeSet<String>>,
-    pub agent_checks: Mutex<std::collections::BTreeSet<String>>,
+    /// This server's agent: its node's own services and checks (`/v1/agent/*`).
+    pub agent: Arc<crate::agent::Agent>,
     /// When this server last heard from a leader (for X-Consul-LastContact).
     pub last_contact: Mutex<Option<Instant>>,
     /// On the leader: when each other server last answered its probe (autopilot's LastContact).
@@ -69,14 +59,8 @@ pub struct App {
     pub shutdown: watch::Sender<bool>,
     /// `/v1/agent/leave` asks the process to leave and stop, as a signal would.
     pub leave: tokio::sync::Notify,
-    /// Runners of this agent's HTTP/TCP/gRPC/script checks, by check ID (send `true` to stop one).
-    pub check_runners: Mutex<HashMap<String, watch::Sender<bool>>>,
-    /// Where the runners report changes; `server::agent_check_updates` writes them to the catalog.
-    pub check_updates: tokio::sync::mpsc::UnboundedSender<crate::checks::scheduler::CheckUpdate>,
     /// User events this agent received (`/v1/event/list`).
     pub events: Arc<crate::gossip::events::EventBuffer>,
-    /// Tokens set through `/v1/agent/token/:kind` (`default` answers requests that carry none).
-    pub agent_tokens: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl App {
@@ -162,19 +146,6 @@ impl App {
             }
         }
         Err(ProposeError::NoLeader)
-    }
-
-    /// This agent's node name and services (name, tags), against which events' filters match.
-    pub fn local_services_for_events(&self) -> (String, crate::gossip::events::LocalServices) {
-        let mine = self.agent_services.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let services = self.sm.read(|s| {
-            s.node_services(&self.me.name)
-                .into_iter()
-                .filter(|svc| mine.contains(&svc.id))
-                .map(|svc| (svc.service, svc.tags))
-                .collect()
-        });
-        (self.me.name.clone(), services)
     }
 
     /// Resets a session's TTL deadline (leader only; Consul gives sessions 2 x TTL before invalidating).

@@ -23,6 +23,8 @@ pub mod raft;
 
 #[cfg(feature = "acl")]
 pub mod acl;
+#[cfg(feature = "agent")]
+pub mod agent;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "checks")]
@@ -31,7 +33,7 @@ pub mod checks;
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
-#[cfg(feature = "server")]
+#[cfg(feature = "agent")]
 pub mod filter;
 #[cfg(feature = "gossip")]
 pub mod gossip;
@@ -47,3 +49,5 @@ pub mod reconcile;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "agent")]
+pub mod web;

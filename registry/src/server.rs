@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::api::{parse_go_duration, HealthStatus};
-pub use crate::app::{now_ms, App, ProposeError, TtlCheck};
+pub use crate::app::{now_ms, App, ProposeError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
@@ -161,78 +161,6 @@ async fn register_servers(app: &App) -> Result<(), ProposeError> {
     Ok(())
 }
 
-/// Agent duties on every server: TTL checks that were not updated in time go critical.
-pub async fn agent_loop(app: Arc<App>) {
-    let mut shutdown = app.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = shutdown.changed() => return,
-        }
-        let now = Instant::now();
-        let expired: Vec<(String, Duration)> = {
-            let mut checks = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner());
-            let mut out = Vec::new();
-            for (id, c) in checks.iter_mut() {
-                if c.deadline <= now {
-                    out.push((id.clone(), c.ttl));
-                    // Re-arm so a dead check is not re-written every tick.
-                    c.deadline = now + Duration::from_secs(3600 * 24 * 365);
-                }
-            }
-            out
-        };
-        for (check_id, ttl) in expired {
-            let still_ok = app
-                .sm
-                .read(|s| s.check(&app.me.name, &check_id).map(|c| c.status != HealthStatus::Critical))
-                .unwrap_or(false);
-            if !still_ok {
-                continue;
-            }
-            let output = format!("TTL expired (last update more than {} ago)", crate::api::format_go_duration(ttl));
-            let cmd = Command::CheckStatus {
-                node: app.me.name.clone(),
-                check_id,
-                status: HealthStatus::Critical,
-                output,
-                now_ms: now_ms(),
-            };
-            if let Err(e) = app.propose(cmd).await {
-                tracing::warn!(error = %e, "could not mark TTL check critical");
-            }
-        }
-    }
-}
-
-/// Writes what this agent's check runners report to the catalog (only changes arrive here), for
-/// checks the agent still has.
-async fn agent_check_updates(
-    app: Arc<App>,
-    mut updates: tokio::sync::mpsc::UnboundedReceiver<crate::checks::scheduler::CheckUpdate>,
-) {
-    let mut shutdown = app.shutdown.subscribe();
-    loop {
-        let update = tokio::select! {
-            u = updates.recv() => match u { Some(u) => u, None => return },
-            _ = shutdown.changed() => return,
-        };
-        if !app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).contains(&update.check_id) {
-            continue;
-        }
-        let cmd = Command::CheckStatus {
-            node: app.me.name.clone(),
-            check_id: update.check_id,
-            status: update.status,
-            output: update.output,
-            now_ms: now_ms(),
-        };
-        if let Err(e) = app.propose(cmd).await {
-            tracing::warn!(error = %e, "could not write a check's status");
-        }
-    }
-}
-
 /// Listening addresses a started server actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -313,7 +241,13 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     };
     let http = crate::client::http_builder().build()?;
     let metrics = Metrics::new();
-    let (check_updates, check_updates_rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = crate::agent::NodeInfo {
+        name: me.name.clone(),
+        address: me.rpc_addr.rsplit_once(':').map_or(me.rpc_addr.clone(), |(h, _)| h.to_string()),
+        datacenter: config.datacenter.clone(),
+        meta: crate::api::Meta::from([("consul-network-segment".to_string(), String::new())]),
+    };
+    let (agent, check_updates) = crate::agent::Agent::new(node, config.enable_script_checks);
     let app = Arc::new(App {
         id,
         me,
@@ -325,19 +259,14 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         http,
         metrics,
         session_deadlines: Mutex::new(HashMap::new()),
-        ttl_checks: Mutex::new(HashMap::new()),
-        agent_services: Mutex::new(Default::default()),
-        agent_checks: Mutex::new(Default::default()),
+        agent,
         last_contact: Mutex::new(None),
         server_contact: Mutex::new(Default::default()),
         server_stability: Mutex::new(Default::default()),
         gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
-        check_runners: Mutex::new(HashMap::new()),
-        check_updates,
         events: Default::default(),
-        agent_tokens: Mutex::new(Default::default()),
     });
 
     let mut handles = Vec::new();
@@ -356,15 +285,23 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     ));
     handles.push(tokio::spawn(crate::cluster::bootstrap(app.clone())));
     handles.push(tokio::spawn(leader_loop(app.clone())));
-    handles.push(tokio::spawn(agent_loop(app.clone())));
-    handles.push(tokio::spawn(agent_check_updates(app.clone(), check_updates_rx)));
+    handles.push(tokio::spawn(app.agent.clone().run(check_updates, app.shutdown.subscribe())));
+    let catalog: Arc<dyn crate::agent::sync::Catalog> = app.clone();
+    let sync_every = Duration::from_secs(60);
+    handles.push(tokio::spawn(crate::agent::sync::sync_loop(
+        app.agent.clone(),
+        catalog,
+        sync_every,
+        app.shutdown.subscribe(),
+    )));
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
     if let Some(g) = gossip {
         handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g.clone())));
         let (app, buffer) = (app.clone(), app.events.clone());
         handles.push(tokio::spawn(async move {
-            g.deliver_events(buffer, || app.local_services_for_events()).await;
+            let shutdown = app.shutdown.subscribe();
+            g.deliver_events(buffer, || app.agent.for_events(), shutdown).await;
         }));
     }
     tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, rpc = %bound.rpc, "roster server started");

@@ -336,8 +336,60 @@ node_prefix "" { policy = "read" }"#,
     let none = api.ok("GET", "/v1/acl/tokens?policy=00000000-0000-0000-0000-000000000099", None).await;
     assert_eq!(none, json!([]));
     let gone = "00000000-dead-beef-0000-000000000000";
-    for path in [format!("/v1/acl/token/{gone}"), format!("/v1/acl/policy/{gone}"), format!("/v1/acl/role/{gone}")] {
+    for path in [format!("/v1/acl/token/{gone}"), format!("/v1/acl/policy/{gone}")] {
         let a = api.call("GET", &path, Some(MANAGEMENT), None).await;
         assert_eq!((a.status, a.body.as_str()), (403, Some("ACL not found")), "{path}");
+    }
+    for path in [format!("/v1/acl/role/{gone}"), "/v1/acl/role/name/nothing".to_string()] {
+        assert_eq!(api.call("GET", &path, Some(MANAGEMENT), None).await.status, 404, "a missing role: {path}");
+    }
+
+    // Service and node identities: stored, echoed, and granting what Consul's synthesized
+    // policies grant, in their datacenters only.
+    let identity = |body: Value| async { api.ok("PUT", "/v1/acl/token", Some(body)).await };
+    let svc = identity(json!({"ServiceIdentities": [{"ServiceName": "api", "Datacenters": ["dc1"]}]})).await;
+    assert_eq!(svc["ServiceIdentities"], json!([{"ServiceName": "api", "Datacenters": ["dc1"]}]), "{svc}");
+    let svc_secret = svc["SecretID"].as_str().expect("secret").to_string();
+    let elsewhere = identity(json!({"ServiceIdentities": [{"ServiceName": "api", "Datacenters": ["dc2"]}]})).await;
+    let elsewhere_secret = elsewhere["SecretID"].as_str().expect("secret").to_string();
+    let node = identity(json!({"NodeIdentities": [{"NodeName": "n1", "Datacenter": "dc1"}]})).await;
+    let node_secret = node["SecretID"].as_str().expect("secret").to_string();
+    let role = api
+        .ok("PUT", "/v1/acl/role", Some(json!({"Name": "api-role", "ServiceIdentities": [{"ServiceName": "api"}]})))
+        .await;
+    assert_eq!(role["ServiceIdentities"], json!([{"ServiceName": "api"}]), "{role}");
+    let via_role = identity(json!({"Roles": [{"Name": "api-role"}]})).await;
+    let role_secret = via_role["SecretID"].as_str().expect("secret").to_string();
+    let register = |service: &str| {
+        json!({"Node": "n1", "Address": "10.0.0.1", "SkipNodeUpdate": true,
+               "Service": {"ID": format!("{service}-1"), "Service": service}})
+    };
+    for (secret, service, want) in [
+        (&svc_secret, "api", 200),
+        (&svc_secret, "api-sidecar-proxy", 200),
+        (&svc_secret, "db", 403),
+        (&role_secret, "api", 200),
+        (&elsewhere_secret, "api", 403),
+    ] {
+        let a = api.call("PUT", "/v1/catalog/register", Some(secret), Some(register(service))).await;
+        assert_eq!(a.status, want, "register {service}: {}", a.body);
+    }
+    let nodes = api.call("GET", "/v1/catalog/nodes", Some(&svc_secret), None).await;
+    assert!(!nodes.filtered && nodes.body.as_array().is_some_and(|n| n.len() == 2), "reads nodes: {}", nodes.body);
+    let node_write =
+        json!({"Node": "n1", "Address": "10.0.0.1", "Check": {"CheckID": "n1-ok", "Name": "ok", "Status": "passing"}});
+    assert_eq!(api.call("PUT", "/v1/catalog/register", Some(&node_secret), Some(node_write)).await.status, 200);
+    let other_node = json!({"Node": "n2", "Address": "10.0.0.2"});
+    assert_eq!(api.call("PUT", "/v1/catalog/register", Some(&node_secret), Some(other_node)).await.status, 403);
+    let by_service = api.ok("GET", "/v1/acl/tokens?servicename=api", None).await;
+    assert_eq!(by_service.as_array().map(Vec::len), Some(2), "{by_service}");
+    for (bad, why) in [
+        (json!({"ServiceIdentities": [{"ServiceName": "Not Valid"}]}), "invalid name"),
+        (json!({"NodeIdentities": [{"NodeName": "n1"}]}), "missing the datacenter"),
+        (json!({"Local": true, "ServiceIdentities": [{"ServiceName": "a", "Datacenters": ["dc1"]}]}), "local token"),
+    ] {
+        let a = api.call("PUT", "/v1/acl/token", Some(MANAGEMENT), Some(bad)).await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert!(a.body.as_str().is_some_and(|m| m.contains(why)), "{}", a.body);
     }
 }

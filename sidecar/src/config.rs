@@ -48,6 +48,9 @@ pub struct Config {
     /// Service definitions to register at start.
     pub services: Vec<serde_json::Value>,
     pub log_format: String,
+    /// The file this came from (`/v1/agent/reload` reads it again).
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             enable_script_checks: false,
             services: Vec::new(),
             log_format: "text".into(),
+            config_file: None,
         }
     }
 }
@@ -169,7 +173,7 @@ pub struct SidecarArgs {
 impl SidecarArgs {
     pub fn into_config(self) -> Result<Config, String> {
         let mut c = match &self.config {
-            Some(p) => Config::from_file(p)?,
+            Some(p) => Config { config_file: Some(p.clone()), ..Config::from_file(p)? },
             None => Config::default(),
         };
         macro_rules! set {

@@ -2,21 +2,20 @@
 //! and every other `/v1` call forwarded to the servers as it came (headers, token, body, blocking
 //! query parameters), with failover between them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use registry::api::{
-    AgentCheckRegistration, AgentMember, AgentService, AgentServiceHealth, AgentServiceRegistration, HealthCheck,
-    HealthStatus,
-};
+use registry::acl::Authorizer;
+use registry::agent::api::Host;
+use registry::agent::sync::Catalog;
+use registry::agent::Agent;
+use registry::api::AgentMember;
 use registry::client::Client;
-use registry::gossip::events::{self, EventBuffer, FireError, LocalServices};
+use registry::gossip::events::{self, EventBuffer, FireError};
 use registry::gossip::{Member, Membership, Role};
+use registry::web::{ApiError, Req};
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::Filter;
-
-use crate::agent::{Agent, AgentError};
 
 pub type Resp = warp::http::Response<Bytes>;
 
@@ -27,6 +26,11 @@ pub struct Ctx {
     pub gossip: Option<Arc<Membership>>,
     /// User events this sidecar received through the pool (`/v1/event/list`).
     pub events: Arc<EventBuffer>,
+    /// `/v1/agent/leave` asks the sidecar to stop as a signal would.
+    pub leave: Arc<tokio::sync::Notify>,
+    /// The configuration file `/v1/agent/reload` reads again.
+    pub config_file: Option<std::path::PathBuf>,
+    pub enable_script_checks: bool,
 }
 
 /// Largest request body passed on (the servers apply their own, smaller limits).
@@ -75,20 +79,30 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
     }
 }
 
-fn agent_error(e: AgentError) -> Resp {
-    match e {
-        AgentError::Invalid(m) => text(StatusCode::BAD_REQUEST, m),
-        AgentError::NotFound(m) => text(StatusCode::NOT_FOUND, m),
-    }
-}
-
 fn query_param(query: &str, key: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 async fn handle(ctx: &Ctx, method: Method, path: &str, query: &str, headers: HeaderMap, body: Bytes) -> Resp {
     match path.strip_prefix("/v1/agent/") {
-        Some(tail) => agent(ctx, &method, tail, query, &body).await,
+        Some(tail) => {
+            let tail = match percent_decode(tail) {
+                Some(t) => t,
+                None => return text(StatusCode::BAD_REQUEST, "Request path is not valid UTF-8 once decoded"),
+            };
+            let req = Req {
+                method,
+                path: path.to_string(),
+                raw_query: query.to_string(),
+                query: url::form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+                headers,
+                body,
+            };
+            match registry::agent::api::handle(ctx, &req, &tail).await {
+                Ok(r) => r,
+                Err(e) => e.into_resp(),
+            }
+        }
         // Events are the agent's own: fired into the pool from here, listed from what reached it.
         None if path.starts_with("/v1/event/") => event(ctx, &method, path, query, &body).await,
         None if path.starts_with("/v1/") => forward(ctx, method, path, query, headers, body).await,
@@ -96,89 +110,91 @@ async fn handle(ctx: &Ctx, method: Method, path: &str, query: &str, headers: Hea
     }
 }
 
-async fn agent(ctx: &Ctx, method: &Method, tail: &str, query: &str, body: &[u8]) -> Resp {
-    let parts: Vec<&str> = tail.splitn(4, '/').collect();
-    let a = &ctx.agent;
-    let ok = || text(StatusCode::OK, "");
-    match (parts.as_slice(), method) {
-        (["self"], &Method::GET) => json(StatusCode::OK, &agent_self(ctx).await),
-        (["members"], &Method::GET) => json(StatusCode::OK, &members(ctx).await),
-        (["services"], &Method::GET) => {
-            let map: BTreeMap<String, AgentService> =
-                a.with_state(|s| s.services().map(|svc| (svc.id.clone(), svc.clone())).collect());
-            json(StatusCode::OK, &map)
-        }
-        (["service", id], &Method::GET) if *id != "register" => match a.with_state(|s| s.service(id).cloned()) {
-            Some(svc) => json(StatusCode::OK, &svc),
-            None => text(StatusCode::NOT_FOUND, format!("unknown service ID: {id}")),
-        },
-        (["checks"], &Method::GET) => {
-            let map: BTreeMap<String, HealthCheck> =
-                a.with_state(|s| s.checks().map(|c| (c.check.check_id.clone(), c.check.clone())).collect());
-            json(StatusCode::OK, &map)
-        }
-        (["service", "register"], &Method::PUT) => {
-            match registry::api::json::decode::<AgentServiceRegistration>(body) {
-                Ok(r) => a.register_service(&r).map_or_else(agent_error, |_| ok()),
-                Err(e) => text(StatusCode::BAD_REQUEST, e),
-            }
-        }
-        (["service", "deregister", id], &Method::PUT) => a.deregister_service(id).map_or_else(agent_error, |_| ok()),
-        (["check", "register"], &Method::PUT) => match registry::api::json::decode::<AgentCheckRegistration>(body) {
-            Ok(def) => a.register_check(&def).map_or_else(agent_error, |_| ok()),
-            Err(e) => text(StatusCode::BAD_REQUEST, e),
-        },
-        (["check", "deregister", id], &Method::PUT) => a.deregister_check(id).map_or_else(agent_error, |_| ok()),
-        (["check", verb @ ("pass" | "warn" | "fail"), id], &Method::PUT) => {
-            let status = match *verb {
-                "pass" => HealthStatus::Passing,
-                "warn" => HealthStatus::Warning,
-                _ => HealthStatus::Critical,
-            };
-            let note = query_param(query, "note").unwrap_or_default();
-            a.update_ttl(id, status, note).map_or_else(agent_error, |_| ok())
-        }
-        (["check", "update", id], &Method::PUT) => {
-            let u: registry::api::CheckUpdate = match registry::api::json::decode(body) {
-                Ok(u) => u,
-                Err(e) => return text(StatusCode::BAD_REQUEST, e),
-            };
-            let Some(status) = HealthStatus::parse(u.status.as_deref().unwrap_or("")) else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("Invalid check status: {:?}", u.status.unwrap_or_default()),
-                );
-            };
-            a.update_ttl(id, status, u.output.unwrap_or_default()).map_or_else(agent_error, |_| ok())
-        }
-        (["health", "service", "name", name], &Method::GET) => {
-            let list: Vec<AgentServiceHealth> = a.with_state(|s| {
-                s.services().filter(|svc| svc.service == *name).map(|svc| service_health(s, svc)).collect()
-            });
-            if list.is_empty() {
-                return text(StatusCode::NOT_FOUND, format!("ServiceName {name} Not Found"));
-            }
-            let worst = registry::api::worst_status(list.iter().map(|h| h.aggregated_status));
-            json(health_code(worst), &list)
-        }
-        (["health", "service", "id", id], &Method::GET) => {
-            match a.with_state(|s| s.service(id).map(|svc| service_health(s, svc))) {
-                Some(h) => json(health_code(h.aggregated_status), &h),
-                None => text(StatusCode::NOT_FOUND, format!("ServiceId {id} not found")),
-            }
-        }
-        (["self"] | ["members"] | ["services"] | ["checks"] | ["service", ..] | ["check", ..] | ["health", ..], m) => {
-            text(StatusCode::METHOD_NOT_ALLOWED, format!("method {m} not allowed"))
-        }
-        _ => text(StatusCode::NOT_FOUND, format!("the sidecar does not serve /v1/agent/{tail}")),
-    }
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned().into_bytes())?;
+    String::from_utf8(bytes).ok()
 }
 
-/// This sidecar's node name and services, against which events' filters match.
-pub fn local_for_events(agent: &Agent) -> (String, LocalServices) {
-    agent.with_state(|s| {
-        (s.node().name.clone(), s.services().map(|svc| (svc.service.clone(), svc.tags.clone())).collect())
-    })
+/// The sidecar as the host of its agent.
+#[async_trait::async_trait]
+impl Host for Ctx {
+    fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    fn catalog(&self) -> &dyn Catalog {
+        &self.client
+    }
+
+    /// The sidecar does not resolve ACL tokens itself yet: its agent API acts for the app in its
+    /// own pod (on localhost), and every call forwarded to the servers is checked there.
+    fn authorize(&self, _req: &Req) -> Result<Authorizer, ApiError> {
+        Ok(Authorizer::management())
+    }
+
+    /// The servers know: with ACLs off they answer `token/self` with Consul's 401.
+    async fn acl_enabled(&self) -> bool {
+        let r = self.client.raw(Method::GET, "/v1/acl/token/self", Default::default(), Bytes::new(), true).await;
+        !matches!(r, Ok(r) if r.status == StatusCode::UNAUTHORIZED)
+    }
+
+    async fn self_info(&self) -> serde_json::Value {
+        agent_self(self).await
+    }
+
+    async fn members(&self, wan: bool) -> Vec<AgentMember> {
+        if wan {
+            // The WAN pool holds servers only: ask one.
+            let r = self.client.raw(Method::GET, "/v1/agent/members?wan=1", Default::default(), Bytes::new(), true);
+            return match r.await {
+                Ok(r) if r.status.is_success() => serde_json::from_slice(&r.body).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+        }
+        members(self).await
+    }
+
+    fn leave(&self) {
+        let leave = self.leave.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            leave.notify_one();
+        });
+    }
+
+    async fn force_leave(&self, node: &str, prune: bool) -> Result<(), ApiError> {
+        let path = format!("/v1/agent/force-leave/{node}{}", if prune { "?prune=1" } else { "" });
+        let r = self
+            .client
+            .raw(Method::PUT, &path, Default::default(), Bytes::new(), false)
+            .await
+            .map_err(|e| ApiError::Internal(format!("No known Roster servers answered: {e}")))?;
+        match r.status {
+            s if s.is_success() => Ok(()),
+            s if s.is_client_error() => Err(ApiError::BadRequest(String::from_utf8_lossy(&r.body).into_owned())),
+            _ => Err(ApiError::Internal(String::from_utf8_lossy(&r.body).into_owned())),
+        }
+    }
+
+    fn reload(&self) -> Result<(), ApiError> {
+        if let Some(path) = &self.config_file {
+            let c =
+                crate::Config::from_file(path).map_err(|e| ApiError::BadRequest(format!("Failed reloading: {e}")))?;
+            c.service_definitions().map_err(|e| ApiError::BadRequest(format!("Failed reloading: {e}")))?;
+            tracing::info!(file = %path.display(), "configuration reloaded; changes apply at the next restart");
+        }
+        Ok(())
+    }
+
+    fn prometheus(&self) -> String {
+        let (services, checks) = self.agent.with_state(|s| (s.services().count(), s.checks().count()));
+        format!(
+            "# TYPE roster_agent_services gauge\nroster_agent_services {services}\n\
+             # TYPE roster_agent_checks gauge\nroster_agent_checks {checks}\n"
+        )
+    }
 }
 
 async fn event(ctx: &Ctx, method: &Method, path: &str, query: &str, body: &[u8]) -> Resp {
@@ -217,26 +233,12 @@ async fn event(ctx: &Ctx, method: &Method, path: &str, query: &str, body: &[u8])
                     return text(StatusCode::INTERNAL_SERVER_ERROR, format!("firing the event: {e}"));
                 }
             }
-            let (me, services) = local_for_events(&ctx.agent);
+            let (me, services) = ctx.agent.for_events();
             ctx.events.offer(event.clone(), |e| events::delivers_to(e, &me, &services));
             json(StatusCode::OK, &event)
         }
         (Some("list"), m) => text(StatusCode::METHOD_NOT_ALLOWED, format!("method {m} not allowed")),
         _ => text(StatusCode::NOT_FOUND, format!("no such path: {path}")),
-    }
-}
-
-fn health_code(s: HealthStatus) -> StatusCode {
-    StatusCode::from_u16(registry::api::agent_health_http_status(s)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-}
-
-fn service_health(s: &crate::local::LocalState, svc: &AgentService) -> AgentServiceHealth {
-    let checks: Vec<HealthCheck> =
-        s.checks().filter(|c| c.check.service_id == svc.id).map(|c| c.check.clone()).collect();
-    AgentServiceHealth {
-        aggregated_status: registry::api::worst_status(checks.iter().map(|c| c.status)),
-        service: svc.clone(),
-        checks,
     }
 }
 
@@ -268,6 +270,9 @@ async fn agent_self(ctx: &Ctx) -> serde_json::Value {
         Some(g) => g.view().await.live.get(&node.name).map(|m| to_agent_member(m, 1)),
         None => None,
     };
+    let (services, checks, ttls) = ctx
+        .agent
+        .with_state(|s| (s.services().count(), s.checks().count(), s.checks().filter(|c| c.ttl.is_some()).count()));
     serde_json::json!({
         "Config": {
             "Datacenter": node.datacenter,
@@ -278,7 +283,26 @@ async fn agent_self(ctx: &Ctx) -> serde_json::Value {
             "Server": false,
             "Version": env!("CARGO_PKG_VERSION"),
         },
+        // The settings clients read (Consul's full DebugConfig is hundreds of fields).
+        "DebugConfig": {
+            "AdvertiseAddrLAN": node.address,
+            "Datacenter": node.datacenter,
+            "EnableScriptChecks": ctx.enable_script_checks,
+            "NodeName": node.name,
+            "PrimaryDatacenter": node.datacenter,
+            "ServerMode": false,
+        },
         "Member": member,
+        "Stats": {
+            "agent": {
+                "check_monitors": "0",
+                "check_ttls": ttls.to_string(),
+                "checks": checks.to_string(),
+                "services": services.to_string(),
+            },
+            "build": {"prerelease": "", "revision": "roster-sidecar", "version": env!("CARGO_PKG_VERSION")},
+            "consul": {"server": "false", "known_servers": ctx.client.servers().len().to_string()},
+        },
         "Meta": node.meta,
     })
 }

@@ -3,20 +3,18 @@
 //! keeps the servers in sync (anti-entropy), and answers the app on localhost with Consul's agent
 //! API, forwarding every other `/v1` call to the servers.
 //!
-//! Layout: `config` (file, env, flags) -> `agent` (local state in `local`, check runners in
-//! `checks`) -> `sync` (anti-entropy) and `http` (the localhost API); `Sidecar` wires them up.
-
-pub mod agent;
+//! Layout: `config` (file, env, flags) -> the agent (`registry::agent`, shared with the servers:
+//! local state, check runners, anti-entropy, the agent API) -> `http` (the localhost API: the
+//! agent's, events, and forwarding); `Sidecar` wires them up.
 
 pub mod config;
 pub mod http;
-pub mod local;
-pub mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use registry::agent::{sync, Agent, NodeInfo};
 use registry::api::DeregisterRequest;
 use registry::client::Client;
 use registry::gossip::Membership;
@@ -27,7 +25,9 @@ pub use config::{Config, SidecarArgs};
 /// A running sidecar.
 pub struct Sidecar {
     pub http_addr: SocketAddr,
-    pub agent: Arc<agent::Agent>,
+    pub agent: Arc<Agent>,
+    /// Notified when the app asks the sidecar to leave (`/v1/agent/leave`).
+    pub leave: Arc<tokio::sync::Notify>,
     pub gossip: Option<Arc<Membership>>,
     client: Client,
     shutdown: watch::Sender<bool>,
@@ -37,13 +37,13 @@ pub struct Sidecar {
 impl Sidecar {
     pub async fn start(config: Config) -> anyhow::Result<Sidecar> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let node = local::NodeInfo {
+        let node = NodeInfo {
             name: config.node_name.clone(),
             address: config.address.clone(),
             datacenter: config.datacenter.clone(),
             meta: config.node_meta.clone(),
         };
-        let (agent, updates) = agent::Agent::new(node, config.enable_script_checks);
+        let (agent, updates) = Agent::new(node, config.enable_script_checks);
         for def in config.service_definitions().map_err(anyhow::Error::msg)? {
             agent.register_service(&def).map_err(|e| anyhow::anyhow!("service {:?}: {e}", def.name))?;
         }
@@ -58,33 +58,40 @@ impl Sidecar {
         let http_addr = listener.local_addr()?;
         let (shutdown, stop_rx) = watch::channel(false);
         let events: Arc<registry::gossip::events::EventBuffer> = Default::default();
+        let leave = Arc::new(tokio::sync::Notify::new());
         let ctx = Arc::new(http::Ctx {
             agent: agent.clone(),
             client: client.clone(),
             gossip: gossip.clone(),
             events: events.clone(),
+            leave: leave.clone(),
+            config_file: config.config_file.clone(),
+            enable_script_checks: config.enable_script_checks,
         });
         let mut graceful = stop_rx.clone();
         let mut tasks = vec![
-            tokio::spawn(
-                warp::serve(http::routes(ctx))
-                    .incoming(listener)
-                    .graceful(async move {
-                        let _ = graceful.wait_for(|s| *s).await;
-                    })
-                    .run(),
-            ),
             tokio::spawn(agent.clone().run(updates, stop_rx.clone())),
-            tokio::spawn(sync::sync_loop(agent.clone(), client.clone(), config.sync_interval(), stop_rx)),
+            tokio::spawn(sync::sync_loop(agent.clone(), Arc::new(client.clone()), config.sync_interval(), stop_rx)),
         ];
+        if gossip.is_some() {
+            wait_joined(&client, &config.node_name, JOIN_WAIT).await;
+        }
+        tasks.push(tokio::spawn(
+            warp::serve(http::routes(ctx))
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = graceful.wait_for(|s| *s).await;
+                })
+                .run(),
+        ));
         if let Some(g) = gossip.clone() {
-            let agent = agent.clone();
+            let (agent, stop) = (agent.clone(), shutdown.subscribe());
             tasks.push(tokio::spawn(async move {
-                g.deliver_events(events, || http::local_for_events(&agent)).await;
+                g.deliver_events(events, || agent.for_events(), stop).await;
             }));
         }
         tracing::info!(node = %config.node_name, http = %http_addr, servers = ?config.servers, "roster sidecar started");
-        Ok(Sidecar { http_addr, agent, gossip, client, shutdown, tasks })
+        Ok(Sidecar { http_addr, agent, leave, gossip, client, shutdown, tasks })
     }
 
     /// Clean shutdown: stop syncing (so nothing registers again behind us), deregister this node at
@@ -110,6 +117,32 @@ impl Sidecar {
         if let Some(g) = &self.gossip {
             let _ = g.leave().await;
         }
+    }
+}
+
+/// How long a starting sidecar waits to be in the catalog, alive, before it answers its app.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Ready means ready: the app's first call finds this node in the catalog and alive (its
+/// `serfHealth` passing, which the leader sets once gossip shows the sidecar), as on a Consul agent
+/// that has joined. The app's connections meanwhile wait in the listen backlog. Bounded, so that
+/// with the servers away the agent API still answers from local state.
+async fn wait_joined(client: &Client, node: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(checks) = client.health_node(node).await {
+            let alive = checks
+                .iter()
+                .any(|c| c.check_id == registry::agent::SERF_CHECK && c.status == registry::api::HealthStatus::Passing);
+            if alive {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(?limit, "not alive in the catalog yet; answering the app anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -39,7 +39,11 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        shutdown_signal().await;
+        let leave = sidecar.leave.clone();
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = leave.notified() => tracing::info!("leaving, as asked through /v1/agent/leave"),
+        }
         sidecar.stop().await;
         std::process::ExitCode::SUCCESS
     })

@@ -153,6 +153,33 @@ fn line_of(text: &str, offset: Option<std::ops::Range<usize>>) -> usize {
 }
 
 impl Rules {
+    /// Consul's synthesized policy for a service identity: write on the service and on its sidecar
+    /// proxy, read on every service and node (for discovery).
+    pub fn service_identity(service: &str) -> Rules {
+        let rule = |resource, name: String, prefix, access| Rule { resource, name, prefix, access };
+        Rules {
+            rules: vec![
+                rule(Resource::Service, service.to_string(), false, Access::Write),
+                rule(Resource::Service, format!("{service}-sidecar-proxy"), false, Access::Write),
+                rule(Resource::Service, String::new(), true, Access::Read),
+                rule(Resource::Node, String::new(), true, Access::Read),
+            ],
+            globals: Vec::new(),
+        }
+    }
+
+    /// Consul's synthesized policy for a node identity: write on the node, read on every service.
+    pub fn node_identity(node: &str) -> Rules {
+        let rule = |resource, name: String, prefix, access| Rule { resource, name, prefix, access };
+        Rules {
+            rules: vec![
+                rule(Resource::Node, node.to_string(), false, Access::Write),
+                rule(Resource::Service, String::new(), true, Access::Read),
+            ],
+            globals: Vec::new(),
+        }
+    }
+
     /// Parses rules in HCL, or in JSON when the text is a JSON object.
     pub fn parse(text: &str) -> Result<Rules, RuleError> {
         if text.trim_start().starts_with('{') {

@@ -20,6 +20,26 @@ pub struct AclLink {
     pub name: String,
 }
 
+/// A service identity: the token or role may act as that service (Consul's synthesized policy:
+/// write on it and its sidecar proxy, read on all services and nodes), in the listed datacenters
+/// (all when none are listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AclServiceIdentity {
+    pub service_name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
+}
+
+/// A node identity: the token or role may act as that node (write on it, read on all services),
+/// in one datacenter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AclNodeIdentity {
+    pub node_name: String,
+    pub datacenter: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct AclPolicy {
@@ -42,6 +62,10 @@ pub struct AclRole {
     pub name: String,
     pub description: String,
     pub policies: Vec<AclLink>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_identities: Vec<AclServiceIdentity>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_identities: Vec<AclNodeIdentity>,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -57,6 +81,10 @@ pub struct AclToken {
     pub description: String,
     pub policies: Vec<AclLink>,
     pub roles: Vec<AclLink>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_identities: Vec<AclServiceIdentity>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_identities: Vec<AclNodeIdentity>,
     pub local: bool,
     /// RFC 3339; absent for tokens that do not expire.
     #[serde(skip_serializing_if = "Option::is_none")]

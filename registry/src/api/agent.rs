@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HealthCheck, HealthStatus, Meta, ServiceAddress, Weights};
+use super::{HealthCheck, HealthStatus, Meta, ServiceAddress, ServiceProxy, Weights};
 
 /// A service as `/v1/agent/services` returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AgentService {
+    /// Left out for a typical service, as Consul leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     #[serde(rename = "ID")]
     pub id: String,
     pub service: String,
@@ -21,6 +24,8 @@ pub struct AgentService {
     pub tagged_addresses: Option<BTreeMap<String, ServiceAddress>>,
     pub weights: Weights,
     pub enable_tag_override: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ServiceProxy>,
     pub datacenter: String,
 }
 
@@ -86,6 +91,18 @@ pub struct AgentServiceRegistration {
     pub weights: Option<Weights>,
     pub check: Option<AgentCheckRegistration>,
     pub checks: Option<Vec<AgentCheckRegistration>>,
+    pub kind: Option<String>,
+    pub proxy: Option<ServiceProxy>,
+    pub connect: Option<AgentServiceConnect>,
+}
+
+/// `Connect` of a service registration: `SidecarService` asks the agent to register the service's
+/// sidecar proxy too (`<id>-sidecar-proxy`), with defaults filled in as Consul fills them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AgentServiceConnect {
+    pub native: bool,
+    pub sidecar_service: Option<Box<AgentServiceRegistration>>,
 }
 
 /// One member of `/v1/agent/members`.

@@ -52,6 +52,15 @@ impl Default for Weights {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceProxy {
+    /// A `connect-proxy`'s service, its instance, and where the proxy reaches it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub destination_service_name: String,
+    #[serde(rename = "DestinationServiceID", default, skip_serializing_if = "String::is_empty")]
+    pub destination_service_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_service_address: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub local_service_port: u16,
     #[serde(default)]
     pub mode: String,
     #[serde(default)]
@@ -65,6 +74,10 @@ pub struct ServiceProxy {
 /// pod is gone.
 pub const POD_NAMESPACE_META: &str = "k8s-namespace";
 
+fn is_zero(p: &u16) -> bool {
+    *p == 0
+}
+
 /// Consul omits a service's `TaggedAddresses` when it has none (`omitempty`).
 fn no_addresses(a: &Option<BTreeMap<String, ServiceAddress>>) -> bool {
     a.as_ref().is_none_or(BTreeMap::is_empty)
@@ -74,6 +87,9 @@ fn no_addresses(a: &Option<BTreeMap<String, ServiceAddress>>) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct NodeService {
+    /// Empty for a typical service; `connect-proxy`, `mesh-gateway`... otherwise (left out when empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
     #[serde(rename = "ID")]
     pub id: String,
     pub service: String,
@@ -158,7 +174,7 @@ impl CatalogService {
             datacenter: node.datacenter.clone(),
             tagged_addresses: node.tagged_addresses.clone(),
             node_meta: node.meta.clone(),
-            service_kind: String::new(),
+            service_kind: svc.kind.clone(),
             service_id: svc.id.clone(),
             service_name: svc.service.clone(),
             service_tags: svc.tags.clone(),
@@ -227,6 +243,8 @@ pub struct ServiceRegistration {
     pub port: Option<u16>,
     pub weights: Option<Weights>,
     pub enable_tag_override: Option<bool>,
+    pub kind: Option<String>,
+    pub proxy: Option<ServiceProxy>,
 }
 
 /// A check in a catalog registration.

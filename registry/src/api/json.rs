@@ -65,6 +65,22 @@ const CANONICAL: &[&str] = &[
     "ExpirationTime",
     "ExpirationTTL",
     "Datacenters",
+    "Kind",
+    "Proxy",
+    "Connect",
+    "SidecarService",
+    "Native",
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "Mode",
+    "MeshGateway",
+    "Expose",
+    "ServiceIdentities",
+    "NodeIdentities",
+    "ServiceName",
+    "NodeName",
 ];
 
 /// Fields whose value is a user map: keys are data, not field names.

@@ -142,10 +142,13 @@ pub struct PoolView {
 }
 
 /// Sorts gossip state into a [`PoolView`]. Only a name's newest generation counts: a pod that left
-/// and came back under the same name is whatever its new incarnation is.
+/// and came back under the same name is whatever its new incarnation is. A member is failed only
+/// once it has been live here: one just heard of, whose heartbeats have not been judged yet, is
+/// still joining and not listed (chitchat counts it dead until then).
 pub fn pool_view<'a>(
     states: &BTreeMap<ChitchatId, NodeState>,
     live_ids: impl IntoIterator<Item = &'a ChitchatId>,
+    ever_live: &std::collections::BTreeSet<ChitchatId>,
 ) -> PoolView {
     let live_ids: std::collections::BTreeSet<&ChitchatId> = live_ids.into_iter().collect();
     let mut newest: BTreeMap<&str, (&ChitchatId, &NodeState)> = BTreeMap::new();
@@ -162,7 +165,7 @@ pub fn pool_view<'a>(
             view.left.insert(member.name.clone(), member);
         } else if live_ids.contains(id) {
             view.live.insert(member.name.clone(), member);
-        } else {
+        } else if ever_live.contains(id) {
             view.failed.insert(member.name.clone(), member);
         }
     }
@@ -236,6 +239,8 @@ pub struct Membership {
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
     /// Sequence of the events this member fired (its gossip keys).
     fired: std::sync::atomic::AtomicU64,
+    /// Every member this node has seen live (see [`pool_view`]).
+    ever_live: Arc<std::sync::Mutex<std::collections::BTreeSet<ChitchatId>>>,
 }
 
 impl Membership {
@@ -269,12 +274,26 @@ impl Membership {
         ];
         let interval = chitchat_config.gossip_interval;
         let handle = spawn_chitchat(chitchat_config, keys, transport).await?;
+        let ever_live: Arc<std::sync::Mutex<std::collections::BTreeSet<ChitchatId>>> = Default::default();
+        let mut live = handle.chitchat().lock().await.live_nodes_watcher();
+        let seen = ever_live.clone();
+        // Ends when chitchat stops (the watch's sender goes).
+        tokio::spawn(async move {
+            loop {
+                let ids: Vec<ChitchatId> = live.borrow_and_update().keys().cloned().collect();
+                seen.lock().unwrap_or_else(|p| p.into_inner()).extend(ids);
+                if live.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(Membership {
             chitchat: handle.chitchat(),
             id: handle.chitchat_id().clone(),
             interval,
             handle: tokio::sync::Mutex::new(Some(handle)),
             fired: std::sync::atomic::AtomicU64::new(0),
+            ever_live,
         })
     }
 
@@ -299,6 +318,7 @@ impl Membership {
         &self,
         buffer: std::sync::Arc<events::EventBuffer>,
         local: impl Fn() -> (String, events::LocalServices),
+        mut shutdown: watch::Receiver<bool>,
     ) {
         let mut rx = self.watch().await;
         loop {
@@ -309,8 +329,9 @@ impl Membership {
                     buffer.offer(event, |e| events::delivers_to(e, &node, &services));
                 }
             }
-            if rx.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
             }
         }
     }
@@ -326,7 +347,9 @@ impl Membership {
     pub async fn view(&self) -> PoolView {
         let guard = self.chitchat.lock().await;
         let live: Vec<ChitchatId> = guard.live_nodes().cloned().collect();
-        pool_view(guard.node_states(), live.iter())
+        let mut ever_live = self.ever_live.lock().unwrap_or_else(|p| p.into_inner());
+        ever_live.extend(live.iter().cloned());
+        pool_view(guard.node_states(), live.iter(), &ever_live)
     }
 
     /// This member's chitchat identity (name, generation, gossip address).
@@ -419,9 +442,13 @@ mod tests {
         let states =
             BTreeMap::from([(old.clone(), state(true)), (new.clone(), state(false)), (other.clone(), state(false))]);
         // The old incarnation left; the new one is live, then fails: failed, not left.
-        let view = pool_view(&states, [&new, &other]);
+        let seen = std::collections::BTreeSet::from([new.clone(), other.clone()]);
+        let view = pool_view(&states, [&other], &Default::default());
+        assert!(view.live.contains_key("pod-b") && view.failed.is_empty(), "never live: joining, not failed: {view:?}");
+        assert!(!view.live.contains_key("pod-a") && !view.left.contains_key("pod-a"));
+        let view = pool_view(&states, [&new, &other], &seen);
         assert!(view.live.contains_key("pod-a") && view.left.is_empty() && view.failed.is_empty());
-        let view = pool_view(&states, [&other]);
+        let view = pool_view(&states, [&other], &seen);
         assert!(view.failed.contains_key("pod-a"), "{view:?}");
         assert!(!view.left.contains_key("pod-a"));
         assert!(view.live.contains_key("pod-b"));

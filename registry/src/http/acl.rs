@@ -11,35 +11,17 @@ use warp::http::Method;
 
 use super::blocking::{self, QueryOpts};
 use super::{ok_json, require_leader, with_query_meta, ApiError, ApiResult, Req};
-use crate::acl::{Access, Authorizer, Global, Resource};
+use crate::acl::{Access, Authorizer, Global};
 use crate::api::{parse_go_duration, AclPolicy, AclRole, AclToken, ANONYMOUS_TOKEN_ACCESSOR, ANONYMOUS_TOKEN_SECRET};
 use crate::app::App;
 use crate::state::acl::Resolved;
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
+pub use crate::web::{denied, filter_by, mark_filtered, require, require_global};
 
 /// The secret a request acts with: the one it carries, else the agent's default token (set through
 /// `/v1/agent/token/default`), else none (anonymous), as Consul resolves it.
 pub fn token_of(app: &App, req: &Req) -> Option<String> {
-    carried_token(req).or_else(|| {
-        let tokens = app.agent_tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get("default").filter(|t| !t.is_empty()).cloned()
-    })
-}
-
-fn carried_token(req: &Req) -> Option<String> {
-    if let Some(t) = req.headers.get("x-consul-token").and_then(|v| v.to_str().ok()).filter(|t| !t.is_empty()) {
-        return Some(t.to_string());
-    }
-    if let Some(t) = req
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .filter(|t| !t.is_empty())
-    {
-        return Some(t.trim().to_string());
-    }
-    req.get("token").filter(|t| !t.is_empty()).map(str::to_string)
+    crate::web::carried_token(req).or_else(|| app.agent.token("default"))
 }
 
 pub fn now_rfc3339() -> String {
@@ -54,7 +36,7 @@ pub fn authorizer_in(app: &App, state: &State, token: &Option<String>) -> Result
     }
     let default_allow = app.config.acl_default_allow();
     let secret = token.as_deref().unwrap_or(ANONYMOUS_TOKEN_SECRET);
-    match state.acl_resolve(secret, default_allow, &now_rfc3339()) {
+    match state.acl_resolve(secret, default_allow, &now_rfc3339(), &app.config.datacenter) {
         Resolved::Token { authorizer, .. } => Ok(authorizer),
         Resolved::NotFound if token.is_none() => Ok(Authorizer::new(default_allow, [])),
         Resolved::NotFound => Err(ApiError::Forbidden("ACL not found".into())),
@@ -74,55 +56,7 @@ pub fn authorize(app: &App, req: &Req) -> Result<Authorizer, ApiError> {
     app.sm.read(|s| authorizer_in(app, s, &token))
 }
 
-pub fn denied(resource: &str, name: &str, access: Access) -> ApiError {
-    let need = match access {
-        Access::Write => "write",
-        Access::List => "list",
-        _ => "read",
-    };
-    ApiError::Forbidden(format!("Permission denied: token lacks permission '{resource}:{need}' on {name:?}"))
-}
-
-pub fn require(a: &Authorizer, resource: Resource, name: &str, access: Access) -> Result<(), ApiError> {
-    if a.allows(resource, name, access) {
-        Ok(())
-    } else {
-        Err(denied(resource.name(), name, access))
-    }
-}
-
-pub fn require_global(a: &Authorizer, global: Global, access: Access) -> Result<(), ApiError> {
-    if a.allows_global(global, access) {
-        Ok(())
-    } else {
-        let name = match global {
-            Global::Operator => "operator",
-            Global::Acl => "acl",
-            Global::Keyring => "keyring",
-            Global::Mesh => "mesh",
-        };
-        Err(ApiError::Forbidden(format!(
-            "Permission denied: token lacks permission '{name}:{}'",
-            if access == Access::Write { "write" } else { "read" }
-        )))
-    }
-}
-
 /// Drops what the caller may not read; says whether anything was dropped.
-pub fn filter_by<T>(list: Vec<T>, allowed: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
-    let before = list.len();
-    let kept: Vec<T> = list.into_iter().filter(|x| allowed(x)).collect();
-    let filtered = kept.len() != before;
-    (kept, filtered)
-}
-
-pub fn mark_filtered(mut resp: super::Resp, filtered: bool) -> super::Resp {
-    if filtered {
-        resp.headers_mut().insert("x-consul-results-filtered-by-acls", warp::http::HeaderValue::from_static("true"));
-    }
-    resp
-}
-
 fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -188,6 +122,8 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     }
     // A well-formed ID that names nothing: Consul's "ACL not found" (403), which clients raise on.
     let not_found = || ApiError::Forbidden("ACL not found".into());
+    // Roles (and auth methods, binding rules) that do not exist are a plain 404, as Consul answers.
+    let role_not_found = || ApiError::NotFound(String::new());
     match (parts.as_slice(), &m) {
         (["token", "self"], &Method::GET) => {
             let secret = token.unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());
@@ -196,15 +132,17 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         }
         (["tokens"], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
-            // Consul's filters: tokens linked to a policy or a role (by ID). Tokens from auth
-            // methods and with service identities do not exist in Roster yet, so those filters
-            // select none.
+            // Consul's filters: tokens linked to a policy or a role (by ID), or with a service
+            // identity for a service. Tokens from auth methods do not exist in Roster yet, so that
+            // filter selects none.
             let policy = req.get("policy").filter(|p| !p.is_empty()).map(str::to_string);
             let role = req.get("role").filter(|r| !r.is_empty()).map(str::to_string);
-            let unsupported = ["authmethod", "servicename"].iter().any(|k| req.get(k).is_some_and(|v| !v.is_empty()));
+            let service = req.get("servicename").filter(|s| !s.is_empty()).map(str::to_string);
+            let unsupported = req.get("authmethod").is_some_and(|v| !v.is_empty());
             let selected = move |t: &AclToken| {
                 policy.as_ref().is_none_or(|p| t.policies.iter().any(|l| &l.id == p))
                     && role.as_ref().is_none_or(|r| t.roles.iter().any(|l| &l.id == r))
+                    && service.as_ref().is_none_or(|s| t.service_identities.iter().any(|i| &i.service_name == s))
                     && !unsupported
             };
             list(
@@ -267,6 +205,9 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 description: c.description.unwrap_or(old.description),
                 policies: old.policies,
                 roles: old.roles,
+                service_identities: old.service_identities,
+                node_identities: old.node_identities,
+                local: old.local,
                 expiration_time: old.expiration_time,
                 ..Default::default()
             })?;
@@ -328,10 +269,16 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
             write(app, Command::AclRoleSet { role: r.clone() }).await?;
             Ok(ok_json(&app.sm.read(|s| s.acl_role(&r.id).1)))
         }
+        (["role", "name", name], &Method::GET) => {
+            require_global(&authz, Global::Acl, Access::Read)?;
+            let (index, r) = app.sm.read(|s| s.acl_role_by_name(name));
+            let r = r.ok_or_else(role_not_found)?;
+            Ok(with_query_meta(app, ok_json(&r), index))
+        }
         (["role", id], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
             let (index, r) = app.sm.read(|s| s.acl_role(id));
-            let r = r.ok_or_else(not_found)?;
+            let r = r.ok_or_else(role_not_found)?;
             Ok(with_query_meta(app, ok_json(&r), index))
         }
         (["role", id], &Method::PUT) => {

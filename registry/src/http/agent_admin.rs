@@ -1,16 +1,11 @@
-//! The agent's own administration, as Consul's agent answers it: `self`, `members`, `leave`,
-//! `force-leave`, `reload`, `monitor` and `token/*`. Services and checks are in `agent.rs`.
+//! What a server tells its agent API about itself: `self`, `members`, `force-leave` and `reload`
+//! as a server answers them (the routes and their checks are `crate::agent::api`'s).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
-use warp::http::StatusCode;
 
-use super::acl::{filter_by, mark_filtered, require};
-use super::{ok_json, ApiError, ApiResult, Req};
-use crate::acl::{Access, Authorizer, Global, Resource};
+use super::ApiError;
 use crate::api::AgentMember;
 use crate::app::{now_ms, App};
 use crate::state::Command;
@@ -80,11 +75,9 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
     let m = app.raft.metrics().borrow().clone();
     let leader_addr = app.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default();
     let voters = m.membership_config.membership().voter_ids().count();
-    let (services, checks) = (
-        app.agent_services.lock().unwrap_or_else(|p| p.into_inner()).len(),
-        app.agent_checks.lock().unwrap_or_else(|p| p.into_inner()).len(),
-    );
-    let ttls = app.ttl_checks.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let (services, checks, ttls) = app
+        .agent
+        .with_state(|s| (s.services().count(), s.checks().count(), s.checks().filter(|c| c.ttl.is_some()).count()));
     let me = members(app, false).await.into_iter().find(|m| m.name == app.me.name);
     let (bind, port) = (app.config.http_addr.ip().to_string(), app.config.http_addr.port());
     json!({
@@ -147,50 +140,10 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
     })
 }
 
-pub async fn handle(app: &Arc<App>, a: &Authorizer, req: &Req, parts: &[&str]) -> Option<ApiResult> {
-    let me = app.me.name.clone();
-    let get = req.method == warp::http::Method::GET;
-    let put = req.method == warp::http::Method::PUT;
-    Some(match parts {
-        ["self"] if get => match require(a, Resource::Agent, &me, Access::Read) {
-            Ok(()) => Ok(ok_json(&agent_self(app).await)),
-            Err(e) => Err(e),
-        },
-        ["members"] if get => {
-            let wan = req.has("wan");
-            let (list, f) = filter_by(members(app, wan).await, |m| a.allows(Resource::Node, &m.name, Access::Read));
-            Ok(mark_filtered(ok_json(&list), f))
-        }
-        ["leave"] if put => leave(app, a),
-        ["force-leave", node] if put => force_leave(app, a, node, req.has("prune")).await,
-        ["reload"] if put => reload(app, a),
-        ["monitor"] if get => monitor(app, a, req),
-        ["token", kind] if put => set_token(app, a, kind, req),
-        ["self" | "members" | "monitor"] | ["leave" | "reload"] | ["force-leave" | "token", _] => {
-            Err(ApiError::MethodNotAllowed(req.method.clone()))
-        }
-        _ => return None,
-    })
-}
-
-fn leave(app: &Arc<App>, a: &Authorizer) -> ApiResult {
-    require(a, Resource::Agent, &app.me.name, Access::Write)?;
-    // Answer first, then leave the pool and stop as on SIGTERM.
-    let app = app.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        app.leave.notify_one();
-    });
-    Ok(super::text(StatusCode::OK, ""))
-}
-
 /// Consul's force-leave: a failed member is marked left at once (its node leaves the catalog)
 /// instead of waiting out the reap time; a live member refutes it and stays. `prune` also forgets
 /// it, which for Roster is the same: a left node is not kept.
-async fn force_leave(app: &App, a: &Authorizer, node: &str, _prune: bool) -> ApiResult {
-    if !a.allows_global(Global::Operator, Access::Write) {
-        return Err(super::acl::denied("operator", "", Access::Write));
-    }
+pub async fn force_leave(app: &App, node: &str, _prune: bool) -> Result<(), ApiError> {
     let known = app.sm.read(|s| s.catalog_node(node).1.is_some());
     let live = match &app.gossip {
         Some(g) => g.live_members().await.contains_key(node),
@@ -205,58 +158,17 @@ async fn force_leave(app: &App, a: &Authorizer, node: &str, _prune: bool) -> Api
         let request = crate::api::DeregisterRequest { node: Some(node.to_string()), ..Default::default() };
         app.propose(Command::Deregister { request, now_ms: now_ms() }).await?;
     }
-    Ok(super::text(StatusCode::OK, ""))
+    Ok(())
 }
 
 /// Reads the configuration file again and checks it; settings a running server cannot change
 /// (addresses, data directory) keep their values until a restart, as with Consul.
-fn reload(app: &App, a: &Authorizer) -> ApiResult {
-    require(a, Resource::Agent, &app.me.name, Access::Write)?;
+pub fn reload(app: &App) -> Result<(), ApiError> {
     if let Some(path) = &app.config.config_file {
         let c = crate::config::Config::from_file(path)
             .map_err(|e| ApiError::BadRequest(format!("Failed reloading: {e}")))?;
         c.validate().map_err(|e| ApiError::BadRequest(format!("Failed reloading: {e}")))?;
         tracing::info!(file = %path.display(), "configuration reloaded; addresses and storage apply at the next restart");
     }
-    Ok(super::text(StatusCode::OK, ""))
-}
-
-/// Consul's log levels for `/v1/agent/monitor`.
-const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "err", "error"];
-
-fn monitor(app: &App, a: &Authorizer, req: &Req) -> ApiResult {
-    require(a, Resource::Agent, &app.me.name, Access::Read)?;
-    let level = req.get("loglevel").unwrap_or("info").to_ascii_lowercase();
-    if !LOG_LEVELS.contains(&level.as_str()) {
-        return Err(ApiError::BadRequest(format!("Unknown log level: {}", req.get("loglevel").unwrap_or(""))));
-    }
-    Err(ApiError::NotImplemented("Log streaming (/v1/agent/monitor) is not available in Roster yet".into()))
-}
-
-/// The token kinds `/v1/agent/token/:kind` sets (Consul's names, old and new).
-const TOKEN_KINDS: &[&str] =
-    &["default", "agent", "agent_recovery", "agent_master", "replication", "config_file_service_registration"];
-
-fn set_token(app: &App, a: &Authorizer, kind: &str, req: &Req) -> ApiResult {
-    if !app.config.acl_enabled {
-        return Err(ApiError::Unauthorized("ACL support disabled".into()));
-    }
-    if !a.allows(Resource::Agent, &app.me.name, Access::Write) {
-        return Err(super::acl::denied("agent", &app.me.name, Access::Write));
-    }
-    if !TOKEN_KINDS.contains(&kind) {
-        return Err(ApiError::NotFound(format!("Token {kind:?} is unknown")));
-    }
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "PascalCase", default)]
-    struct TokenBody {
-        token: String,
-    }
-    let body: TokenBody = super::json::decode(&req.body)?;
-    let kind = match kind {
-        "agent_master" => "agent_recovery",
-        k => k,
-    };
-    app.agent_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(kind.to_string(), body.token);
-    Ok(super::text(StatusCode::OK, ""))
+    Ok(())
 }

@@ -209,12 +209,7 @@ fn filtered<T: serde::Serialize>(filter: &Option<Filter>, (index, list): (u64, V
     }
 }
 
-pub(super) fn parse_filter(req: &Req) -> Result<Option<Filter>, ApiError> {
-    match req.get("filter") {
-        Some(f) if !f.is_empty() => Filter::parse(f).map(Some).map_err(ApiError::BadRequest),
-        _ => Ok(None),
-    }
-}
+pub(super) use crate::web::parse_filter;
 
 async fn register(app: &Arc<App>, req: &Req) -> ApiResult {
     if req.method != Method::PUT {

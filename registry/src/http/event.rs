@@ -34,7 +34,7 @@ async fn fire(app: &Arc<App>, req: &Req, name: &str) -> ApiResult {
         g.fire(&event).await.map_err(|e| ApiError::Internal(format!("firing the event: {e}")))?;
     }
     // This agent takes its own event at once (gossip brings it back later, and it is ignored then).
-    let (me, services) = app.local_services_for_events();
+    let (me, services) = app.agent.for_events();
     app.events.offer(event.clone(), |e| events::delivers_to(e, &me, &services));
     Ok(ok_json(&event))
 }

@@ -20,81 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::Serialize;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
 use crate::app::{App, ProposeError};
+pub use crate::web::{json, ok_json, text, ApiError, ApiResult, Req, Resp};
 
 pub use blocking::{Consistency, QueryOpts};
 
-/// Request bodies, decoded as Consul decodes them (see `api::json`), failing with a 400.
-mod json {
-    use super::ApiError;
-
-    pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-        crate::api::json::decode(body).map_err(ApiError::BadRequest)
-    }
-
-    pub fn decode_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-        crate::api::json::decode_or_default(body).map_err(ApiError::BadRequest)
-    }
-}
-
 /// Marks a request already forwarded once, so two servers that disagree on the leader cannot loop.
 const FORWARDED: &str = "x-roster-forwarded";
-
-/// An incoming API request, captured whole so it can be forwarded to the leader as it came.
-#[derive(Debug, Clone)]
-pub struct Req {
-    pub method: Method,
-    pub path: String,
-    pub raw_query: String,
-    pub query: Vec<(String, String)>,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Req {
-    /// Consul treats `?recurse`, `?recurse=` and `?recurse=1` alike: present means on.
-    pub fn has(&self, key: &str) -> bool {
-        self.query.iter().any(|(k, v)| k == key && v != "false" && v != "0")
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-}
-
-pub type Resp = warp::http::Response<Bytes>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    TooLarge(String),
-    /// 403: the token may not do this.
-    #[error("{0}")]
-    Forbidden(String),
-    /// 401: Consul's answer to ACL endpoints while ACLs are disabled.
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("method {0} not allowed")]
-    MethodNotAllowed(Method),
-    #[error("{0}")]
-    Internal(String),
-    /// 501: a Consul feature Roster does not have (yet); the message says which.
-    #[error("{0}")]
-    NotImplemented(String),
-    #[error("No cluster leader")]
-    NoLeader,
-    /// This server is not the leader: forward the request.
-    #[error("not the leader")]
-    NotLeader,
-}
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
@@ -103,50 +38,6 @@ impl From<ProposeError> for ApiError {
             ProposeError::Raft(m) => ApiError::Internal(m),
         }
     }
-}
-
-impl ApiError {
-    fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Internal(_) | ApiError::NoLeader | ApiError::NotLeader => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn into_resp(self) -> Resp {
-        text(self.status(), self.to_string())
-    }
-}
-
-pub type ApiResult = Result<Resp, ApiError>;
-
-pub fn text(status: StatusCode, body: impl Into<String>) -> Resp {
-    let mut r = warp::http::Response::new(Bytes::from(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
-pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut r = warp::http::Response::new(Bytes::from(bytes));
-            *r.status_mut() = status;
-            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-            r
-        }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")),
-    }
-}
-
-pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Resp {
-    json(StatusCode::OK, value)
 }
 
 /// Adds `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact` to a read's answer.

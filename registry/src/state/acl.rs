@@ -8,8 +8,8 @@ use subtle::ConstantTimeEq;
 use super::{CommandResult, State, Table, Touched, WatchKey};
 use crate::acl::{Authorizer, Rules};
 use crate::api::{
-    AclLink, AclPolicy, AclRole, AclToken, ANONYMOUS_TOKEN_ACCESSOR, GLOBAL_MANAGEMENT_POLICY_ID,
-    GLOBAL_MANAGEMENT_POLICY_NAME,
+    AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken, ANONYMOUS_TOKEN_ACCESSOR,
+    GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -44,6 +44,44 @@ pub fn global_management_policy() -> AclPolicy {
         rules: String::new(),
         ..Default::default()
     }
+}
+
+/// Consul's rule for service and node names in identities: lowercase alphanumerics, `-` and `_`,
+/// starting and ending with an alphanumeric, at most 256 characters.
+fn valid_identity_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 256
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '_')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+}
+
+/// Identities as Consul validates them on a token or role, with its messages.
+fn check_identities(services: &[AclServiceIdentity], nodes: &[AclNodeIdentity], on: &str) -> Result<(), String> {
+    for s in services {
+        if s.service_name.is_empty() {
+            return Err(format!("Service identity is missing the service name field on this {on}"));
+        }
+        if !valid_identity_name(&s.service_name) {
+            return Err(format!("Service identity {:?} has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed", s.service_name));
+        }
+    }
+    for n in nodes {
+        if n.node_name.is_empty() {
+            return Err(format!("Node identity is missing the node name field on this {on}"));
+        }
+        if !valid_identity_name(&n.node_name) {
+            return Err(
+                "Node identity has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed"
+                    .into(),
+            );
+        }
+        if n.datacenter.is_empty() {
+            return Err(format!("Node identity is missing the datacenter field on this {on}"));
+        }
+    }
+    Ok(())
 }
 
 /// What a request's token resolves to.
@@ -162,6 +200,9 @@ impl State {
         if r.name.is_empty() {
             return CommandResult::Rejected("Invalid Role: no Name is set".into());
         }
+        if let Err(e) = check_identities(&r.service_identities, &r.node_identities, "role") {
+            return CommandResult::Rejected(e);
+        }
         if self.acl.roles.values().any(|o| o.name == r.name && o.id != r.id) {
             return CommandResult::Rejected(format!("Invalid Role: A Role with Name {:?} already exists", r.name));
         }
@@ -190,6 +231,12 @@ impl State {
     }
 
     pub(super) fn acl_token_set(&mut self, index: u64, mut t: AclToken, touched: &mut Touched) -> CommandResult {
+        if let Err(e) = check_identities(&t.service_identities, &t.node_identities, "token") {
+            return CommandResult::Rejected(e);
+        }
+        if t.local && t.service_identities.iter().any(|s| !s.datacenters.is_empty()) {
+            return CommandResult::Rejected("cannot specify a list of datacenters on a local token".into());
+        }
         if let Some(owner) = self.acl.by_secret.get(&t.secret_id) {
             if owner != &t.accessor_id {
                 return CommandResult::Rejected("Invalid Token: SecretID is already in use".into());
@@ -260,6 +307,10 @@ impl State {
         (self.indexes.acl, self.acl.roles.get(id).cloned())
     }
 
+    pub fn acl_role_by_name(&self, name: &str) -> (u64, Option<AclRole>) {
+        (self.indexes.acl, self.acl.roles.values().find(|r| r.name == name).cloned())
+    }
+
     pub fn acl_roles(&self) -> (u64, Vec<AclRole>) {
         (self.indexes.acl, self.acl.roles.values().cloned().collect())
     }
@@ -279,18 +330,31 @@ impl State {
     }
 
     /// Resolves a secret to an authorizer: its policies plus its roles' policies.
-    pub fn acl_resolve(&self, secret: &str, default_allow: bool, now_rfc3339: &str) -> Resolved {
+    /// The authorizer of a token: its policies, its roles' policies, and the policies its and its
+    /// roles' service and node identities stand for in this datacenter.
+    pub fn acl_resolve(&self, secret: &str, default_allow: bool, now_rfc3339: &str, datacenter: &str) -> Resolved {
         let Some(token) = self.acl_token_by_secret(secret, now_rfc3339) else { return Resolved::NotFound };
         let mut policy_ids: Vec<&str> = token.policies.iter().map(|l| l.id.as_str()).collect();
+        let mut services: Vec<&AclServiceIdentity> = token.service_identities.iter().collect();
+        let mut nodes: Vec<&AclNodeIdentity> = token.node_identities.iter().collect();
         for role in &token.roles {
             if let Some(r) = self.acl.roles.get(&role.id) {
                 policy_ids.extend(r.policies.iter().map(|l| l.id.as_str()));
+                services.extend(&r.service_identities);
+                nodes.extend(&r.node_identities);
             }
         }
+        let synthesized: Vec<Rules> = services
+            .iter()
+            .filter(|s| s.datacenters.is_empty() || s.datacenters.iter().any(|d| d == datacenter))
+            .map(|s| Rules::service_identity(&s.service_name))
+            .chain(nodes.iter().filter(|n| n.datacenter == datacenter).map(|n| Rules::node_identity(&n.node_name)))
+            .collect();
         let authorizer = if policy_ids.contains(&GLOBAL_MANAGEMENT_POLICY_ID) {
             Authorizer::management()
         } else {
-            Authorizer::new(default_allow, policy_ids.iter().filter_map(|id| self.acl.compiled.get(*id)))
+            let policies = policy_ids.iter().filter_map(|id| self.acl.compiled.get(*id));
+            Authorizer::new(default_allow, policies.chain(&synthesized))
         };
         Resolved::Token { accessor: token.accessor_id.clone(), authorizer }
     }

@@ -6,13 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use registry::api::{
+use crate::api::{
     AgentService, CatalogNode, CheckRegistration, DeregisterRequest, HealthCheck, HealthStatus, Meta, RegisterRequest,
     ServiceRegistration,
 };
 
 /// The node-level check the servers' leader owns; never ours to sync or remove.
 pub const SERF_CHECK: &str = "serfHealth";
+/// The service the leader registers for every server (Consul's `consul` service); likewise.
+pub const SERVER_SERVICE: &str = "consul";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -118,8 +120,14 @@ impl LocalState {
     }
 
     /// Adds or replaces a service and its checks; checks it had before and no longer lists go.
-    /// Returns the IDs of checks removed that way (their runners must stop).
-    pub fn add_service(&mut self, service: AgentService, checks: Vec<LocalCheck>, now: Instant) -> Vec<String> {
+    /// Returns the IDs of checks removed that way (their runners must stop), and of the checks
+    /// re-registered unchanged, which keep their status (their runners may go on).
+    pub fn add_service(
+        &mut self,
+        service: AgentService,
+        checks: Vec<LocalCheck>,
+        now: Instant,
+    ) -> (Vec<String>, Vec<String>) {
         let id = service.id.clone();
         let keep: BTreeSet<&str> = checks.iter().map(|c| c.check.check_id.as_str()).collect();
         let stale: Vec<String> = self
@@ -133,11 +141,16 @@ impl LocalState {
         }
         let version = self.next_version();
         self.removed_services.remove(&id);
-        self.services.insert(id, Tracked { value: service, synced: false, version });
+        let synced = self.services.get(&id).is_some_and(|t| t.synced && t.value == service);
+        self.services.insert(id, Tracked { value: service, synced, version });
+        let mut kept = Vec::new();
         for c in checks {
-            self.add_check(c, now);
+            let cid = c.check.check_id.clone();
+            if self.add_check(c, now) {
+                kept.push(cid);
+            }
         }
-        stale
+        (stale, kept)
     }
 
     /// Removes a service and its checks; returns the removed check IDs, or None if it was unknown.
@@ -157,8 +170,26 @@ impl LocalState {
         Some(checks)
     }
 
-    pub fn add_check(&mut self, mut check: LocalCheck, now: Instant) {
+    /// Adds or replaces a check. A check re-registered with the same definition keeps its status,
+    /// output and timers (a client that re-registers on every start must not reset them): then
+    /// this returns true.
+    pub fn add_check(&mut self, mut check: LocalCheck, now: Instant) -> bool {
         check.check.node = self.node.name.clone();
+        if let Some(t) = self.checks.get(&check.check.check_id) {
+            let (old, new) = (&t.value.check, &check.check);
+            let same = (&old.name, &old.check_type, &old.interval, &old.timeout, &old.notes, &old.service_id)
+                == (&new.name, &new.check_type, &new.interval, &new.timeout, &new.notes, &new.service_id)
+                && (t.value.ttl, t.value.deregister_after) == (check.ttl, check.deregister_after);
+            if same {
+                check.check.status = old.status;
+                check.check.output = old.output.clone();
+                check.ttl_deadline = t.value.ttl_deadline;
+                check.critical_since = t.value.critical_since;
+                let (synced, version) = (t.synced, t.version);
+                self.checks.insert(check.check.check_id.clone(), Tracked { value: check, synced, version });
+                return true;
+            }
+        }
         if let Some(ttl) = check.ttl {
             check.ttl_deadline = Some(now + ttl);
         }
@@ -169,6 +200,7 @@ impl LocalState {
         let version = self.next_version();
         self.removed_checks.remove(&id);
         self.checks.insert(id, Tracked { value: check, synced: false, version });
+        false
     }
 
     pub fn remove_check(&mut self, id: &str) -> bool {
@@ -219,7 +251,7 @@ impl LocalState {
             })
             .collect();
         for (id, ttl) in expired {
-            let output = format!("TTL expired (last update more than {} ago)", registry::api::format_go_duration(ttl));
+            let output = format!("TTL expired (last update more than {} ago)", crate::api::format_go_duration(ttl));
             self.set_check_status(&id, HealthStatus::Critical, output, now);
             tick.expired.push(id);
         }
@@ -354,7 +386,7 @@ impl LocalState {
                 t.synced = false;
             }
         }
-        for id in remote.services.keys().filter(|id| !self.services.contains_key(*id)) {
+        for id in remote.services.keys().filter(|id| *id != SERVER_SERVICE && !self.services.contains_key(*id)) {
             self.removed_services.insert(id.clone());
         }
         let by_id: BTreeMap<&str, &HealthCheck> = remote_checks.iter().map(|c| (c.check_id.as_str(), c)).collect();
@@ -385,8 +417,9 @@ pub struct Tick {
     pub stopped_checks: Vec<String>,
 }
 
-fn same_service(local: &AgentService, remote: &registry::api::NodeService) -> bool {
+fn same_service(local: &AgentService, remote: &crate::api::NodeService) -> bool {
     local.service == remote.service
+        && local.kind.as_deref().unwrap_or_default() == remote.kind
         && local.tags == remote.tags
         && local.port == remote.port
         && local.address == remote.address
@@ -406,6 +439,8 @@ fn to_service_registration(s: &AgentService) -> ServiceRegistration {
         port: Some(s.port),
         weights: Some(s.weights),
         enable_tag_override: Some(s.enable_tag_override),
+        kind: s.kind.clone(),
+        proxy: s.proxy.clone(),
     }
 }
 
@@ -427,7 +462,7 @@ fn to_registration(c: &HealthCheck) -> CheckRegistration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use registry::api::{Node, NodeService, Weights};
+    use crate::api::{Node, NodeService, Weights};
 
     fn state() -> LocalState {
         LocalState::new(NodeInfo {
@@ -450,6 +485,8 @@ mod tests {
             tagged_addresses: None,
             weights: Weights { passing: 1, warning: 1 },
             enable_tag_override: false,
+            kind: None,
+            proxy: None,
             datacenter: "dc1".into(),
         }
     }
@@ -514,6 +551,27 @@ mod tests {
         assert_eq!(p.checks.len(), 1);
         assert!(p.checks[0].2.skip_node_update);
         assert_eq!(p.checks[0].2.checks.as_ref().unwrap()[0].status, Some(HealthStatus::Passing));
+    }
+
+    #[test]
+    fn re_registering_unchanged_keeps_status_and_sync() {
+        let now = Instant::now();
+        let mut s = state();
+        s.add_service(service("web-1"), vec![check("service:web-1", "web-1", Some(Duration::from_secs(10)))], now);
+        s.update_ttl("service:web-1", HealthStatus::Passing, "ok".into(), now).unwrap();
+        sync_all(&mut s);
+        let (stale, kept) =
+            s.add_service(service("web-1"), vec![check("service:web-1", "web-1", Some(Duration::from_secs(10)))], now);
+        assert!(stale.is_empty());
+        assert_eq!(kept, vec!["service:web-1".to_string()]);
+        assert_eq!(s.check("service:web-1").map(|c| c.check.status), Some(HealthStatus::Passing));
+        assert!(s.pending().is_empty(), "nothing changed, nothing to push");
+        let mut changed = check("service:web-1", "web-1", Some(Duration::from_secs(20)));
+        changed.check.interval = "20s".into();
+        changed.check.status = HealthStatus::Critical;
+        let (_, kept) = s.add_service(service("web-1"), vec![changed], now);
+        assert!(kept.is_empty(), "a changed definition starts over");
+        assert_eq!(s.check("service:web-1").map(|c| c.check.status), Some(HealthStatus::Critical));
     }
 
     #[test]

@@ -1,0 +1,173 @@
+//! The sidecar's agent API is the servers' (one implementation, `registry::agent`): the calls an app
+//! makes to its local agent answer the same through a sidecar as through a server. Against a real
+//! `roster dev` process with gossip, and a sidecar started in this process.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roster_sidecar::{Config, Sidecar};
+use serde_json::Value;
+
+/// Dev server: HTTP 127.0.0.1:19801, RPC :19802, gossip :19803. Sidecar: agent :19811, gossip :19813.
+const DEV_HTTP: &str = "127.0.0.1:19801";
+const DEV_GOSSIP: &str = "127.0.0.1:19803";
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn roster_bin() -> PathBuf {
+    let sidecar = PathBuf::from(env!("CARGO_BIN_EXE_roster-sidecar"));
+    let roster = sidecar.with_file_name("roster");
+    assert!(roster.exists(), "{} is missing: build it first (cargo build -p roster-registry)", roster.display());
+    roster
+}
+
+fn start_dev() -> Dev {
+    let child = Command::new(roster_bin())
+        .args(["dev", "--http-addr", DEV_HTTP, "--rpc-addr", "127.0.0.1:19802", "--gossip-addr", DEV_GOSSIP])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn roster dev");
+    Dev(child)
+}
+
+fn sidecar_config() -> Config {
+    Config {
+        node_name: "pod-a".into(),
+        address: "127.0.0.1".into(),
+        http_addr: "127.0.0.1:19811".parse().expect("addr"),
+        servers: vec![DEV_HTTP.into()],
+        gossip_addr: Some("127.0.0.1:19813".parse().expect("addr")),
+        gossip_seeds: vec![DEV_GOSSIP.into()],
+        gossip_interval_ms: 100,
+        ..Config::default()
+    }
+}
+
+async fn until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn put(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, body).await
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_answers_the_agent_api_as_a_server_does() {
+    let _dev = start_dev();
+    let http = registry::client::http_builder().timeout(Duration::from_secs(20)).build().expect("client");
+    let dev = Api { http: http.clone(), base: format!("http://{DEV_HTTP}/v1") };
+    until("a leader", Duration::from_secs(20), async || {
+        let (s, v) = dev.get("/status/leader").await;
+        (s == 200 && v.as_str().is_some_and(|l| !l.is_empty())).then_some(())
+    })
+    .await;
+    let sidecar = Sidecar::start(sidecar_config()).await.expect("sidecar starts");
+    let side = Api { http, base: format!("http://{}/v1", sidecar.http_addr) };
+
+    // Ready means ready: the first answer already finds this node alive in the catalog, and no
+    // member still joining is reported as failed.
+    let (_, checks) = side.get("/health/node/pod-a").await;
+    let serf = checks.as_array().and_then(|c| c.iter().find(|c| c["CheckID"] == "serfHealth")).cloned();
+    assert_eq!(serf.map(|c| c["Status"].clone()), Some(Value::from("passing")), "{checks}");
+    let (_, members) = side.get("/agent/members").await;
+    assert!(members.as_array().is_some_and(|m| m.iter().all(|m| m["Status"] == 1)), "{members}");
+
+    // A service with a sidecar proxy: both registered, the proxy with Consul's defaults; the
+    // catalog has them at once (the agent writes through before it answers).
+    let reg = serde_json::json!({"name": "web", "port": 8080, "connect": {"sidecar_service": {}}});
+    assert_eq!(side.put("/agent/service/register", Some(reg)).await.0, 200);
+    let (_, services) = side.get("/agent/services").await;
+    let proxy = &services["web-sidecar-proxy"];
+    assert_eq!(proxy["Kind"], "connect-proxy", "{services}");
+    assert_eq!(proxy["Port"], 21000);
+    assert_eq!(proxy["Proxy"]["DestinationServiceName"], "web");
+    assert_eq!(proxy["Proxy"]["LocalServicePort"], 8080);
+    assert!(services["web"].get("Kind").is_none(), "a typical service has no Kind: {services}");
+    let (_, catalog) = dev.get("/catalog/service/web-sidecar-proxy").await;
+    assert_eq!(catalog[0]["ServiceKind"], "connect-proxy", "{catalog}");
+
+    // Maintenance: a critical check of its own, gone again when disabled.
+    assert_eq!(side.put("/agent/service/maintenance/web?enable=true&reason=deploy", None).await.0, 200);
+    let (_, checks) = side.get("/agent/checks").await;
+    assert_eq!(checks["_service_maintenance:web"]["Status"], "critical", "{checks}");
+    assert_eq!(checks["_service_maintenance:web"]["Notes"], "deploy");
+    let (_, passing) = dev.get("/health/service/web?passing").await;
+    assert_eq!(passing, Value::Array(vec![]), "a service in maintenance is not passing");
+    assert_eq!(side.put("/agent/service/maintenance/web?enable=false", None).await.0, 200);
+    let (_, checks) = side.get("/agent/checks").await;
+    assert!(checks.get("_service_maintenance:web").is_none(), "{checks}");
+    assert_eq!(side.put("/agent/service/maintenance/web", None).await.0, 400, "enable is required");
+    assert_eq!(side.put("/agent/maintenance?enable=true", None).await.0, 200);
+    let (_, checks) = side.get("/agent/checks").await;
+    assert_eq!(checks["_node_maintenance"]["Status"], "critical");
+
+    // Re-registering a service unchanged keeps its checks' status.
+    let ttl = serde_json::json!({"name": "db", "check": {"ttl": "30s"}});
+    assert_eq!(side.put("/agent/service/register", Some(ttl.clone())).await.0, 200);
+    assert_eq!(side.put("/agent/check/pass/service:db", None).await.0, 200);
+    assert_eq!(side.put("/agent/service/register", Some(ttl)).await.0, 200);
+    let (_, checks) = side.get("/agent/checks").await;
+    assert_eq!(checks["service:db"]["Status"], "passing", "{checks}");
+
+    // Filters, self, a bad log level, and the ACL-disabled token answer, as a server gives them.
+    let (_, filtered) = side.get("/agent/services?filter=Service%20%3D%3D%20%22db%22").await;
+    assert_eq!(filtered.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()), Some(vec!["db".to_string()]));
+    let (_, me) = side.get("/agent/self").await;
+    for key in ["Config", "DebugConfig", "Member", "Stats", "Meta", "Coord"] {
+        assert!(me.get(key).is_some(), "agent/self lacks {key}: {me}");
+    }
+    assert_eq!(side.get("/agent/monitor?loglevel=verbose").await.0, 400);
+    assert_eq!(side.put("/agent/token/default", Some(serde_json::json!({"Token": "x"}))).await.0, 401);
+
+    // Deregistering the service takes its sidecar proxy along.
+    assert_eq!(side.put("/agent/service/deregister/web", None).await.0, 200);
+    let (_, services) = side.get("/agent/services").await;
+    assert!(services.get("web-sidecar-proxy").is_none(), "{services}");
+    let (_, catalog) = dev.get("/catalog/service/web-sidecar-proxy").await;
+    assert_eq!(catalog, Value::Array(vec![]));
+
+    // Leave: the sidecar asks its process to stop.
+    let leave = sidecar.leave.clone();
+    assert_eq!(side.put("/agent/leave", None).await.0, 200);
+    tokio::time::timeout(Duration::from_secs(5), leave.notified()).await.expect("leave is signalled");
+    sidecar.stop().await;
+}
