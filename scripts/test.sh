@@ -86,10 +86,11 @@ rm -rf "$data"
 
 stage "py-consul 1.8.0's own test suite against roster dev (../shared/consul-compat; strict, no settle wait)"
 # The Consul client's authors' tests, from its sdist, each against a fresh dev server. Consul 1.10.3
-# passes 97 of its server tests; main reaches 85: the floor leaves room for 3 timing-sensitive ones.
+# passes 97 of its server tests; main reaches 92 (the 5 left are service-mesh endpoints): the floor
+# leaves room for 3 timing-sensitive ones.
 # Then the agent files again through a sidecar (scripts/dev-behind-sidecar.sh): an app's local agent
 # answers as a server's does. Consul passes 21 of those; the floor leaves room for one.
-pyconsul_floor=82
+pyconsul_floor=89
 sidecar_floor=20
 if [ -x ../shared/consul-compat/run.sh ] || [ -f ../shared/consul-compat/run.sh ]; then
     suite_out="$log_dir/pyconsul.txt"

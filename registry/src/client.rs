@@ -195,6 +195,20 @@ impl Client {
         Ok(body.as_ref() == b"true")
     }
 
+    /// `POST /v1/acl/login`: a token for a bearer token the auth method trusts.
+    pub async fn acl_login(&self, r: &crate::api::AclLoginRequest) -> Result<crate::api::AclToken, ClientError> {
+        let body = serde_json::to_vec(r).map_err(|e| ClientError::Status { status: 0, body: e.to_string() })?;
+        let (_, status, body) = self.send(reqwest::Method::POST, "/v1/acl/login", Some(body)).await?;
+        Self::check(status, &body)?;
+        Self::parse(status, &body)
+    }
+
+    /// `POST /v1/acl/logout`: destroys this client's token (one a login made).
+    pub async fn acl_logout(&self) -> Result<(), ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::POST, "/v1/acl/logout", None).await?;
+        Self::check(status, &body)
+    }
+
     pub async fn catalog_register(&self, r: &RegisterRequest) -> Result<(), ClientError> {
         let body = serde_json::to_vec(r).map_err(|e| ClientError::Status { status: 0, body: e.to_string() })?;
         let (_, status, body) = self.send(reqwest::Method::PUT, "/v1/catalog/register", Some(body)).await?;

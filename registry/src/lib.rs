@@ -27,6 +27,8 @@ pub mod acl;
 pub mod agent;
 #[cfg(feature = "server")]
 pub mod app;
+#[cfg(feature = "server")]
+pub mod auth_method;
 #[cfg(feature = "checks")]
 pub mod checks;
 #[cfg(feature = "server")]

@@ -31,6 +31,11 @@ pub struct Config {
     pub servers: Vec<String>,
     /// ACL token for the sidecar's own calls, and for forwarded calls that carry none.
     pub token: Option<String>,
+    /// Log in through this ACL auth method at start (a `kubernetes` one: with the pod's
+    /// ServiceAccount token) instead of using `token`, and log out at stop.
+    pub auth_method: Option<String>,
+    /// The bearer token for `auth_method`: the pod's projected ServiceAccount token by default.
+    pub bearer_token_file: PathBuf,
     /// LAN gossip listener and the address others dial; None turns gossip off.
     pub gossip_addr: Option<SocketAddr>,
     pub gossip_advertise: Option<SocketAddr>,
@@ -63,6 +68,8 @@ impl Default for Config {
             http_addr: ([127, 0, 0, 1], 8500).into(),
             servers: Vec::new(),
             token: None,
+            auth_method: None,
+            bearer_token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
             gossip_addr: None,
             gossip_advertise: None,
             gossip_seeds: Vec::new(),
@@ -148,6 +155,12 @@ pub struct SidecarArgs {
     pub servers: Vec<String>,
     #[arg(long, env = "ROSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// ACL auth method to log in through at start (logged out at stop); replaces `--token`.
+    #[arg(long, env = "ROSTER_AUTH_METHOD")]
+    pub auth_method: Option<String>,
+    /// The bearer token file for `--auth-method` [default: the pod's ServiceAccount token].
+    #[arg(long, env = "ROSTER_BEARER_TOKEN_FILE")]
+    pub bearer_token_file: Option<PathBuf>,
     #[arg(long, env = "ROSTER_GOSSIP_ADDR")]
     pub gossip_addr: Option<SocketAddr>,
     #[arg(long, env = "ROSTER_GOSSIP_ADVERTISE")]
@@ -198,6 +211,12 @@ impl SidecarArgs {
         }
         if self.token.is_some() {
             c.token = self.token;
+        }
+        if self.auth_method.is_some() {
+            c.auth_method = self.auth_method;
+        }
+        if let Some(f) = self.bearer_token_file {
+            c.bearer_token_file = f;
         }
         if self.gossip_key.is_some() {
             c.gossip_key = self.gossip_key;

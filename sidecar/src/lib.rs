@@ -30,6 +30,8 @@ pub struct Sidecar {
     pub leave: Arc<tokio::sync::Notify>,
     pub gossip: Option<Arc<Membership>>,
     client: Client,
+    /// The token came from a login: log out at stop.
+    logged_in: bool,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -47,7 +49,15 @@ impl Sidecar {
         for def in config.service_definitions().map_err(anyhow::Error::msg)? {
             agent.register_service(&def).map_err(|e| anyhow::anyhow!("service {:?}: {e}", def.name))?;
         }
-        let client = Client::new(config.servers.clone())?.with_token(config.token.clone());
+        let mut client = Client::new(config.servers.clone())?.with_token(config.token.clone());
+        let logged_in = match &config.auth_method {
+            Some(method) => {
+                let token = login(&client, &config.node_name, method, &config.bearer_token_file).await?;
+                client = client.with_token(Some(token));
+                true
+            }
+            None => false,
+        };
         let gossip = match config.gossip_addr {
             Some(addr) => Some(Arc::new(start_gossip(&config, addr).await?)),
             None => None,
@@ -91,7 +101,7 @@ impl Sidecar {
             }));
         }
         tracing::info!(node = %config.node_name, http = %http_addr, servers = ?config.servers, "roster sidecar started");
-        Ok(Sidecar { http_addr, agent, leave, gossip, client, shutdown, tasks })
+        Ok(Sidecar { http_addr, agent, leave, gossip, client, logged_in, shutdown, tasks })
     }
 
     /// Clean shutdown: stop syncing (so nothing registers again behind us), deregister this node at
@@ -116,6 +126,43 @@ impl Sidecar {
         }
         if let Some(g) = &self.gossip {
             let _ = g.leave().await;
+        }
+        if self.logged_in {
+            match tokio::time::timeout(Duration::from_secs(3), self.client.acl_logout()).await {
+                Ok(Ok(())) => tracing::info!("logged out"),
+                _ => tracing::warn!("could not log out; the token stays until it expires or is deleted"),
+            }
+        }
+    }
+}
+
+/// Logs in through an ACL auth method with the bearer token in `file` (retrying while the servers
+/// are not there yet); returns the token's secret. A refusal is final: the pod's identity is wrong.
+async fn login(client: &Client, node: &str, method: &str, file: &std::path::Path) -> anyhow::Result<String> {
+    let bearer = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("auth method {method}: cannot read the bearer token {}: {e}", file.display()))?;
+    let request = registry::api::AclLoginRequest {
+        auth_method: method.to_string(),
+        bearer_token: bearer.trim().to_string(),
+        meta: std::collections::BTreeMap::from([("node".to_string(), node.to_string())]),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.acl_login(&request).await {
+            Ok(token) => {
+                tracing::info!(method, accessor = %token.accessor_id, "logged in");
+                return Ok(token.secret_id);
+            }
+            Err(registry::client::ClientError::Status { status, body }) if (400..500).contains(&status) => {
+                anyhow::bail!("login through auth method {method} refused ({status}): {body}");
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("login through auth method {method}: {e}");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "login failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

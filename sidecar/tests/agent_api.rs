@@ -171,3 +171,98 @@ async fn a_sidecar_answers_the_agent_api_as_a_server_does() {
     tokio::time::timeout(Duration::from_secs(5), leave.notified()).await.expect("leave is signalled");
     sidecar.stop().await;
 }
+
+/// A stand-in API server whose TokenReview vouches for "pod-sa-token" as shop/web's ServiceAccount.
+async fn token_review_server() -> std::net::SocketAddr {
+    use warp::Filter;
+    let route = warp::post()
+        .and(warp::path!("apis" / "authentication.k8s.io" / "v1" / "tokenreviews"))
+        .and(warp::body::json())
+        .map(|review: Value| {
+            let status = if review["spec"]["token"] == "pod-sa-token" {
+                serde_json::json!({"authenticated": true, "user": {"username": "system:serviceaccount:shop:web"}})
+            } else {
+                serde_json::json!({"authenticated": false})
+            };
+            warp::reply::json(&serde_json::json!({"status": status}))
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    addr
+}
+
+/// With `auth_method` set, the sidecar logs in with its pod's ServiceAccount token at start, acts
+/// with the token it got, and logs out at stop: nobody pastes a secret into the pod.
+#[tokio::test]
+async fn a_sidecar_logs_in_with_its_service_account_and_out_when_it_stops() {
+    const MANAGEMENT: &str = "6d0a8a5e-0000-4000-8000-management2";
+    const HTTP: &str = "127.0.0.1:19821";
+    let child = Command::new(roster_bin())
+        .args(["dev", "--http-addr", HTTP, "--rpc-addr", "127.0.0.1:19822", "--gossip-addr", "off"])
+        .args(["--acl-enabled", "--acl-default-policy", "deny", "--acl-initial-management", MANAGEMENT])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn roster dev");
+    let _dev = Dev(child);
+    let http = registry::client::http_builder().timeout(Duration::from_secs(20)).build().expect("client");
+    let admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = http.request(method, format!("http://{HTTP}/v1{path}")).header("X-Consul-Token", MANAGEMENT);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.ok()?;
+            let ok = r.status().is_success();
+            let v: Value = r.json().await.ok()?;
+            ok.then_some(v)
+        }
+    };
+    until("the management token", Duration::from_secs(20), async || {
+        admin(reqwest::Method::GET, "/acl/token/self", None).await
+    })
+    .await;
+    let api_server = token_review_server().await;
+    let method = serde_json::json!({"Name": "k8s", "Type": "kubernetes",
+        "Config": {"Host": format!("http://{api_server}"), "ServiceAccountJWT": "reviewer"}});
+    admin(reqwest::Method::PUT, "/acl/auth-method", Some(method)).await.expect("auth method");
+    let rule = serde_json::json!({"AuthMethod": "k8s", "BindType": "service", "BindName": "${serviceaccount.name}"});
+    admin(reqwest::Method::PUT, "/acl/binding-rule", Some(rule)).await.expect("binding rule");
+    // The login token may write its service; the node needs node:write too, as for Consul agents.
+    let node_rule = serde_json::json!({"AuthMethod": "k8s", "BindType": "node", "BindName": "pod-b"});
+    admin(reqwest::Method::PUT, "/acl/binding-rule", Some(node_rule)).await.expect("node rule");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "pod-sa-token\n").expect("write token");
+    let config = Config {
+        node_name: "pod-b".into(),
+        address: "127.0.0.1".into(),
+        http_addr: "127.0.0.1:19823".parse().expect("addr"),
+        servers: vec![HTTP.into()],
+        auth_method: Some("k8s".into()),
+        bearer_token_file: token_file.clone(),
+        services: vec![serde_json::json!({"name": "web", "port": 8080})],
+        ..Config::default()
+    };
+    let sidecar = Sidecar::start(config.clone()).await.expect("sidecar logs in and starts");
+    let logins = admin(reqwest::Method::GET, "/acl/tokens?authmethod=k8s", None).await.expect("tokens");
+    assert_eq!(logins.as_array().map(Vec::len), Some(1), "{logins}");
+    assert_eq!(logins[0]["ServiceIdentities"][0]["ServiceName"], "web");
+    // It registers its service with the token it got.
+    until("web in the catalog", Duration::from_secs(10), async || {
+        let list = admin(reqwest::Method::GET, "/catalog/service/web", None).await?;
+        (list.as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    sidecar.stop().await;
+    let logins = admin(reqwest::Method::GET, "/acl/tokens?authmethod=k8s", None).await.expect("tokens");
+    assert_eq!(logins, Value::Array(vec![]), "logged out at stop");
+
+    // A token the API server does not vouch for: the sidecar refuses to start, saying why.
+    std::fs::write(&token_file, "someone-elses").expect("write token");
+    let err = Sidecar::start(config).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("refused"), "{err:#}");
+}

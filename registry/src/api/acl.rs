@@ -70,6 +70,57 @@ pub struct AclRole {
     pub modify_index: u64,
 }
 
+/// An auth method: how `/v1/acl/login` trusts a bearer token (`jwt`: signed by configured keys;
+/// `kubernetes`: a ServiceAccount token the API server's TokenReview vouches for). `Config` is the
+/// type's settings, kept as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AclAuthMethod {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub method_type: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub display_name: String,
+    pub description: String,
+    /// A Go duration: tokens from this method expire after it.
+    #[serde(rename = "MaxTokenTTL", skip_serializing_if = "String::is_empty")]
+    pub max_token_ttl: String,
+    /// `local` (default) or `global`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token_locality: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A binding rule: what a login through its auth method gets when `Selector` matches the
+/// identity's variables (empty: always).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AclBindingRule {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub description: String,
+    pub auth_method: String,
+    pub selector: String,
+    /// `service`, `node`, `role` or `policy`.
+    pub bind_type: String,
+    /// The name bound; `${var}` is replaced by the identity's variable.
+    pub bind_name: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Body of `POST /v1/acl/login`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AclLoginRequest {
+    pub auth_method: String,
+    pub bearer_token: String,
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
 /// A token. Its secret is redacted from `Debug` so it can never end up in a log line.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -85,6 +136,9 @@ pub struct AclToken {
     pub service_identities: Vec<AclServiceIdentity>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub node_identities: Vec<AclNodeIdentity>,
+    /// The auth method a login created this token through.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub auth_method: String,
     pub local: bool,
     /// RFC 3339; absent for tokens that do not expire.
     #[serde(skip_serializing_if = "Option::is_none")]

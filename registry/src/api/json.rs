@@ -81,10 +81,19 @@ const CANONICAL: &[&str] = &[
     "NodeIdentities",
     "ServiceName",
     "NodeName",
+    "DisplayName",
+    "MaxTokenTTL",
+    "TokenLocality",
+    "Config",
+    "AuthMethod",
+    "Selector",
+    "BindType",
+    "BindName",
+    "BearerToken",
 ];
 
 /// Fields whose value is a user map: keys are data, not field names.
-const USER_MAPS: &[&str] = &["Meta", "NodeMeta"];
+const USER_MAPS: &[&str] = &["Meta", "NodeMeta", "Config"];
 
 fn canonical(key: &str) -> Option<&'static str> {
     let folded: String = key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect();

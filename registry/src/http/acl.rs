@@ -69,7 +69,7 @@ fn redact(mut t: AclToken, a: &Authorizer) -> AclToken {
     t
 }
 
-async fn write(app: &App, cmd: Command) -> Result<(), ApiError> {
+pub(super) async fn write(app: &App, cmd: Command) -> Result<(), ApiError> {
     match app.propose(cmd).await?.1 {
         CommandResult::Rejected(msg) if msg.starts_with("ACL bootstrap no longer allowed") => {
             Err(ApiError::Forbidden(msg))
@@ -79,7 +79,7 @@ async fn write(app: &App, cmd: Command) -> Result<(), ApiError> {
     }
 }
 
-fn new_token(mut t: AclToken) -> Result<AclToken, ApiError> {
+pub(super) fn new_token(mut t: AclToken) -> Result<AclToken, ApiError> {
     if t.accessor_id.is_empty() {
         t.accessor_id = new_uuid();
     }
@@ -108,8 +108,15 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         let (_, t) = app.sm.read(|s| s.acl_token(&token.accessor_id));
         return Ok(ok_json(&t.unwrap_or(token)));
     }
+    // Login and logout authenticate by their own means (a bearer token; the token to destroy).
+    if let Some(answer) = super::acl_auth::login_or_logout(app, req, &parts).await {
+        return answer;
+    }
     // ACL reads and writes are answered by the leader, like Consul's default consistency.
     let authz = authorize_write(app, req)?;
+    if let Some(answer) = super::acl_auth::handle(app, req, &parts, &authz).await {
+        return answer;
+    }
     let token = token_of(app, req);
     // Tokens, policies and roles are looked up by UUID: anything else is refused before the lookup,
     // with Consul's message (Consul answers 500; it is the client's mistake).
@@ -132,18 +139,16 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         }
         (["tokens"], &Method::GET) => {
             require_global(&authz, Global::Acl, Access::Read)?;
-            // Consul's filters: tokens linked to a policy or a role (by ID), or with a service
-            // identity for a service. Tokens from auth methods do not exist in Roster yet, so that
-            // filter selects none.
-            let policy = req.get("policy").filter(|p| !p.is_empty()).map(str::to_string);
-            let role = req.get("role").filter(|r| !r.is_empty()).map(str::to_string);
-            let service = req.get("servicename").filter(|s| !s.is_empty()).map(str::to_string);
-            let unsupported = req.get("authmethod").is_some_and(|v| !v.is_empty());
+            // Consul's filters: tokens linked to a policy or a role (by ID), with a service
+            // identity for a service, or made by a login through an auth method.
+            let param = |k: &str| req.get(k).filter(|v| !v.is_empty()).map(str::to_string);
+            let (policy, role, service, method) =
+                (param("policy"), param("role"), param("servicename"), param("authmethod"));
             let selected = move |t: &AclToken| {
                 policy.as_ref().is_none_or(|p| t.policies.iter().any(|l| &l.id == p))
                     && role.as_ref().is_none_or(|r| t.roles.iter().any(|l| &l.id == r))
                     && service.as_ref().is_none_or(|s| t.service_identities.iter().any(|i| &i.service_name == s))
-                    && !unsupported
+                    && method.as_ref().is_none_or(|m| &t.auth_method == m)
             };
             list(
                 app,
@@ -305,7 +310,7 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     }
 }
 
-async fn list<T: serde::Serialize, U: serde::Serialize>(
+pub(super) async fn list<T: serde::Serialize, U: serde::Serialize>(
     app: &App,
     req: &Req,
     query: impl Fn(&State) -> (u64, Vec<T>),

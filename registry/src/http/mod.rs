@@ -5,6 +5,7 @@
 //! follower, and `serve` forwards the original request to the leader's HTTP address unchanged.
 
 pub mod acl;
+mod acl_auth;
 mod agent;
 mod agent_admin;
 mod blocking;

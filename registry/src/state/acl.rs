@@ -8,8 +8,8 @@ use subtle::ConstantTimeEq;
 use super::{CommandResult, State, Table, Touched, WatchKey};
 use crate::acl::{Authorizer, Rules};
 use crate::api::{
-    AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken, ANONYMOUS_TOKEN_ACCESSOR,
-    GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME,
+    AclAuthMethod, AclBindingRule, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken,
+    ANONYMOUS_TOKEN_ACCESSOR, GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -17,6 +17,10 @@ pub struct AclTables {
     tokens: BTreeMap<String, AclToken>,
     policies: BTreeMap<String, AclPolicy>,
     roles: BTreeMap<String, AclRole>,
+    #[serde(default)]
+    auth_methods: BTreeMap<String, AclAuthMethod>,
+    #[serde(default)]
+    binding_rules: BTreeMap<String, AclBindingRule>,
     /// Log index of the bootstrap, once done (Consul's "reset index").
     bootstrapped_at: Option<u64>,
     /// Derived: secret -> accessor.
@@ -277,7 +281,104 @@ impl State {
         CommandResult::Bool(true)
     }
 
+    pub(super) fn acl_auth_method_set(
+        &mut self,
+        index: u64,
+        mut m: AclAuthMethod,
+        touched: &mut Touched,
+    ) -> CommandResult {
+        if m.name.is_empty() {
+            return CommandResult::Rejected("Invalid Auth Method: no Name is set".into());
+        }
+        if !matches!(m.method_type.as_str(), "jwt" | "kubernetes") {
+            return CommandResult::Rejected(format!(
+                "Invalid Auth Method: Type should be one of: [jwt kubernetes], got {:?}",
+                m.method_type
+            ));
+        }
+        match self.acl.auth_methods.get(&m.name) {
+            Some(old) if old.method_type != m.method_type => {
+                return CommandResult::Rejected(format!(
+                    "Invalid Auth Method: cannot change type of auth method {:?}",
+                    m.name
+                ));
+            }
+            Some(old) => m.create_index = old.create_index,
+            None => m.create_index = index,
+        }
+        m.modify_index = index;
+        self.acl.auth_methods.insert(m.name.clone(), m);
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    pub(super) fn acl_auth_method_delete(&mut self, index: u64, name: &str, touched: &mut Touched) -> CommandResult {
+        if self.acl.auth_methods.remove(name).is_some() {
+            self.acl.binding_rules.retain(|_, r| r.auth_method != name);
+            let logins: Vec<String> =
+                self.acl.tokens.values().filter(|t| t.auth_method == name).map(|t| t.accessor_id.clone()).collect();
+            for accessor in logins {
+                if let Some(t) = self.acl.tokens.remove(&accessor) {
+                    self.acl.by_secret.remove(&t.secret_id);
+                }
+            }
+            self.acl_touch(index, touched);
+        }
+        CommandResult::Bool(true)
+    }
+
+    pub(super) fn acl_binding_rule_set(
+        &mut self,
+        index: u64,
+        mut r: AclBindingRule,
+        touched: &mut Touched,
+    ) -> CommandResult {
+        if !self.acl.auth_methods.contains_key(&r.auth_method) {
+            return CommandResult::Rejected(format!("Invalid Binding Rule: unknown AuthMethod {:?}", r.auth_method));
+        }
+        if !matches!(r.bind_type.as_str(), "service" | "node" | "role" | "policy") {
+            return CommandResult::Rejected(format!("Invalid Binding Rule: unknown BindType {:?}", r.bind_type));
+        }
+        if r.bind_name.is_empty() {
+            return CommandResult::Rejected("Invalid Binding Rule: no BindName is set".into());
+        }
+        match self.acl.binding_rules.get(&r.id) {
+            Some(old) if old.auth_method != r.auth_method => {
+                return CommandResult::Rejected("Invalid Binding Rule: cannot change AuthMethod".into());
+            }
+            Some(old) => r.create_index = old.create_index,
+            None => r.create_index = index,
+        }
+        r.modify_index = index;
+        self.acl.binding_rules.insert(r.id.clone(), r);
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    pub(super) fn acl_binding_rule_delete(&mut self, index: u64, id: &str, touched: &mut Touched) -> CommandResult {
+        if self.acl.binding_rules.remove(id).is_some() {
+            self.acl_touch(index, touched);
+        }
+        CommandResult::Bool(true)
+    }
+
     // ---- reads ----
+
+    pub fn acl_auth_method(&self, name: &str) -> (u64, Option<AclAuthMethod>) {
+        (self.indexes.acl, self.acl.auth_methods.get(name).cloned())
+    }
+
+    pub fn acl_auth_methods(&self) -> (u64, Vec<AclAuthMethod>) {
+        (self.indexes.acl, self.acl.auth_methods.values().cloned().collect())
+    }
+
+    pub fn acl_binding_rule(&self, id: &str) -> (u64, Option<AclBindingRule>) {
+        (self.indexes.acl, self.acl.binding_rules.get(id).cloned())
+    }
+
+    pub fn acl_binding_rules(&self) -> (u64, Vec<AclBindingRule>) {
+        (self.indexes.acl, self.acl.binding_rules.values().cloned().collect())
+    }
 
     pub fn acl_bootstrapped(&self) -> bool {
         self.acl.bootstrapped_at.is_some()

@@ -85,6 +85,19 @@ pub enum Command {
     AclTokenDelete {
         accessor: String,
     },
+    AclAuthMethodSet {
+        method: crate::api::AclAuthMethod,
+    },
+    /// Deletes the method with its binding rules and the tokens logins made through it.
+    AclAuthMethodDelete {
+        name: String,
+    },
+    AclBindingRuleSet {
+        rule: crate::api::AclBindingRule,
+    },
+    AclBindingRuleDelete {
+        id: String,
+    },
     /// Forgets KV tombstones at or below this index (proposed by the leader once they are older
     /// than the tombstone TTL, as Consul's tombstone GC does).
     KvReapTombstones {
@@ -128,6 +141,10 @@ impl Command {
             Command::AclRoleDelete { .. } => "acl_role_delete",
             Command::AclTokenSet { .. } => "acl_token_set",
             Command::AclTokenDelete { .. } => "acl_token_delete",
+            Command::AclAuthMethodSet { .. } => "acl_auth_method_set",
+            Command::AclAuthMethodDelete { .. } => "acl_auth_method_delete",
+            Command::AclBindingRuleSet { .. } => "acl_binding_rule_set",
+            Command::AclBindingRuleDelete { .. } => "acl_binding_rule_delete",
             Command::KvReapTombstones { .. } => "kv_reap_tombstones",
             Command::AutopilotSet { .. } => "autopilot_set",
             Command::Restore { .. } => "restore",
