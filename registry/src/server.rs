@@ -63,6 +63,13 @@ pub async fn leader_loop(app: Arc<App>) {
                 Err(e) => tracing::warn!(error = %e, "could not register servers in the catalog"),
             }
         }
+        // Expired ACL tokens are refused at once; the leader also deletes them, as Consul's reaper does.
+        let now = crate::http::acl::now_rfc3339();
+        if app.config.acl_enabled && app.sm.read(|s| !s.acl_expired_tokens(&now).is_empty()) {
+            if let Err(e) = app.propose(Command::AclTokensReapExpired { now }).await {
+                tracing::warn!(error = %e, "could not delete expired ACL tokens");
+            }
+        }
         let (kv_index, buried) = app.sm.read(|s| (s.indexes().kvs, s.kv_tombstone_count()));
         if let Some(up_to) = tombstones.due(Instant::now(), kv_index, TOMBSTONE_TTL) {
             if buried > 0 {

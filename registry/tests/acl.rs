@@ -392,4 +392,21 @@ node_prefix "" { policy = "read" }"#,
         assert_eq!(a.status, 400, "{}", a.body);
         assert!(a.body.as_str().is_some_and(|m| m.contains(why)), "{}", a.body);
     }
+
+    // Expiry times are kept in one form (so they compare), and never in the past.
+    let later = api.ok("PUT", "/v1/acl/token", Some(json!({"ExpirationTime": "2099-01-01T00:00:00.5Z"}))).await;
+    assert_eq!(later["ExpirationTime"], "2099-01-01T00:00:00Z", "{later}");
+    // An expired token is deleted by the leader, not just refused.
+    let brief = api.ok("PUT", "/v1/acl/token", Some(json!({"ExpirationTTL": "1s"}))).await;
+    let accessor = brief["AccessorID"].as_str().expect("accessor").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.call("GET", &format!("/v1/acl/token/{accessor}"), Some(MANAGEMENT), None).await.status != 403 {
+        assert!(Instant::now() < deadline, "the expired token was never reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (exp, why) in [("2000-01-01T00:00:00Z", "in the past"), ("tomorrow", "Invalid ExpirationTime")] {
+        let a = api.call("PUT", "/v1/acl/token", Some(MANAGEMENT), Some(json!({"ExpirationTime": exp}))).await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert!(a.body.as_str().is_some_and(|m| m.contains(why)), "{}", a.body);
+    }
 }

@@ -270,9 +270,6 @@ async fn agent_self(ctx: &Ctx) -> serde_json::Value {
         Some(g) => g.view().await.live.get(&node.name).map(|m| to_agent_member(m, 1)),
         None => None,
     };
-    let (services, checks, ttls) = ctx
-        .agent
-        .with_state(|s| (s.services().count(), s.checks().count(), s.checks().filter(|c| c.ttl.is_some()).count()));
     serde_json::json!({
         "Config": {
             "Datacenter": node.datacenter,
@@ -294,12 +291,7 @@ async fn agent_self(ctx: &Ctx) -> serde_json::Value {
         },
         "Member": member,
         "Stats": {
-            "agent": {
-                "check_monitors": "0",
-                "check_ttls": ttls.to_string(),
-                "checks": checks.to_string(),
-                "services": services.to_string(),
-            },
+            "agent": ctx.agent.stats(),
             "build": {"prerelease": "", "revision": "roster-sidecar", "version": env!("CARGO_PKG_VERSION")},
             "consul": {"server": "false", "known_servers": ctx.client.servers().len().to_string()},
         },

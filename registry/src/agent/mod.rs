@@ -183,6 +183,18 @@ impl Agent {
         self.with_state(|s| s.node().clone())
     }
 
+    /// `Stats.agent` of `/v1/agent/self`: what this agent holds.
+    pub fn stats(&self) -> serde_json::Value {
+        let (services, checks, ttls) = self
+            .with_state(|s| (s.services().count(), s.checks().count(), s.checks().filter(|c| c.ttl.is_some()).count()));
+        serde_json::json!({
+            "check_monitors": "0",
+            "check_ttls": ttls.to_string(),
+            "checks": checks.to_string(),
+            "services": services.to_string(),
+        })
+    }
+
     pub fn token(&self, kind: &str) -> Option<String> {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(kind).cloned().filter(|t| !t.is_empty())
     }

@@ -87,6 +87,15 @@ pub(super) fn new_token(mut t: AclToken) -> Result<AclToken, ApiError> {
         t.secret_id = new_uuid();
     }
     t.create_time = now_rfc3339();
+    // One form for every expiry (RFC 3339, UTC, seconds), so that expiry compares as strings.
+    if let Some(exp) = t.expiration_time.take().filter(|s| !s.is_empty()) {
+        let at = humantime::parse_rfc3339(&exp)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid ExpirationTime {exp:?} (RFC 3339, UTC): {e}")))?;
+        if at <= SystemTime::now() {
+            return Err(ApiError::BadRequest("ExpirationTime cannot be in the past".into()));
+        }
+        t.expiration_time = Some(humantime::format_rfc3339_seconds(at).to_string());
+    }
     if let Some(ttl) = t.expiration_ttl.take().filter(|s| !s.is_empty()) {
         let d = parse_go_duration(&ttl).map_err(|e| ApiError::BadRequest(format!("Invalid ExpirationTTL: {e}")))?;
         t.expiration_time = Some(humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());

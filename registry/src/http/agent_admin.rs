@@ -75,9 +75,6 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
     let m = app.raft.metrics().borrow().clone();
     let leader_addr = app.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default();
     let voters = m.membership_config.membership().voter_ids().count();
-    let (services, checks, ttls) = app
-        .agent
-        .with_state(|s| (s.services().count(), s.checks().count(), s.checks().filter(|c| c.ttl.is_some()).count()));
     let me = members(app, false).await.into_iter().find(|m| m.name == app.me.name);
     let (bind, port) = (app.config.http_addr.ip().to_string(), app.config.http_addr.port());
     json!({
@@ -109,12 +106,7 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
         },
         "Member": me,
         "Stats": {
-            "agent": {
-                "check_monitors": "0",
-                "check_ttls": ttls.to_string(),
-                "checks": checks.to_string(),
-                "services": services.to_string(),
-            },
+            "agent": app.agent.stats(),
             "build": {"prerelease": "", "revision": "roster", "version": env!("CARGO_PKG_VERSION")},
             "consul": {
                 "acl": if app.config.acl_enabled { "enabled" } else { "disabled" },

@@ -355,6 +355,29 @@ impl State {
         CommandResult::None
     }
 
+    pub(super) fn acl_tokens_reap_expired(&mut self, index: u64, now: &str, touched: &mut Touched) -> CommandResult {
+        let expired = self.acl_expired_tokens(now);
+        for accessor in &expired {
+            if let Some(t) = self.acl.tokens.remove(accessor) {
+                self.acl.by_secret.remove(&t.secret_id);
+            }
+        }
+        if !expired.is_empty() {
+            self.acl_touch(index, touched);
+        }
+        CommandResult::Bool(!expired.is_empty())
+    }
+
+    /// Accessors of the tokens expired at `now` (RFC 3339 UTC timestamps of one form compare as strings).
+    pub fn acl_expired_tokens(&self, now: &str) -> Vec<String> {
+        self.acl
+            .tokens
+            .values()
+            .filter(|t| t.expiration_time.as_deref().is_some_and(|exp| exp <= now))
+            .map(|t| t.accessor_id.clone())
+            .collect()
+    }
+
     pub(super) fn acl_binding_rule_delete(&mut self, index: u64, id: &str, touched: &mut Touched) -> CommandResult {
         if self.acl.binding_rules.remove(id).is_some() {
             self.acl_touch(index, touched);
@@ -430,7 +453,6 @@ impl State {
         Some(token)
     }
 
-    /// Resolves a secret to an authorizer: its policies plus its roles' policies.
     /// The authorizer of a token: its policies, its roles' policies, and the policies its and its
     /// roles' service and node identities stand for in this datacenter.
     pub fn acl_resolve(&self, secret: &str, default_allow: bool, now_rfc3339: &str, datacenter: &str) -> Resolved {

@@ -98,6 +98,11 @@ pub enum Command {
     AclBindingRuleDelete {
         id: String,
     },
+    /// Deletes the tokens whose ExpirationTime is at or before `now` (RFC 3339, UTC; proposed by the
+    /// leader, so every server deletes the same ones).
+    AclTokensReapExpired {
+        now: String,
+    },
     /// Forgets KV tombstones at or below this index (proposed by the leader once they are older
     /// than the tombstone TTL, as Consul's tombstone GC does).
     KvReapTombstones {
@@ -145,6 +150,7 @@ impl Command {
             Command::AclAuthMethodDelete { .. } => "acl_auth_method_delete",
             Command::AclBindingRuleSet { .. } => "acl_binding_rule_set",
             Command::AclBindingRuleDelete { .. } => "acl_binding_rule_delete",
+            Command::AclTokensReapExpired { .. } => "acl_tokens_reap_expired",
             Command::KvReapTombstones { .. } => "kv_reap_tombstones",
             Command::AutopilotSet { .. } => "autopilot_set",
             Command::Restore { .. } => "restore",

@@ -1613,3 +1613,42 @@ fn batch_applies_in_order_at_one_index_with_one_answer_each() {
     assert_eq!(one.unwrap().modify_index, i);
     assert_eq!(two.unwrap().modify_index, i);
 }
+
+#[test]
+fn expired_tokens_are_refused_then_reaped_and_auth_methods_take_their_logins_along() {
+    use crate::api::{AclAuthMethod, AclBindingRule, AclToken};
+    let mut h = Harness::new();
+    let token = |accessor: &str, secret: &str, exp: Option<&str>, method: &str| AclToken {
+        accessor_id: accessor.into(),
+        secret_id: secret.into(),
+        expiration_time: exp.map(str::to_string),
+        auth_method: method.into(),
+        ..Default::default()
+    };
+    let m = AclAuthMethod { name: "k8s".into(), method_type: "kubernetes".into(), ..Default::default() };
+    assert_eq!(h.apply(Command::AclAuthMethodSet { method: m }), CommandResult::None);
+    h.apply(Command::AclTokenSet { token: token("a-1", "s-1", Some("2026-01-01T00:00:00Z"), "") });
+    h.apply(Command::AclTokenSet { token: token("a-2", "s-2", Some("2027-01-01T00:00:00Z"), "") });
+    h.apply(Command::AclTokenSet { token: token("a-3", "s-3", None, "k8s") });
+    let rule = AclBindingRule {
+        id: "r-1".into(),
+        auth_method: "k8s".into(),
+        bind_type: "service".into(),
+        bind_name: "web".into(),
+        ..Default::default()
+    };
+    assert_eq!(h.apply(Command::AclBindingRuleSet { rule }), CommandResult::None);
+    let now = "2026-06-01T00:00:00Z";
+    assert!(h.st.acl_token_by_secret("s-1", now).is_none(), "expired: refused before it is reaped");
+    assert_eq!(h.st.acl_expired_tokens(now), vec!["a-1".to_string()]);
+    assert_eq!(h.apply(Command::AclTokensReapExpired { now: now.into() }), CommandResult::Bool(true));
+    assert!(h.st.acl_token("a-1").1.is_none() && h.st.acl_token("a-2").1.is_some());
+    assert_eq!(h.apply(Command::AclTokensReapExpired { now: now.into() }), CommandResult::Bool(false));
+    // A binding rule needs its method; deleting the method removes its rules and login tokens.
+    let orphan = AclBindingRule { id: "r-2".into(), auth_method: "none".into(), ..Default::default() };
+    assert!(matches!(h.apply(Command::AclBindingRuleSet { rule: orphan }), CommandResult::Rejected(_)));
+    h.apply(Command::AclAuthMethodDelete { name: "k8s".into() });
+    assert!(h.st.acl_token("a-3").1.is_none(), "login tokens go with their method");
+    assert!(h.st.acl_binding_rules().1.is_empty());
+    assert!(h.st.acl_token("a-2").1.is_some());
+}
