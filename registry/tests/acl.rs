@@ -359,6 +359,11 @@ node_prefix "" { policy = "read" }"#,
         .await;
     assert_eq!(role["ServiceIdentities"], json!([{"ServiceName": "api"}]), "{role}");
     let via_role = identity(json!({"Roles": [{"Name": "api-role"}]})).await;
+    let templated = identity(json!({"TemplatedPolicies": [
+        {"TemplateName": "builtin/service", "TemplateVariables": {"Name": "api"}}]}))
+    .await;
+    assert_eq!(templated["TemplatedPolicies"][0]["TemplateVariables"], json!({"name": "api"}), "{templated}");
+    let templated_secret = templated["SecretID"].as_str().expect("secret").to_string();
     let role_secret = via_role["SecretID"].as_str().expect("secret").to_string();
     let register = |service: &str| {
         json!({"Node": "n1", "Address": "10.0.0.1", "SkipNodeUpdate": true,
@@ -369,6 +374,8 @@ node_prefix "" { policy = "read" }"#,
         (&svc_secret, "api-sidecar-proxy", 200),
         (&svc_secret, "db", 403),
         (&role_secret, "api", 200),
+        (&templated_secret, "api", 200),
+        (&templated_secret, "db", 403),
         (&elsewhere_secret, "api", 403),
     ] {
         let a = api.call("PUT", "/v1/catalog/register", Some(secret), Some(register(service))).await;
@@ -386,6 +393,8 @@ node_prefix "" { policy = "read" }"#,
     for (bad, why) in [
         (json!({"ServiceIdentities": [{"ServiceName": "Not Valid"}]}), "invalid name"),
         (json!({"NodeIdentities": [{"NodeName": "n1"}]}), "missing the datacenter"),
+        (json!({"TemplatedPolicies": [{"TemplateName": "builtin/service"}]}), "name is required"),
+        (json!({"TemplatedPolicies": [{"TemplateName": "builtin/nothing"}]}), "not found"),
         (json!({"Local": true, "ServiceIdentities": [{"ServiceName": "a", "Datacenters": ["dc1"]}]}), "local token"),
     ] {
         let a = api.call("PUT", "/v1/acl/token", Some(MANAGEMENT), Some(bad)).await;

@@ -2,6 +2,7 @@
 
 pub mod authorizer;
 pub mod rules;
+pub mod templated;
 
 pub use authorizer::Authorizer;
 pub use rules::{Access, Global, Resource, Rule, RuleError, Rules};

@@ -31,6 +31,26 @@ pub struct AclServiceIdentity {
     pub datacenters: Vec<String>,
 }
 
+/// A templated policy linked to a token or role: a built-in template (`builtin/service`, ...) and
+/// its variables, in the listed datacenters (all when none are listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AclTemplatedPolicy {
+    pub template_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_variables: Option<AclTemplateVariables>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
+}
+
+/// A template's variables (lowercase on the wire, as Consul writes them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AclTemplateVariables {
+    #[serde(alias = "Name")]
+    pub name: String,
+}
+
 /// A node identity: the token or role may act as that node (write on it, read on all services),
 /// in one datacenter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +86,8 @@ pub struct AclRole {
     pub service_identities: Vec<AclServiceIdentity>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub node_identities: Vec<AclNodeIdentity>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templated_policies: Vec<AclTemplatedPolicy>,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -136,6 +158,8 @@ pub struct AclToken {
     pub service_identities: Vec<AclServiceIdentity>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub node_identities: Vec<AclNodeIdentity>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templated_policies: Vec<AclTemplatedPolicy>,
     /// The auth method a login created this token through.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub auth_method: String,

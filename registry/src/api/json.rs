@@ -90,6 +90,9 @@ const CANONICAL: &[&str] = &[
     "BindType",
     "BindName",
     "BearerToken",
+    "TemplatedPolicies",
+    "TemplateName",
+    "TemplateVariables",
 ];
 
 /// Fields whose value is a user map: keys are data, not field names.

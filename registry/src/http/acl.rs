@@ -126,6 +126,9 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     if let Some(answer) = super::acl_auth::handle(app, req, &parts, &authz).await {
         return answer;
     }
+    if let Some(answer) = super::acl_templated::handle(req, &parts, &authz) {
+        return answer;
+    }
     let token = token_of(app, req);
     // Tokens, policies and roles are looked up by UUID: anything else is refused before the lookup,
     // with Consul's message (Consul answers 500; it is the client's mistake).
@@ -221,6 +224,7 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 roles: old.roles,
                 service_identities: old.service_identities,
                 node_identities: old.node_identities,
+                templated_policies: old.templated_policies,
                 local: old.local,
                 expiration_time: old.expiration_time,
                 ..Default::default()

@@ -6,6 +6,7 @@
 
 pub mod acl;
 mod acl_auth;
+mod acl_templated;
 mod agent;
 mod agent_admin;
 mod blocking;

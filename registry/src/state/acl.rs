@@ -8,8 +8,8 @@ use subtle::ConstantTimeEq;
 use super::{CommandResult, State, Table, Touched, WatchKey};
 use crate::acl::{Authorizer, Rules};
 use crate::api::{
-    AclAuthMethod, AclBindingRule, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity, AclToken,
-    ANONYMOUS_TOKEN_ACCESSOR, GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME,
+    AclAuthMethod, AclBindingRule, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity,
+    AclTemplatedPolicy, AclToken, ANONYMOUS_TOKEN_ACCESSOR, GLOBAL_MANAGEMENT_POLICY_ID, GLOBAL_MANAGEMENT_POLICY_NAME,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -84,6 +84,14 @@ fn check_identities(services: &[AclServiceIdentity], nodes: &[AclNodeIdentity], 
         if n.datacenter.is_empty() {
             return Err(format!("Node identity is missing the datacenter field on this {on}"));
         }
+    }
+    Ok(())
+}
+
+/// Every linked template exists and renders with its variables.
+fn check_templates(links: &[AclTemplatedPolicy]) -> Result<(), String> {
+    for t in links {
+        crate::acl::templated::render(&t.template_name, t.template_variables.as_ref().map(|v| v.name.as_str()))?;
     }
     Ok(())
 }
@@ -207,6 +215,9 @@ impl State {
         if let Err(e) = check_identities(&r.service_identities, &r.node_identities, "role") {
             return CommandResult::Rejected(e);
         }
+        if let Err(e) = check_templates(&r.templated_policies) {
+            return CommandResult::Rejected(e);
+        }
         if self.acl.roles.values().any(|o| o.name == r.name && o.id != r.id) {
             return CommandResult::Rejected(format!("Invalid Role: A Role with Name {:?} already exists", r.name));
         }
@@ -236,6 +247,9 @@ impl State {
 
     pub(super) fn acl_token_set(&mut self, index: u64, mut t: AclToken, touched: &mut Touched) -> CommandResult {
         if let Err(e) = check_identities(&t.service_identities, &t.node_identities, "token") {
+            return CommandResult::Rejected(e);
+        }
+        if let Err(e) = check_templates(&t.templated_policies) {
             return CommandResult::Rejected(e);
         }
         if t.local && t.service_identities.iter().any(|s| !s.datacenters.is_empty()) {
@@ -467,11 +481,25 @@ impl State {
                 nodes.extend(&r.node_identities);
             }
         }
+        let mut templated: Vec<&AclTemplatedPolicy> = token.templated_policies.iter().collect();
+        for role in &token.roles {
+            if let Some(r) = self.acl.roles.get(&role.id) {
+                templated.extend(&r.templated_policies);
+            }
+        }
+        let from_templates = templated
+            .into_iter()
+            .filter(|t| t.datacenters.is_empty() || t.datacenters.iter().any(|d| d == datacenter))
+            .filter_map(|t| {
+                crate::acl::templated::rules(&t.template_name, t.template_variables.as_ref().map(|v| v.name.as_str()))
+                    .ok()
+            });
         let synthesized: Vec<Rules> = services
             .iter()
             .filter(|s| s.datacenters.is_empty() || s.datacenters.iter().any(|d| d == datacenter))
             .map(|s| Rules::service_identity(&s.service_name))
             .chain(nodes.iter().filter(|n| n.datacenter == datacenter).map(|n| Rules::node_identity(&n.node_name)))
+            .chain(from_templates)
             .collect();
         let authorizer = if policy_ids.contains(&GLOBAL_MANAGEMENT_POLICY_ID) {
             Authorizer::management()
