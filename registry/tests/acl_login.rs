@@ -58,6 +58,16 @@ fn ed25519() -> (jsonwebtoken::EncodingKey, String) {
     (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), pem)
 }
 
+/// An Ed25519 key pair: the signer, and its public key as a JWK.
+fn ed25519_jwk() -> (jsonwebtoken::EncodingKey, Value) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("generate");
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key pair");
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA", "use": "sig", "kid": "k1"});
+    (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
+}
+
 fn jwt(key: &jsonwebtoken::EncodingKey, claims: Value) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA), &claims, key).expect("sign")
 }
@@ -160,6 +170,29 @@ async fn auth_methods_log_in_with_jwts_and_service_account_tokens() {
     assert_eq!(call(&http, "POST", "/v1/acl/logout", Some(MANAGEMENT), None).await.0, 403);
     assert_eq!(call(&http, "POST", "/v1/acl/logout", Some(&secret), None).await.0, 200);
     assert_eq!(call(&http, "GET", "/v1/acl/token/self", Some(&secret), None).await.0, 403, "logged out");
+
+    // Keys from a JWKS document (fetched at login) instead of configured PEMs.
+    let (jwks_signer, jwks_public) = ed25519_jwk();
+    let jwks = json!({"keys": [jwks_public]});
+    let route = warp::path!("jwks.json").map(move || warp::reply::json(&jwks));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let jwks_addr = listener.local_addr().expect("addr");
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    let method = json!({"Name": "jwks", "Type": "jwt", "Config": {
+        "JWKSURL": format!("http://{jwks_addr}/jwks.json"), "JWTSupportedAlgs": ["EdDSA"],
+        "BoundAudiences": ["roster"], "ClaimMappings": {"sub": "name"}}});
+    admin("PUT", "/v1/acl/auth-method".into(), Some(method)).await;
+    let rule = json!({"AuthMethod": "jwks", "BindType": "service", "BindName": "${value.name}"});
+    admin("PUT", "/v1/acl/binding-rule".into(), Some(rule)).await;
+    let jwks_login = |claims: Value| {
+        let http = http.clone();
+        let body = json!({"AuthMethod": "jwks", "BearerToken": jwt(&jwks_signer, claims)});
+        async move { call(&http, "POST", "/v1/acl/login", None, Some(body)).await }
+    };
+    let (status, token) = jwks_login(json!({"sub": "api", "aud": "roster", "exp": now + 600})).await;
+    assert_eq!((status, &token["ServiceIdentities"]), (200, &json!([{"ServiceName": "api"}])), "{token}");
+    assert_eq!(jwks_login(json!({"sub": "api", "aud": "other", "exp": now + 600})).await.0, 403, "wrong audience");
+    assert_eq!(jwks_login(json!({"sub": "api", "aud": "roster", "exp": now - 3600})).await.0, 403, "expired");
 
     // Kubernetes: the API server's TokenReview vouches for a ServiceAccount token.
     let api_server = token_review_server().await;
