@@ -377,3 +377,41 @@ async fn answers_have_consuls_shapes() {
     assert_eq!(body["Errors"][0]["OpIndex"], 0);
     assert_eq!((body["KnownLeader"].as_bool(), body["Index"].as_u64()), (Some(true), Some(0)));
 }
+
+/// `/v1/operator/usage` counts as Consul does: the `consul` service is an instance but not billable,
+/// nor is a proxy, which is counted under its kind.
+#[tokio::test]
+async fn operator_usage_counts_services_instances_and_nodes() {
+    let http = client();
+    let dev = Dev::start(19692);
+    until_leader(&http, &dev).await;
+    let register = |body: serde_json::Value| {
+        let (http, url) = (http.clone(), format!("{}/catalog/register", dev.base));
+        async move { assert!(http.put(url).json(&body).send().await.expect("register").status().is_success()) }
+    };
+    register(serde_json::json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": "web-1", "Service": "web"}}))
+        .await;
+    register(serde_json::json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": "web-2", "Service": "web"}}))
+        .await;
+    register(serde_json::json!({"Node": "n1", "Address": "10.0.0.1", "Service": {"ID": "web-proxy",
+        "Service": "web-sidecar-proxy", "Kind": "connect-proxy", "Proxy": {"DestinationServiceName": "web"}}}))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let r = http.get(format!("{}/operator/usage", dev.base)).send().await.expect("usage");
+        assert!(r.headers().contains_key("x-consul-index"));
+        let v: serde_json::Value = r.json().await.expect("json");
+        // The dev server's own node and `consul` service appear once the leader registered them.
+        if v["Usage"]["dc1"]["Nodes"] == 2 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let dc = &usage["Usage"]["dc1"];
+    assert_eq!(dc["Services"], 3, "{usage}");
+    assert_eq!(dc["ServiceInstances"], 4, "{usage}");
+    assert_eq!(dc["ConnectServiceInstances"]["connect-proxy"], 1, "{usage}");
+    assert_eq!(dc["BillableServiceInstances"], 2, "{usage}");
+    assert_eq!(usage["KnownLeader"], true);
+}

@@ -272,13 +272,29 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
                 other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
             }
         }
+        ("usage", &Method::GET) => {
+            // Only this datacenter is known, so `?global` answers the same.
+            let (index, usage) = app.sm.read(|s| s.usage());
+            let dc = app.config.datacenter.clone();
+            let body = serde_json::json!({
+                "Usage": { dc: usage },
+                "Index": index,
+                "LastContact": app.last_contact_ms(),
+                "KnownLeader": app.knows_leader(),
+                "ConsistencyLevel": if req.has("stale") { "stale" } else { "leader" },
+                "NotModified": false,
+                "ResultsFilteredByACLs": false,
+            });
+            Ok(super::with_query_meta(app, ok_json(&body), index))
+        }
         ("keyring", m) => keyring(app, m).await,
         (
             "raft/configuration"
             | "raft/peer"
             | "raft/transfer-leader"
             | "autopilot/health"
-            | "autopilot/configuration",
+            | "autopilot/configuration"
+            | "usage",
             m,
         ) => Err(ApiError::MethodNotAllowed(m.clone())),
         _ => Err(ApiError::NotFound(String::new())),

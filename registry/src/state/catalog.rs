@@ -292,6 +292,41 @@ impl State {
         self.service_indexes.get(name).copied().unwrap_or(self.indexes.services)
     }
 
+    /// `/v1/operator/usage` for this datacenter, as Consul counts: services and instances (the
+    /// `consul` service included), instances by Connect kind, and billable ones (neither `consul`
+    /// nor a proxy or gateway).
+    pub fn usage(&self) -> (u64, serde_json::Value) {
+        let all = self.services.values().flat_map(|m| m.values());
+        let (mut instances, mut billable) = (0u64, 0u64);
+        let mut kinds: BTreeMap<&str, u64> = [
+            "api-gateway",
+            "connect-native",
+            "connect-proxy",
+            "ingress-gateway",
+            "mesh-gateway",
+            "terminating-gateway",
+        ]
+        .into_iter()
+        .map(|k| (k, 0))
+        .collect();
+        for s in all {
+            instances += 1;
+            match kinds.get_mut(s.kind.as_str()) {
+                Some(n) => *n += 1,
+                None if s.service != "consul" => billable += 1,
+                None => {}
+            }
+        }
+        let usage = serde_json::json!({
+            "Services": self.by_service_name.len(),
+            "ServiceInstances": instances,
+            "ConnectServiceInstances": kinds,
+            "BillableServiceInstances": billable,
+            "Nodes": self.nodes.len(),
+        });
+        (self.indexes.services.max(self.indexes.nodes), usage)
+    }
+
     pub fn catalog_nodes(&self) -> (u64, Vec<Node>) {
         (self.indexes.nodes, self.nodes.values().cloned().collect())
     }
