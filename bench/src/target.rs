@@ -219,7 +219,8 @@ impl Target for Roster {
         // Roster does not acknowledge a blocking query before answering it; its metrics count them.
         let mut sum = 0;
         for a in &self.addrs {
-            let text = self.ctl.get(format!("http://{a}/v1/agent/metrics")).send().await?.text().await?;
+            let text =
+                self.ctl.get(format!("http://{a}/v1/agent/metrics?format=prometheus")).send().await?.text().await?;
             let n = text
                 .lines()
                 .find_map(|l| l.strip_prefix("roster_blocking_query_watchers "))

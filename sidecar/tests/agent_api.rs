@@ -124,6 +124,14 @@ async fn a_sidecar_answers_the_agent_api_as_a_server_does() {
     assert!(services["web"].get("Kind").is_none(), "a typical service has no Kind: {services}");
     let (_, catalog) = dev.get("/catalog/service/web-sidecar-proxy").await;
     assert_eq!(catalog[0]["ServiceKind"], "connect-proxy", "{catalog}");
+    // Agent health shows how the agent runs each check (Consul's `Definition`); the catalog does not.
+    let (_, health) = side.get("/agent/health/service/id/web-sidecar-proxy").await;
+    let check = &health["Checks"][0];
+    assert_eq!(check["Definition"]["TCP"], "127.0.0.1:21000", "{health}");
+    assert_eq!((&check["Definition"]["Interval"], &check["Type"]), (&Value::from("10s"), &Value::from("")));
+    assert!(check.get("Interval").is_none(), "{check}");
+    let (_, checks) = dev.get("/health/checks/web-sidecar-proxy").await;
+    assert_eq!(checks[0]["Definition"], serde_json::json!({}), "{checks}");
 
     // Maintenance: a critical check of its own, gone again when disabled.
     assert_eq!(side.put("/agent/service/maintenance/web?enable=true&reason=deploy", None).await.0, 200);

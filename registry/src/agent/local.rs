@@ -34,6 +34,8 @@ pub struct LocalCheck {
     /// `deregister_critical_service_after`.
     pub deregister_after: Option<Duration>,
     pub critical_since: Option<Instant>,
+    /// How the agent runs it, as agent health answers show it.
+    pub definition: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +507,7 @@ mod tests {
             ttl_deadline: None,
             deregister_after: None,
             critical_since: None,
+            definition: Default::default(),
         }
     }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::api::{
-    AgentCheckRegistration, AgentService, AgentServiceHealth, AgentServiceRegistration, HealthCheck, HealthStatus,
-    Weights,
+    AgentCheckRegistration, AgentHealthCheck, AgentService, AgentServiceHealth, AgentServiceRegistration, HealthCheck,
+    HealthStatus, Weights,
 };
 use crate::checks::plan::{self, CheckPlan, OfService};
 use crate::checks::scheduler::CheckUpdate;
@@ -23,9 +23,44 @@ use crate::web::ApiError;
 
 pub use local::{LocalCheck, LocalState, NodeInfo, TtlError, SERF_CHECK};
 
+/// A check's `Definition` as Consul's agent shows it: timings as Go durations, the probe's target,
+/// and the HTTP fields Consul always lists.
+fn definition_of(p: &CheckPlan) -> serde_json::Map<String, serde_json::Value> {
+    use crate::api::format_go_duration as go;
+    use crate::checks::plan::ProbeKind;
+    use serde_json::Value;
+    let running = p.probe.is_some();
+    let mut d = serde_json::Map::new();
+    let timing = |on: bool, t: Duration| Value::from(go(if on { t } else { Duration::ZERO }));
+    d.insert("Interval".into(), timing(running, p.schedule.interval));
+    d.insert("Timeout".into(), timing(running, p.timeout));
+    d.insert("DeregisterCriticalServiceAfter".into(), Value::from(go(p.deregister_after.unwrap_or_default())));
+    let (mut http, mut method, mut tcp) = ("", "", "");
+    match &p.probe {
+        Some(ProbeKind::Http { url, method: m }) => (http, method) = (url.as_str(), m.as_str()),
+        Some(ProbeKind::Tcp(addr)) => tcp = addr.as_str(),
+        Some(ProbeKind::Grpc(target)) => {
+            d.insert("GRPC".into(), Value::from(target.as_str()));
+        }
+        Some(ProbeKind::Exec(args)) => {
+            d.insert("ScriptArgs".into(), Value::from(args.clone()));
+        }
+        None => {}
+    }
+    d.insert("HTTP".into(), Value::from(http));
+    d.insert("Header".into(), Value::Null);
+    d.insert("Method".into(), Value::from(method));
+    d.insert("Body".into(), Value::from(""));
+    d.insert("TLSServerName".into(), Value::from(""));
+    d.insert("TLSSkipVerify".into(), Value::from(false));
+    d.insert("TCP".into(), Value::from(tcp));
+    d
+}
+
 /// The agent's record of a planned check.
 fn local_of(p: &CheckPlan) -> LocalCheck {
     LocalCheck {
+        definition: definition_of(p),
         check: p.check.clone(),
         ttl: p.ttl,
         ttl_deadline: None,
@@ -139,8 +174,11 @@ fn unknown_service(id: &str) -> ApiError {
 
 /// A service's health as `/v1/agent/health/service/*` answers it: its own checks only.
 pub fn service_health(s: &LocalState, svc: &AgentService) -> AgentServiceHealth {
-    let checks: Vec<HealthCheck> =
-        s.checks().filter(|c| c.check.service_id == svc.id).map(|c| c.check.clone()).collect();
+    let checks: Vec<AgentHealthCheck> = s
+        .checks()
+        .filter(|c| c.check.service_id == svc.id)
+        .map(|c| AgentHealthCheck::new(&c.check, c.definition.clone()))
+        .collect();
     AgentServiceHealth {
         aggregated_status: crate::api::worst_status(checks.iter().map(|c| c.status)),
         service: svc.clone(),
@@ -334,7 +372,14 @@ impl Agent {
             check_type: "maintenance".into(),
             ..Default::default()
         };
-        let local = LocalCheck { check, ttl: None, ttl_deadline: None, deregister_after: None, critical_since: None };
+        let local = LocalCheck {
+            check,
+            ttl: None,
+            ttl_deadline: None,
+            deregister_after: None,
+            critical_since: None,
+            definition: Default::default(),
+        };
         self.with_state(|s| s.add_check(local, Instant::now()));
         self.changed.notify_one();
         Ok(())

@@ -148,7 +148,50 @@ impl AgentMember {
 pub struct AgentServiceHealth {
     pub aggregated_status: HealthStatus,
     pub service: AgentService,
-    pub checks: Vec<HealthCheck>,
+    pub checks: Vec<AgentHealthCheck>,
+}
+
+/// A check in an agent health answer, shaped as Consul's: its `Definition` (how the agent runs it)
+/// filled, `Type` empty, and no `Interval`, `Timeout` or `ExposedPort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentHealthCheck {
+    pub node: String,
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub name: String,
+    pub status: HealthStatus,
+    pub notes: String,
+    pub output: String,
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    pub service_name: String,
+    pub service_tags: Vec<String>,
+    #[serde(rename = "Type")]
+    pub check_type: String,
+    pub definition: serde_json::Map<String, serde_json::Value>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl AgentHealthCheck {
+    pub fn new(c: &HealthCheck, definition: serde_json::Map<String, serde_json::Value>) -> Self {
+        AgentHealthCheck {
+            node: c.node.clone(),
+            check_id: c.check_id.clone(),
+            name: c.name.clone(),
+            status: c.status,
+            notes: c.notes.clone(),
+            output: c.output.clone(),
+            service_id: c.service_id.clone(),
+            service_name: c.service_name.clone(),
+            service_tags: c.service_tags.clone(),
+            check_type: String::new(),
+            definition,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
 }
 
 /// Body of `PUT /v1/agent/check/update/:id`.

@@ -130,6 +130,7 @@ pub struct HealthCheck {
     pub interval: String,
     pub timeout: String,
     pub exposed_port: u16,
+    /// Empty in catalog and `/v1/agent/checks` answers, as in Consul's (see `AgentHealthCheck`).
     pub definition: BTreeMap<String, String>,
     pub create_index: u64,
     pub modify_index: u64,
