@@ -31,7 +31,15 @@ pub struct Ctx {
     /// The configuration file `/v1/agent/reload` reads again.
     pub config_file: Option<std::path::PathBuf>,
     pub enable_script_checks: bool,
+    /// What each token may do, as the servers said, and when they said it.
+    pub token_cache: std::sync::Mutex<TokenCache>,
 }
+
+/// Resolved tokens by secret (`None`: the sidecar's own token stands in).
+pub type TokenCache = std::collections::HashMap<Option<String>, (std::time::Instant, registry::acl::EffectiveRules)>;
+
+/// How long a resolved token is trusted before the servers are asked again (Consul's `token_ttl`).
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest request body passed on (the servers apply their own, smaller limits).
 const MAX_BODY: u64 = 16 * 1024 * 1024;
@@ -128,10 +136,39 @@ impl Host for Ctx {
         &self.client
     }
 
-    /// The sidecar does not resolve ACL tokens itself yet: its agent API acts for the app in its
-    /// own pod (on localhost), and every call forwarded to the servers is checked there.
-    fn authorize(&self, _req: &Req) -> Result<Authorizer, ApiError> {
-        Ok(Authorizer::management())
+    /// The request's token (else the agent's default token, else the sidecar's own), resolved by
+    /// asking the servers what it may do, cached for `TOKEN_TTL` as Consul's agents cache.
+    async fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError> {
+        let token = registry::web::carried_token(req).or_else(|| self.agent.token("default"));
+        if let Some((at, rules)) = self.token_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&token) {
+            if at.elapsed() < TOKEN_TTL {
+                return Ok(rules.authorizer());
+            }
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &token {
+            let value = t.parse().map_err(|_| ApiError::BadRequest("the token is not a valid header value".into()))?;
+            headers.insert("x-consul-token", value);
+        }
+        let r = self
+            .client
+            .raw(Method::GET, "/v1/internal/acl/rules", headers, Bytes::new(), true)
+            .await
+            .map_err(|e| ApiError::Internal(format!("No known Roster servers answered: {e}")))?;
+        let rules = match r.status {
+            // ACLs are off: every request may do everything.
+            StatusCode::UNAUTHORIZED => registry::acl::EffectiveRules { management: true, ..Default::default() },
+            s if s.is_success() => {
+                serde_json::from_slice(&r.body).map_err(|e| ApiError::Internal(format!("resolving the token: {e}")))?
+            }
+            StatusCode::FORBIDDEN => return Err(ApiError::Forbidden(String::from_utf8_lossy(&r.body).into_owned())),
+            s => return Err(ApiError::Internal(format!("resolving the token: {s}"))),
+        };
+        let authorizer = rules.authorizer();
+        let mut cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
+        cache.insert(token, (std::time::Instant::now(), rules));
+        Ok(authorizer)
     }
 
     /// The servers know: with ACLs off they answer `token/self` with Consul's 401.

@@ -77,6 +77,7 @@ impl Sidecar {
             leave: leave.clone(),
             config_file: config.config_file.clone(),
             enable_script_checks: config.enable_script_checks,
+            token_cache: Default::default(),
         });
         let mut graceful = stop_rx.clone();
         let mut tasks = vec![

@@ -265,6 +265,22 @@ async fn a_sidecar_logs_in_with_its_service_account_and_out_when_it_stops() {
         (list.as_array()?.len() == 1).then_some(())
     })
     .await;
+    // The sidecar's agent API enforces ACLs as the servers would: the request's token, else its own.
+    let put = |path: &str, token: Option<&str>, body: Value| {
+        let mut req = http.put(format!("http://{}/v1{path}", sidecar.http_addr)).json(&body);
+        if let Some(t) = token {
+            req = req.header("X-Consul-Token", t);
+        }
+        async move { req.send().await.expect("request").status().as_u16() }
+    };
+    let register = "/agent/service/register";
+    assert_eq!(put(register, None, serde_json::json!({"name": "web", "port": 8081})).await, 200);
+    assert_eq!(put(register, None, serde_json::json!({"name": "db"})).await, 403, "its own token writes web only");
+    assert_eq!(put(register, Some(MANAGEMENT), serde_json::json!({"name": "db"})).await, 200);
+    assert_eq!(
+        put(register, Some("00000000-0000-0000-0000-00000000dead"), serde_json::json!({"name": "x"})).await,
+        403
+    );
     sidecar.stop().await;
     let logins = admin(reqwest::Method::GET, "/acl/tokens?authmethod=k8s", None).await.expect("tokens");
     assert_eq!(logins, Value::Array(vec![]), "logged out at stop");

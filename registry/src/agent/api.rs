@@ -19,7 +19,7 @@ pub trait Host: Send + Sync {
     /// Where the agent's changes are written.
     fn catalog(&self) -> &dyn Catalog;
     /// The request's ACL authorizer (its token, else the agent's default token).
-    fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError>;
+    async fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError>;
     async fn acl_enabled(&self) -> bool;
     /// `/v1/agent/self`.
     async fn self_info(&self) -> serde_json::Value;
@@ -45,7 +45,7 @@ const TOKEN_KINDS: &[&str] =
 /// Answers `/v1/agent/<tail>`.
 pub async fn handle(host: &dyn Host, req: &Req, tail: &str) -> ApiResult {
     let parts: Vec<&str> = tail.splitn(4, '/').collect();
-    let a = host.authorize(req)?;
+    let a = host.authorize(req).await?;
     let agent = host.agent();
     let me = agent.node().name;
     let (get, put) = (req.method == Method::GET, req.method == Method::PUT);

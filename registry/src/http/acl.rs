@@ -335,6 +335,28 @@ pub(super) async fn list<T: serde::Serialize, U: serde::Serialize>(
     Ok(with_query_meta(app, ok_json(&items), index))
 }
 
+/// `/v1/internal/acl/rules`: the rules the request's own token acts with (any token may ask about
+/// itself), so that an agent resolving tokens itself enforces what the servers would.
+pub fn effective_rules(app: &App, req: &Req) -> ApiResult {
+    if !app.config.acl_enabled {
+        return Err(ApiError::Unauthorized("ACL support disabled".into()));
+    }
+    let secret = token_of(app, req).unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());
+    let default_allow = app.config.acl_default_allow();
+    let answer = app.sm.read(|s| {
+        let token = s.acl_token_by_secret(&secret, &now_rfc3339())?;
+        Some(match s.acl_effective_rules(token, &app.config.datacenter) {
+            None => crate::acl::EffectiveRules { management: true, default_allow, rules: Vec::new() },
+            Some(rules) => crate::acl::EffectiveRules {
+                management: false,
+                default_allow,
+                rules: rules.into_iter().map(|r| r.into_owned()).collect(),
+            },
+        })
+    });
+    answer.map(|a| ok_json(&a)).ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
+}
+
 /// Leader start-up duty with ACLs on: the anonymous token exists, and the configured initial
 /// management token (bootstrapping with it, as Consul does).
 pub async fn ensure_acl_bootstrap(app: &App) -> Result<(), crate::app::ProposeError> {

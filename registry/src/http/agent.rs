@@ -54,7 +54,7 @@ impl crate::agent::api::Host for ServerHost {
         &*self.0
     }
 
-    fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError> {
+    async fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError> {
         super::acl::authorize(&self.0, req)
     }
 

@@ -153,6 +153,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "status" => status::handle_status(app, req, tail).await,
         "operator" => status::handle_operator(app, req, tail).await,
         "acl" => acl::handle(app, req, tail).await,
+        "internal" if tail == "acl/rules" && req.method == Method::GET => acl::effective_rules(app, req),
         "snapshot" if tail.is_empty() => snapshot::handle(app, req).await,
         "event" => event::handle(app, req, tail).await,
         "coordinate" => coordinate::handle(app, req, tail).await,

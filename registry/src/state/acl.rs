@@ -1,5 +1,6 @@
 //! ACL tables: tokens, policies, roles, and whether bootstrap already happened.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -467,45 +468,45 @@ impl State {
         Some(token)
     }
 
-    /// The authorizer of a token: its policies, its roles' policies, and the policies its and its
-    /// roles' service and node identities stand for in this datacenter.
-    pub fn acl_resolve(&self, secret: &str, default_allow: bool, now_rfc3339: &str, datacenter: &str) -> Resolved {
-        let Some(token) = self.acl_token_by_secret(secret, now_rfc3339) else { return Resolved::NotFound };
+    /// The rules a token acts with in this datacenter: its policies', its roles' policies', and
+    /// those its and its roles' identities and templated policies stand for. `None`: management.
+    pub fn acl_effective_rules<'a>(&'a self, token: &'a AclToken, datacenter: &str) -> Option<Vec<Cow<'a, Rules>>> {
         let mut policy_ids: Vec<&str> = token.policies.iter().map(|l| l.id.as_str()).collect();
         let mut services: Vec<&AclServiceIdentity> = token.service_identities.iter().collect();
         let mut nodes: Vec<&AclNodeIdentity> = token.node_identities.iter().collect();
+        let mut templated: Vec<&AclTemplatedPolicy> = token.templated_policies.iter().collect();
         for role in &token.roles {
             if let Some(r) = self.acl.roles.get(&role.id) {
                 policy_ids.extend(r.policies.iter().map(|l| l.id.as_str()));
                 services.extend(&r.service_identities);
                 nodes.extend(&r.node_identities);
-            }
-        }
-        let mut templated: Vec<&AclTemplatedPolicy> = token.templated_policies.iter().collect();
-        for role in &token.roles {
-            if let Some(r) = self.acl.roles.get(&role.id) {
                 templated.extend(&r.templated_policies);
             }
         }
-        let from_templates = templated
-            .into_iter()
-            .filter(|t| t.datacenters.is_empty() || t.datacenters.iter().any(|d| d == datacenter))
-            .filter_map(|t| {
-                crate::acl::templated::rules(&t.template_name, t.template_variables.as_ref().map(|v| v.name.as_str()))
-                    .ok()
-            });
-        let synthesized: Vec<Rules> = services
+        if policy_ids.contains(&GLOBAL_MANAGEMENT_POLICY_ID) {
+            return None;
+        }
+        let here = |dcs: &[String]| dcs.is_empty() || dcs.iter().any(|d| d == datacenter);
+        let from_templates = templated.into_iter().filter(|t| here(&t.datacenters)).filter_map(|t| {
+            crate::acl::templated::rules(&t.template_name, t.template_variables.as_ref().map(|v| v.name.as_str())).ok()
+        });
+        let synthesized = services
             .iter()
-            .filter(|s| s.datacenters.is_empty() || s.datacenters.iter().any(|d| d == datacenter))
+            .filter(|s| here(&s.datacenters))
             .map(|s| Rules::service_identity(&s.service_name))
             .chain(nodes.iter().filter(|n| n.datacenter == datacenter).map(|n| Rules::node_identity(&n.node_name)))
             .chain(from_templates)
-            .collect();
-        let authorizer = if policy_ids.contains(&GLOBAL_MANAGEMENT_POLICY_ID) {
-            Authorizer::management()
-        } else {
-            let policies = policy_ids.iter().filter_map(|id| self.acl.compiled.get(*id));
-            Authorizer::new(default_allow, policies.chain(&synthesized))
+            .map(Cow::Owned);
+        let compiled = policy_ids.iter().filter_map(|id| self.acl.compiled.get(*id)).map(Cow::Borrowed);
+        Some(compiled.chain(synthesized).collect())
+    }
+
+    /// The authorizer of a token (see `acl_effective_rules`).
+    pub fn acl_resolve(&self, secret: &str, default_allow: bool, now_rfc3339: &str, datacenter: &str) -> Resolved {
+        let Some(token) = self.acl_token_by_secret(secret, now_rfc3339) else { return Resolved::NotFound };
+        let authorizer = match self.acl_effective_rules(token, datacenter) {
+            None => Authorizer::management(),
+            Some(rules) => Authorizer::new(default_allow, rules.iter().map(|r| r.as_ref())),
         };
         Resolved::Token { accessor: token.accessor_id.clone(), authorizer }
     }
