@@ -530,7 +530,11 @@ mod footprint {
                 let mut child = child;
                 let _ = child.0.wait();
                 // Wait for the deregistration so the next run measures a fresh registration.
+                let stopped = Instant::now();
                 while registered(&http).await {
+                    if stopped.elapsed() > Duration::from_secs(20) {
+                        bail!("the sidecar stopped but its registration stayed for 20 s");
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             } else {

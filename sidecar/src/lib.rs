@@ -84,17 +84,25 @@ impl Sidecar {
             tokio::spawn(agent.clone().run(updates, stop_rx.clone())),
             tokio::spawn(sync::sync_loop(agent.clone(), Arc::new(client.clone()), config.sync_interval(), stop_rx)),
         ];
-        if gossip.is_some() {
-            wait_joined(&client, &config.node_name, JOIN_WAIT).await;
-        }
-        tasks.push(tokio::spawn(
+        // The agent API answers once this node is alive in the catalog (see `wait_joined`); start
+        // returns at once, so a signal meanwhile still gets a clean stop.
+        let joined = gossip.is_some().then(|| (client.clone(), config.node_name.clone()));
+        let mut waiting = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            if let Some((client, node)) = joined {
+                tokio::select! {
+                    _ = wait_joined(&client, &node, JOIN_WAIT) => {}
+                    _ = waiting.wait_for(|s| *s) => return,
+                }
+            }
             warp::serve(http::routes(ctx))
                 .incoming(listener)
                 .graceful(async move {
                     let _ = graceful.wait_for(|s| *s).await;
                 })
-                .run(),
-        ));
+                .run()
+                .await
+        }));
         if let Some(g) = gossip.clone() {
             let (agent, stop) = (agent.clone(), shutdown.subscribe());
             tasks.push(tokio::spawn(async move {
