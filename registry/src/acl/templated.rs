@@ -131,8 +131,20 @@ fn valid_name(name: &str) -> bool {
 /// The rules text of a template with its variable, or why it cannot be rendered.
 pub fn render(template_name: &str, name: Option<&str>) -> Result<String, String> {
     let t = template(template_name).ok_or_else(|| format!("templated policy {template_name:?} not found"))?;
+    Ok(match checked_name(t, name)? {
+        Some(name) => t.template.replace(PLACEHOLDER, name),
+        None => t.template.to_string(),
+    })
+}
+
+/// Where a template puts its `name` variable.
+const PLACEHOLDER: &str = "{{.Name}}";
+
+/// The template's variable, validated (`None`: the template takes none).
+fn checked_name<'a>(t: &TemplatedPolicy, name: Option<&'a str>) -> Result<Option<&'a str>, String> {
+    let template_name = t.template_name;
     if t.schema.is_empty() {
-        return Ok(t.template.to_string());
+        return Ok(None);
     }
     let name = name
         .filter(|n| !n.is_empty())
@@ -142,13 +154,28 @@ pub fn render(template_name: &str, name: Option<&str>) -> Result<String, String>
             "Failed to validate templated policy {template_name:?}: name {name:?} may hold only letters, digits, '-', '_' and '.'"
         ));
     }
-    Ok(t.template.replace("{{.Name}}", name))
+    Ok(Some(name))
 }
 
-/// The parsed rules of a template with its variable.
+/// The parsed rules of a template with its variable. Tokens resolve on every request, so each
+/// template is parsed once (its placeholder left in) and the name is put into the parsed rules.
 pub fn rules(template_name: &str, name: Option<&str>) -> Result<Rules, String> {
-    let text = render(template_name, name)?;
-    Rules::parse(&text).map_err(|e: RuleError| e.to_string())
+    static PARSED: std::sync::OnceLock<Result<Vec<Rules>, String>> = std::sync::OnceLock::new();
+    let parsed = PARSED
+        .get_or_init(|| {
+            TEMPLATES.iter().map(|t| Rules::parse(t.template).map_err(|e: RuleError| e.to_string())).collect()
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let i = TEMPLATES
+        .iter()
+        .position(|t| t.template_name == template_name)
+        .ok_or_else(|| format!("templated policy {template_name:?} not found"))?;
+    let mut rules = parsed[i].clone();
+    if let Some(name) = checked_name(&TEMPLATES[i], name)? {
+        rules.rules.iter_mut().for_each(|r| r.name = r.name.replace(PLACEHOLDER, name));
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
@@ -160,6 +187,19 @@ mod tests {
     fn every_template_renders_rules_that_parse() {
         for t in TEMPLATES {
             rules(t.template_name, Some("web")).unwrap_or_else(|e| panic!("{}: {e}", t.template_name));
+        }
+    }
+
+    #[test]
+    fn parsed_once_rules_equal_the_rendered_text_parsed() {
+        for t in TEMPLATES {
+            let text = render(t.template_name, Some("web")).unwrap();
+            assert_eq!(
+                rules(t.template_name, Some("web")).unwrap(),
+                Rules::parse(&text).unwrap(),
+                "{}",
+                t.template_name
+            );
         }
     }
 

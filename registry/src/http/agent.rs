@@ -24,23 +24,22 @@ pub struct ServerHost(pub Arc<App>);
 #[async_trait::async_trait]
 impl Catalog for App {
     async fn register(&self, r: &RegisterRequest) -> Result<(), String> {
-        let cmd = Command::Register { request: r.clone(), now_ms: now_ms() };
-        match self.propose(cmd).await.map_err(|e| e.to_string())?.1 {
-            CommandResult::Rejected(msg) => Err(msg),
-            _ => Ok(()),
-        }
+        catalog_write(self, Command::Register { request: r.clone(), now_ms: now_ms() }).await
     }
 
     async fn deregister(&self, r: &DeregisterRequest) -> Result<(), String> {
-        let cmd = Command::Deregister { request: r.clone(), now_ms: now_ms() };
-        match self.propose(cmd).await.map_err(|e| e.to_string())?.1 {
-            CommandResult::Rejected(msg) => Err(msg),
-            _ => Ok(()),
-        }
+        catalog_write(self, Command::Deregister { request: r.clone(), now_ms: now_ms() }).await
     }
 
     async fn node(&self, name: &str) -> Result<(Option<CatalogNode>, Vec<HealthCheck>), String> {
         Ok(self.sm.read(|s| (s.catalog_node(name).1, s.node_checks(name).1)))
+    }
+}
+
+async fn catalog_write(app: &App, cmd: Command) -> Result<(), String> {
+    match app.propose(cmd).await.map_err(|e| e.to_string())?.1 {
+        CommandResult::Rejected(msg) => Err(msg),
+        _ => Ok(()),
     }
 }
 
