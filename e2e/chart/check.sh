@@ -22,7 +22,7 @@ for helm in helm3 helm4; do
 done
 
 # Values that must be refused by values.schema.json.
-for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name; do
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name; do
     if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted $bad" >&2
         exit 1
@@ -34,7 +34,8 @@ echo "-- kubernetes-validate --strict ($k8s_version) on the CRDs"
 
 n=0
 for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
-    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2,cluster.gossipKeySecret=roster-gossip"; do
+    "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2,cluster.gossipKeySecret=roster-gossip" \
+    "--set cluster.acl.enabled=true,cluster.acl.kubernetesAuth.enabled=true,cluster.acl.kubernetesAuth.namespaces={shop,web},cluster.acl.kubernetesAuth.maxTokenTTL=24h"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"
@@ -52,6 +53,16 @@ done
     || { echo "two operator replicas without --leader-election" >&2; exit 1; }
 if "$bin/helm4" template roster "$chart" | grep -q -- '--leader-election'; then
     echo "one operator replica with --leader-election" >&2
+    exit 1
+fi
+# Kubernetes login: the token reviewer, the operator told where its token is, sidecars told to log in.
+rendered="$("$bin/helm4" template roster "$chart" --set cluster.acl.enabled=true,cluster.acl.kubernetesAuth.enabled=true)"
+for want in 'name: system:auth-delegator' 'type: kubernetes.io/service-account-token' 'ROSTER_TOKEN_REVIEWER_SECRET' \
+    'ROSTER_AUTH_METHOD: "kubernetes"' 'kubernetesAuth:'; do
+    grep -qF -- "$want" <<<"$rendered" || { echo "kubernetesAuth chart lacks: $want" >&2; exit 1; }
+done
+if "$bin/helm4" template roster "$chart" | grep -q 'auth-delegator'; then
+    echo "the token reviewer is bound without kubernetesAuth" >&2
     exit 1
 fi
 echo "chart: OK"

@@ -6,7 +6,8 @@
 #
 # Without a cluster it prints why and exits 77, which scripts/test.sh reports as a skip (never as
 # a pass). The images must already be in the cluster (built from registry/Dockerfile and
-# operator/Dockerfile, e.g. `kind load docker-image`): ROSTER_IMAGE and ROSTER_OPERATOR_IMAGE name them.
+# operator/Dockerfile and sidecar/Dockerfile, e.g. `kind load docker-image`): ROSTER_IMAGE,
+# ROSTER_OPERATOR_IMAGE and ROSTER_SIDECAR_IMAGE name them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -26,6 +27,7 @@ if ! "$kubectl" version --request-timeout=5s >/dev/null 2>&1; then
 fi
 : "${ROSTER_IMAGE:?set ROSTER_IMAGE to a server image the cluster can pull (registry/Dockerfile)}"
 : "${ROSTER_OPERATOR_IMAGE:?set ROSTER_OPERATOR_IMAGE to an operator image the cluster can pull (operator/Dockerfile)}"
+: "${ROSTER_SIDECAR_IMAGE:?set ROSTER_SIDECAR_IMAGE to a sidecar image the cluster can pull (sidecar/Dockerfile)}"
 
 ns="roster-e2e-$$"
 k() { "$kubectl" -n "$ns" "$@"; }
@@ -199,6 +201,45 @@ test "$(code -X PUT -d x -H "X-Consul-Token: $app_token" "$api/v1/kv/other")" = 
 k delete aclpolicy app-config --wait --timeout=60s
 eventually_eq 60 403 code -X PUT -d x -H "X-Consul-Token: $app_token" "$api/v1/kv/app/greeting" \
     || fail "the token still works after its ACLPolicy was deleted"
+
+echo "== Kubernetes login: a pod's sidecar logs in with its ServiceAccount token and registers its service"
+"$helm" upgrade roster charts/roster -n "$ns" --reuse-values --wait --timeout 5m --set operator.tokenReviewer=true
+k patch registrycluster roster-acl --type merge \
+    -p "{\"spec\":{\"acl\":{\"kubernetesAuth\":{\"namespaces\":[\"$ns\"],\"maxTokenTTL\":\"1h\"}}}}"
+boot_token="$(k get secret roster-acl-acl-bootstrap-token -o jsonpath='{.data.token}' | base64 -d)"
+admin_get() { curl -sf -H "X-Consul-Token: $boot_token" "$api$1"; }
+eventually 120 admin_get /v1/acl/auth-method/kubernetes || fail "the operator set up no kubernetes auth method"
+k apply -f - <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  serviceAccountName: web
+  terminationGracePeriodSeconds: 20
+  containers:
+    - name: roster-sidecar
+      image: $ROSTER_SIDECAR_IMAGE
+      env:
+        - {name: ROSTER_SERVERS, value: "roster-acl.$ns.svc:8500"}
+        - {name: ROSTER_GOSSIP_SEEDS, value: "roster-acl-server.$ns.svc:8301"}
+        - {name: ROSTER_GOSSIP_ADDR, value: "0.0.0.0:8301"}
+        - {name: ROSTER_AUTH_METHOD, value: kubernetes}
+        - {name: ROSTER_SERVICES, value: '[{"Name": "web", "Port": 8080}]'}
+        - {name: ROSTER_NODE_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+EOF
+k wait --for=condition=Ready pod/web --timeout=120s || fail "the sidecar pod never became Ready"
+web_registered() { admin_get /v1/catalog/service/web | grep -q '"ServicePort":8080'; }
+eventually 60 web_registered || fail "web not registered: $(k logs web --tail=20)"
+login_tokens() { admin_get "/v1/acl/tokens?authmethod=kubernetes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+eventually_eq 30 1 login_tokens || fail "the sidecar holds no login token"
+k delete pod web --wait --timeout=60s
+eventually_eq 60 0 login_tokens || fail "the sidecar did not log out when its pod stopped"
 k delete registrycluster roster-acl --wait --timeout=120s
 
 echo "e2e: OK"

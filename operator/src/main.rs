@@ -35,6 +35,10 @@ enum Cmd {
         /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else `default`).
         #[arg(long, env = "POD_NAMESPACE")]
         lease_namespace: Option<String>,
+        /// Secret holding the token reviewer's ServiceAccount token (`name`, in the operator's
+        /// namespace, or `namespace/name`), for RegistryClusters with `spec.acl.kubernetesAuth`.
+        #[arg(long, env = "ROSTER_TOKEN_REVIEWER_SECRET")]
+        token_reviewer_secret: Option<String>,
     },
     /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
     Check { files: Vec<std::path::PathBuf> },
@@ -47,7 +51,14 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Cmd::Run { registry_addr, registry_token, metrics_addr, leader_election, lease_namespace } => {
+        Cmd::Run {
+            registry_addr,
+            registry_token,
+            metrics_addr,
+            leader_election,
+            lease_namespace,
+            token_reviewer_secret,
+        } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             registry::client::ensure_crypto_provider();
@@ -58,8 +69,20 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            let settings =
-                RunSettings { registry_addr, registry_token, metrics_addr, leader_election, lease_namespace };
+            // A bare Secret name lives in the operator's own namespace.
+            let token_reviewer_secret =
+                token_reviewer_secret.filter(|s| !s.is_empty()).map(|s| match s.split_once('/') {
+                    Some((ns, name)) => (ns.to_string(), name.to_string()),
+                    None => (lease_namespace.clone().unwrap_or_else(|| "default".into()), s),
+                });
+            let settings = RunSettings {
+                registry_addr,
+                registry_token,
+                metrics_addr,
+                leader_election,
+                lease_namespace,
+                token_reviewer_secret,
+            };
             match runtime.block_on(run(settings)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
@@ -118,6 +141,7 @@ struct RunSettings {
     metrics_addr: std::net::SocketAddr,
     leader_election: bool,
     lease_namespace: Option<String>,
+    token_reviewer_secret: Option<(String, String)>,
 }
 
 /// Runs every controller (after winning the Lease, with leader election) until a signal, or until
@@ -169,7 +193,13 @@ async fn run(s: RunSettings) -> Result<(), String> {
             token.clone(),
         ));
         tokio::join!(
-            registry_cluster::controller::run(client.clone(), addr, token, metrics.clone()),
+            registry_cluster::controller::run(
+                client.clone(),
+                addr,
+                token,
+                s.token_reviewer_secret.clone(),
+                metrics.clone()
+            ),
             service_registration::controller::run(shared.clone(), metrics.clone()),
             key_value::controller::run(shared.clone(), metrics.clone()),
             acl_policy::controller::run(shared.clone(), metrics.clone()),

@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
-use registry::api::{AutopilotHealth, ServerHealth};
+use registry::api::{AclAuthMethod, AclBindingRule, AutopilotHealth, ServerHealth};
 use roster_operator::crd::RegistryCluster;
 use roster_operator::registry_cluster::controller::{reconcile, Context, ServerAdmin, Target};
 use serde_json::{json, Value};
@@ -96,6 +96,29 @@ impl ServerAdmin for FakeServers {
     fn bootstrap_acl<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>> {
         self.calls.lock().expect("lock").push("bootstrap".into());
         Box::pin(async { Ok(Some("minted-management-token".to_string())) })
+    }
+
+    /// Records what the servers were asked to keep (nothing when the cluster wants no method).
+    fn sync_auth_method<'a>(
+        &'a self,
+        _target: &'a Target,
+        owner: &'a str,
+        desired: Option<&'a (AclAuthMethod, Vec<AclBindingRule>)>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        let changed = desired.map(|(m, rules)| {
+            let config = m.config.clone().unwrap_or_default();
+            let binds: Vec<String> = rules.iter().map(|r| format!("{}={}", r.bind_type, r.bind_name)).collect();
+            let call = format!(
+                "auth method {} at {} reviewing as {} ({owner}): {}",
+                m.name,
+                config["Host"].as_str().unwrap_or_default(),
+                config["ServiceAccountJWT"].as_str().unwrap_or_default(),
+                binds.join(", ")
+            );
+            self.calls.lock().expect("lock").push(call);
+            vec![format!("auth method {} created", m.name)]
+        });
+        Box::pin(async move { Ok(changed.unwrap_or_default()) })
     }
 }
 
@@ -504,4 +527,61 @@ async fn acls_are_bootstrapped_once_and_the_token_kept_in_a_secret() {
     reconciler.await.expect("join").expect("ok");
     assert_eq!(servers.calls(), ["bootstrap"]);
     assert_eq!(servers.health_token().as_deref(), Some(r#"health with Some("minted-management-token")"#));
+}
+
+/// A cluster asking for Kubernetes login: the operator reads its token reviewer's Secret and has
+/// the servers keep a `kubernetes` method reviewing with that token, binding the ServiceAccount's
+/// service and the pod's node.
+#[tokio::test]
+async fn kubernetes_login_is_set_up_with_the_token_reviewer() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Context::new(Client::new(service, "default"), servers.clone())
+        .with_token_reviewer(Some(("roster-system".into(), "roster-token-reviewer".into())));
+    let mut rc = running(3);
+    rc.spec.acl.kubernetes_auth = Some(serde_json::from_value(json!({"namespaces": ["shop"]})).expect("spec"));
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), Arc::new(ctx)));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    expect_applies(&mut handle).await;
+    serve(&mut handle, Method::GET, "/api/v1/namespaces/roster-system/secrets/roster-token-reviewer", |_| {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+                   "metadata": {"name": "roster-token-reviewer"},
+                   "data": {"token": b64("reviewer-jwt"), "ca.crt": b64("-----BEGIN CERTIFICATE-----")}}),
+        )
+    })
+    .await;
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "KubernetesAuthConfigured");
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert_eq!(
+        servers.calls(),
+        ["auth method kubernetes at https://kubernetes.default.svc reviewing as reviewer-jwt \
+          (roster-operator: ServiceAccount login for RegistryCluster shop/registry): \
+          service=${serviceaccount.name}, node=${pod.name}"]
+    );
+}
+
+/// Without the chart's token reviewer the operator cannot set the method up, and says so in an
+/// event instead of failing the whole reconcile.
+#[tokio::test]
+async fn kubernetes_login_without_a_token_reviewer_is_a_warning() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (ctx, mut handle) = context(servers.clone());
+    let mut rc = running(3);
+    rc.spec.acl.kubernetes_auth = Some(Default::default());
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    expect_applies(&mut handle).await;
+    let event = expect_event(&mut handle).await;
+    assert_eq!(event["reason"], "TokenReviewerMissing");
+    assert!(event["note"].as_str().unwrap_or_default().contains("cluster.acl.kubernetesAuth.enabled"), "{event}");
+    serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    reconciler.await.expect("join").expect("ok");
+    assert!(servers.calls().is_empty(), "{:?}", servers.calls());
 }

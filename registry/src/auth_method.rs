@@ -5,7 +5,8 @@
 //!   `ListClaimMappings` name the claims selectors see as `value.<name>` and `list.<name>`.
 //! - `kubernetes`: a ServiceAccount token the API server at `Host` vouches for (TokenReview, called
 //!   with the method's `ServiceAccountJWT`, trusting `CACert`); selectors see
-//!   `serviceaccount.namespace`, `serviceaccount.name` and `serviceaccount.uid`.
+//!   `serviceaccount.namespace`, `serviceaccount.name` and `serviceaccount.uid`, and for a
+//!   pod-bound token `pod.name` and `pod.uid` (a Roster addition; empty for other tokens).
 //!
 //! Validation and binding are pure; only `identify` does I/O.
 
@@ -317,7 +318,14 @@ pub fn service_account_identity(review: &Value) -> Result<Identity, String> {
         ("name".to_string(), Value::from(name)),
         ("uid".to_string(), Value::from(uid)),
     ]);
-    Ok(Identity::new(BTreeMap::from([("serviceaccount", vars)])))
+    // A pod-bound (projected) token also names its pod: empty for other tokens, so a selector
+    // `pod.name != ""` picks the bound ones (a sidecar's node is named after its pod).
+    let extra = |key: &str| {
+        let v = &status["user"]["extra"][format!("authentication.kubernetes.io/{key}")];
+        Value::from(v.get(0).and_then(Value::as_str).or(v.as_str()).unwrap_or_default())
+    };
+    let pod = BTreeMap::from([("name".to_string(), extra("pod-name")), ("uid".to_string(), extra("pod-uid"))]);
+    Ok(Identity::new(BTreeMap::from([("serviceaccount", vars), ("pod", pod)])))
 }
 
 /// What a login's token gets from the binding rules that match its identity.
@@ -449,5 +457,12 @@ mod tests {
         assert!(service_account_identity(&refused).unwrap_err().contains("token expired"));
         let user = serde_json::json!({"status": {"authenticated": true, "user": {"username": "alice"}}});
         assert!(service_account_identity(&user).is_err());
+        // A pod-bound token names its pod, so a node rule can bind the sidecar's node.
+        let bound = serde_json::json!({"status": {"authenticated": true, "user": {
+            "username": "system:serviceaccount:shop:web", "uid": "u-1",
+            "extra": {"authentication.kubernetes.io/pod-name": ["web-7d9f"], "authentication.kubernetes.io/pod-uid": ["p-1"]}}}});
+        let node_rule = [rule(r#"pod.name != """#, "node", "${pod.name}")];
+        assert_eq!(bind(&node_rule, &service_account_identity(&bound).unwrap()).unwrap().nodes, vec!["web-7d9f"]);
+        assert!(bind(&node_rule, &id).unwrap().nodes.is_empty(), "an unbound token names no pod");
     }
 }

@@ -286,6 +286,53 @@ impl Client {
         serde_json::to_vec(value).map_err(|e| ClientError::Status { status: 0, body: e.to_string() })
     }
 
+    /// `GET /v1/acl/auth-methods` (each without its Config).
+    pub async fn acl_auth_methods(&self) -> Result<Vec<crate::api::AclAuthMethod>, ClientError> {
+        Ok(self.json(reqwest::Method::GET, "/v1/acl/auth-methods", None).await?.unwrap_or_default())
+    }
+
+    /// `GET /v1/acl/auth-method/:name`.
+    pub async fn acl_auth_method(&self, name: &str) -> Result<Option<crate::api::AclAuthMethod>, ClientError> {
+        self.json(reqwest::Method::GET, &format!("/v1/acl/auth-method/{name}"), None).await
+    }
+
+    /// `PUT /v1/acl/auth-method` (new) or `PUT /v1/acl/auth-method/:name` (update).
+    pub async fn acl_auth_method_write(
+        &self,
+        method: &crate::api::AclAuthMethod,
+        exists: bool,
+    ) -> Result<(), ClientError> {
+        let path = if exists { format!("/v1/acl/auth-method/{}", method.name) } else { "/v1/acl/auth-method".into() };
+        let (_, status, body) = self.send(reqwest::Method::PUT, &path, Some(Self::encode(method)?)).await?;
+        Self::check(status, &body)
+    }
+
+    /// `DELETE /v1/acl/auth-method/:name` (its binding rules and login tokens go with it).
+    pub async fn acl_auth_method_delete(&self, name: &str) -> Result<(), ClientError> {
+        let (_, status, body) =
+            self.send(reqwest::Method::DELETE, &format!("/v1/acl/auth-method/{name}"), None).await?;
+        Self::check(status, &body)
+    }
+
+    /// `GET /v1/acl/binding-rules?authmethod=`.
+    pub async fn acl_binding_rules(&self, method: &str) -> Result<Vec<crate::api::AclBindingRule>, ClientError> {
+        let path = format!("/v1/acl/binding-rules?authmethod={method}");
+        Ok(self.json(reqwest::Method::GET, &path, None).await?.unwrap_or_default())
+    }
+
+    /// `PUT /v1/acl/binding-rule`.
+    pub async fn acl_binding_rule_create(&self, rule: &crate::api::AclBindingRule) -> Result<(), ClientError> {
+        let (_, status, body) =
+            self.send(reqwest::Method::PUT, "/v1/acl/binding-rule", Some(Self::encode(rule)?)).await?;
+        Self::check(status, &body)
+    }
+
+    /// `DELETE /v1/acl/binding-rule/:id`.
+    pub async fn acl_binding_rule_delete(&self, id: &str) -> Result<(), ClientError> {
+        let (_, status, body) = self.send(reqwest::Method::DELETE, &format!("/v1/acl/binding-rule/{id}"), None).await?;
+        Self::check(status, &body)
+    }
+
     /// `GET /v1/acl/policy/name/:name`.
     pub async fn acl_policy_by_name(&self, name: &str) -> Result<Option<AclPolicy>, ClientError> {
         self.json(reqwest::Method::GET, &format!("/v1/acl/policy/name/{name}"), None).await

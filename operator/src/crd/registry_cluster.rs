@@ -91,6 +91,35 @@ pub struct AclSettings {
     /// What a token may do where no rule says: `allow` or `deny`.
     #[serde(default)]
     pub default_policy: DefaultPolicy,
+    /// Lets pods log in with their ServiceAccount token (`/v1/acl/login`): the operator keeps a
+    /// `kubernetes` auth method and its binding rules on the servers. Needs `enabled` and the
+    /// chart's token reviewer (`cluster.acl.kubernetesAuth.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_auth: Option<KubernetesAuth>,
+}
+
+/// The `kubernetes` auth method the operator keeps for a cluster. A login gets the service
+/// identity named after its ServiceAccount (never `default`) and, for a pod-bound token, the node
+/// identity of its pod (a sidecar's node), in this cluster's datacenter.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesAuth {
+    /// Name of the auth method (what sidecars set as `ROSTER_AUTH_METHOD`); default `kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = "^[A-Za-z0-9_-]+$"))]
+    pub method_name: Option<String>,
+    /// Where the servers send TokenReviews; default the in-cluster API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = "^https?://"))]
+    pub host: Option<String>,
+    /// Only ServiceAccounts of these namespaces may log in; empty: every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    pub namespaces: Vec<String>,
+    /// How long a login's token lives, as a Go duration (`30m`, `24h`); empty: until logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = "^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    pub max_token_ttl: Option<String>,
 }
 
 /// ACL default policy.

@@ -18,12 +18,12 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use registry::api::AutopilotHealth;
+use registry::api::{AclAuthMethod, AclBindingRule, AutopilotHealth};
 use serde::Serialize;
 
 use super::rollout::{self, PodView, RaftView, Step};
 use super::status::{self, Observed};
-use super::{build, validate, Desired, DEFAULT_IMAGE};
+use super::{build, kubernetes_auth, validate, Desired, ValidCluster, DEFAULT_IMAGE};
 use crate::crd::{RegistryCluster, RegistryClusterStatus};
 use crate::MANAGER;
 
@@ -46,6 +46,14 @@ pub trait ServerAdmin: Send + Sync {
     fn transfer_leadership<'a>(&'a self, target: &'a Target, to: &'a str) -> BoxFuture<'a, Result<(), String>>;
     /// Bootstraps the ACL system: the management token's secret, or None if it was done already.
     fn bootstrap_acl<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>>;
+    /// Keeps the cluster's operator-made auth method (marked by `owner`, its description) as
+    /// `desired`, with its binding rules, or removes it when None; says what it changed.
+    fn sync_auth_method<'a>(
+        &'a self,
+        target: &'a Target,
+        owner: &'a str,
+        desired: Option<&'a (AclAuthMethod, Vec<AclBindingRule>)>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
     /// Whether the operator was given a token of its own (then it bootstraps nothing).
     fn has_given_token(&self) -> bool {
         false
@@ -91,18 +99,75 @@ impl ServerAdmin for RegistryAdmin {
             Ok(token.map(|t| t.secret_id))
         })
     }
+
+    fn sync_auth_method<'a>(
+        &'a self,
+        t: &'a Target,
+        owner: &'a str,
+        desired: Option<&'a (AclAuthMethod, Vec<AclBindingRule>)>,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let c = self.client(t)?;
+            let e = |e: registry::client::ClientError| e.to_string();
+            let mut changed = Vec::new();
+            let keep = desired.map(|(m, _)| m.name.as_str());
+            for old in c.acl_auth_methods().await.map_err(e)? {
+                if old.description == owner && Some(old.name.as_str()) != keep {
+                    c.acl_auth_method_delete(&old.name).await.map_err(e)?;
+                    changed.push(format!("auth method {} removed", old.name));
+                }
+            }
+            let Some((method, rules)) = desired else { return Ok(changed) };
+            match c.acl_auth_method(&method.name).await.map_err(e)? {
+                None => {
+                    c.acl_auth_method_write(method, false).await.map_err(e)?;
+                    changed.push(format!("auth method {} created", method.name));
+                }
+                Some(current) if !current.description.starts_with(kubernetes_auth::MANAGED) => {
+                    return Err(format!(
+                        "an auth method named {} exists and was not made by the operator: choose another \
+                         spec.acl.kubernetesAuth.methodName",
+                        method.name
+                    ));
+                }
+                Some(current) if kubernetes_auth::method_differs(&current, method) => {
+                    c.acl_auth_method_write(method, true).await.map_err(e)?;
+                    changed.push(format!("auth method {} updated", method.name));
+                }
+                Some(_) => {}
+            }
+            let plan = kubernetes_auth::rule_changes(&c.acl_binding_rules(&method.name).await.map_err(e)?, rules);
+            for id in &plan.delete {
+                c.acl_binding_rule_delete(id).await.map_err(e)?;
+            }
+            for rule in &plan.create {
+                c.acl_binding_rule_create(rule).await.map_err(e)?;
+            }
+            if !plan.is_empty() {
+                changed.push(format!("{} binding rule(s) created, {} removed", plan.create.len(), plan.delete.len()));
+            }
+            Ok(changed)
+        })
+    }
 }
 
 pub struct Context {
     pub client: Client,
     pub servers: Arc<dyn ServerAdmin>,
     pub recorder: Recorder,
+    /// The Secret (namespace, name) holding the token reviewer's ServiceAccount token, for the
+    /// clusters that ask for Kubernetes login.
+    pub token_reviewer: Option<(String, String)>,
 }
 
 impl Context {
     pub fn new(client: Client, servers: Arc<dyn ServerAdmin>) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, servers }
+        Context { recorder: Recorder::new(client.clone(), reporter), client, servers, token_reviewer: None }
+    }
+
+    pub fn with_token_reviewer(self, secret: Option<(String, String)>) -> Self {
+        Context { token_reviewer: secret, ..self }
     }
 }
 
@@ -224,6 +289,51 @@ async fn bootstrap_acl(ctx: &Context, rc: &RegistryCluster, target: &Target) -> 
     }
 }
 
+/// Keeps the cluster's `kubernetes` auth method as its spec asks (or removes the one the operator
+/// made when it no longer asks). Problems are reported as events and never stop the reconcile.
+async fn keep_kubernetes_auth(ctx: &Context, rc: &RegistryCluster, valid: &ValidCluster, target: &Target) {
+    let owner = kubernetes_auth::description(&valid.name, &valid.namespace);
+    let desired = match &valid.kubernetes_auth {
+        None => None,
+        Some(settings) => match token_reviewer(ctx).await {
+            Ok(reviewer) => Some((
+                kubernetes_auth::method(&valid.name, &valid.namespace, settings, &reviewer),
+                kubernetes_auth::binding_rules(settings),
+            )),
+            Err(why) => {
+                tracing::warn!(cluster = %valid.name, "Kubernetes login not set up: {why}");
+                event(ctx, rc, EventType::Warning, "TokenReviewerMissing", "KubernetesAuth", why).await;
+                return;
+            }
+        },
+    };
+    match ctx.servers.sync_auth_method(target, &owner, desired.as_ref()).await {
+        Ok(changed) if !changed.is_empty() => {
+            event(ctx, rc, EventType::Normal, "KubernetesAuthConfigured", "KubernetesAuth", changed.join("; ")).await;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(cluster = %valid.name, error = %e, "cannot set up Kubernetes login");
+            event(ctx, rc, EventType::Warning, "KubernetesAuthFailed", "KubernetesAuth", e).await;
+        }
+    }
+}
+
+/// The token reviewer's credentials from the Secret the chart makes for them.
+async fn token_reviewer(ctx: &Context) -> Result<kubernetes_auth::Reviewer, String> {
+    let Some((namespace, name)) = &ctx.token_reviewer else {
+        return Err("spec.acl.kubernetesAuth needs the operator's token reviewer: install the chart with \
+                    cluster.acl.kubernetesAuth.enabled=true (or set ROSTER_TOKEN_REVIEWER_SECRET)"
+            .into());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets.get_opt(name).await {
+        Ok(Some(secret)) => kubernetes_auth::Reviewer::from_secret(&secret),
+        Ok(None) => Err(format!("the token reviewer Secret {namespace}/{name} does not exist")),
+        Err(e) => Err(format!("cannot read the token reviewer Secret {namespace}/{name}: {e}")),
+    }
+}
+
 fn available(status: Option<&RegistryClusterStatus>) -> Option<bool> {
     status?.conditions.iter().find(|c| c.type_ == "Available").map(|c| c.status == "True")
 }
@@ -312,6 +422,10 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         }
     }
 
+    if valid.acl_enabled && quorum_ready && (target.token.is_some() || ctx.servers.has_given_token()) {
+        keep_kubernetes_auth(&ctx, &rc, &valid, &target).await;
+    }
+
     let leader = health.as_ref().and_then(|h| h.servers.iter().find(|s| s.leader));
     let seen = Observed {
         ready_servers,
@@ -355,10 +469,11 @@ pub async fn run(
     client: Client,
     registry_addr: Option<String>,
     registry_token: Option<String>,
+    token_reviewer_secret: Option<(String, String)>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
     let servers = Arc::new(RegistryAdmin { addr: registry_addr, token: registry_token });
-    let ctx = Arc::new(Context::new(client.clone(), servers));
+    let ctx = Arc::new(Context::new(client.clone(), servers).with_token_reviewer(token_reviewer_secret));
     // Watch only what this operator made (by label), not every Service and ConfigMap in the cluster.
     let ours = || watcher::Config::default().labels("app.kubernetes.io/managed-by=roster-operator");
     let server_pods =

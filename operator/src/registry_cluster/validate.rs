@@ -17,6 +17,8 @@ pub struct ValidCluster {
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Secret whose `key` entry is the pool's gossip encryption key.
     pub gossip_key_secret: Option<String>,
+    /// The `kubernetes` auth method to keep on the servers, when asked for.
+    pub kubernetes_auth: Option<super::kubernetes_auth::Settings>,
 }
 
 /// StatefulSet pod names carry a controller-revision-hash label of the name plus 11 characters,
@@ -77,6 +79,15 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
             errors.push(format!("spec.gossipKeySecret: {secret:?} is not a Secret name"));
         }
     }
+    let kubernetes_auth = spec.acl.kubernetes_auth.as_ref().map(super::kubernetes_auth::Settings::from);
+    if kubernetes_auth.is_some() && !spec.acl.enabled {
+        errors.push("spec.acl.kubernetesAuth: needs spec.acl.enabled (logins make ACL tokens)".to_string());
+    }
+    if let Some(ttl) = &spec.acl.kubernetes_auth.as_ref().and_then(|k| k.max_token_ttl.clone()) {
+        if registry::api::parse_go_duration(ttl).is_err() {
+            errors.push(format!("spec.acl.kubernetesAuth.maxTokenTTL: {ttl:?} is not a duration (for example 24h)"));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -92,6 +103,7 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
         acl_default_deny: spec.acl.default_policy == DefaultPolicy::Deny,
         resources: spec.resources.clone(),
         gossip_key_secret: spec.gossip_key_secret.clone(),
+        kubernetes_auth,
     })
 }
 
