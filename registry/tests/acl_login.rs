@@ -154,6 +154,13 @@ async fn auth_methods_log_in_with_jwts_and_service_account_tokens() {
     let (_, me) = call(&http, "GET", "/v1/acl/token/self", Some(&secret), None).await;
     assert_eq!(me["AuthMethod"], "ci");
     assert_eq!(call(&http, "PUT", "/v1/catalog/register", Some(&secret), Some(register("db"))).await.0, 403);
+    // On a node that exists unchanged (as Consul, a new or changed node needs node:write).
+    admin("PUT", "/v1/catalog/register".into(), Some(json!({"Node": "n1", "Address": "10.0.0.1"}))).await;
+    let (status, body) = call(&http, "PUT", "/v1/catalog/register", Some(&secret), Some(register("web"))).await;
+    assert_eq!(status, 200, "the bound service identity may register web: {body}");
+    let bad_selector = json!({"AuthMethod": "ci", "Selector": "value.name ==", "BindType": "service", "BindName": "x"});
+    let (status, body) = call(&http, "PUT", "/v1/acl/binding-rule", Some(MANAGEMENT), Some(bad_selector)).await;
+    assert_eq!(status, 400, "{body}");
 
     // Refused: no rule matches, a wrong issuer, a forged signature, an unknown method.
     assert_eq!(login(jwt(&signer, claims("db", "roster-test"))).await.0, 403, "no binding rule matches");
@@ -213,6 +220,18 @@ async fn auth_methods_log_in_with_jwts_and_service_account_tokens() {
     assert!(token["Description"].as_str().is_some_and(|d| d.contains("web-0")), "{token}");
     let kube_secret = token["SecretID"].as_str().expect("secret").to_string();
     assert_eq!(kube_login("stolen").await.0, 403);
+
+    // The reviewer's JWT is a credential: shown to acl:write, hidden from acl:read.
+    let method = admin("GET", "/v1/acl/auth-method/k8s".into(), None).await;
+    assert_eq!(method["Config"]["ServiceAccountJWT"], "reviewer-jwt");
+    let policy = json!({"Name": "acl-reader", "Rules": "acl = \"read\""});
+    admin("PUT", "/v1/acl/policy".into(), Some(policy)).await;
+    let reader = admin("PUT", "/v1/acl/token".into(), Some(json!({"Policies": [{"Name": "acl-reader"}]}))).await;
+    let reader = reader["SecretID"].as_str().expect("secret");
+    let (status, seen) = call(&http, "GET", "/v1/acl/auth-method/k8s", Some(reader), None).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["Config"]["ServiceAccountJWT"], "<hidden>", "{seen}");
+    assert_eq!(seen["Config"]["Host"], method["Config"]["Host"]);
 
     // Deleting a method takes its rules and its login tokens along.
     admin("DELETE", "/v1/acl/auth-method/k8s".into(), None).await;

@@ -16,6 +16,21 @@ use crate::app::App;
 use crate::auth_method::{self, LoginError};
 use crate::state::Command;
 
+/// Config entries that are credentials (the TokenReview caller's JWT), hidden from callers without
+/// `acl:write` as token secrets are: `acl:read` is for seeing setups, not for borrowing them.
+const CREDENTIALS: &[&str] = &["ServiceAccountJWT"];
+
+fn hide_credentials(mut m: AclAuthMethod, authz: &Authorizer) -> AclAuthMethod {
+    if !authz.allows_global(Global::Acl, Access::Write) {
+        for (key, value) in m.config.iter_mut().flatten() {
+            if CREDENTIALS.iter().any(|c| c.eq_ignore_ascii_case(key)) && !value.is_null() {
+                *value = "<hidden>".into();
+            }
+        }
+    }
+    m
+}
+
 /// Answers the auth method and binding rule endpoints (`None`: not one of them).
 pub async fn handle(app: &Arc<App>, req: &Req, parts: &[&str], authz: &Authorizer) -> Option<ApiResult> {
     let read = || require_global(authz, Global::Acl, Access::Read);
@@ -49,7 +64,8 @@ pub async fn handle(app: &Arc<App>, req: &Req, parts: &[&str], authz: &Authorize
             async {
                 read()?;
                 let (index, m) = app.sm.read(|s| s.acl_auth_method(name));
-                Ok(with_query_meta(app, ok_json(&m.ok_or_else(missing)?), index))
+                let m = hide_credentials(m.ok_or_else(missing)?, authz);
+                Ok(with_query_meta(app, ok_json(&m), index))
             }
             .await
         }
