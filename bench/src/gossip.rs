@@ -502,13 +502,9 @@ mod footprint {
                 gossip_interval: interval,
                 failure_detector: registry::gossip::failure_detector(interval, args.phi),
             };
-            let member = match &key {
-                Some(k) => {
-                    let key = registry::gossip::GossipKey::parse(k).map_err(anyhow::Error::msg)?;
-                    Membership::start(config, &registry::gossip::EncryptedUdpTransport { key }).await?
-                }
-                None => Membership::start(config, &chitchat::transport::UdpTransport).await?,
-            };
+            let keyring = key.as_deref().map(registry::gossip::Keyring::new).transpose().map_err(anyhow::Error::msg)?;
+            let me = std::sync::Arc::new(registry::gossip::vivaldi::Shared::new(&config.me.name));
+            let member = Membership::start(config, &registry::gossip::GossipUdpTransport { keyring, me }).await?;
             swarm.push(member);
         }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::{CheckRegistration, DeregisterRequest, HealthStatus, RegisterRequest};
+use crate::api::{CheckRegistration, Coordinate, CoordinateEntry, DeregisterRequest, HealthStatus, RegisterRequest};
 use crate::app::{now_ms, App};
 use crate::gossip::{Member, PoolView, Role};
 use crate::state::Command;
@@ -176,9 +176,90 @@ pub async fn reconcile_loop(app: Arc<App>, gossip: Arc<crate::gossip::Membership
     }
 }
 
+/// Coordinates the members published that should be stored: new ones, and ones that moved (by
+/// more than 0.1 ms) or whose confidence changed, of nodes in the catalog. Serf's coordinates move
+/// a little with every probe; storing each wiggle would only churn the Raft log.
+pub fn coordinate_updates(
+    published: &BTreeMap<String, Coordinate>,
+    stored: &BTreeMap<String, Coordinate>,
+    registered: &BTreeSet<String>,
+) -> Vec<CoordinateEntry> {
+    published
+        .iter()
+        .filter(|(node, _)| registered.contains(*node))
+        .filter(|(node, new)| {
+            stored.get(*node).is_none_or(|old| {
+                raw_gap(old, new) > 1.0e-4
+                    || (old.error - new.error).abs() > 0.05
+                    || (old.height - new.height).abs() > 1.0e-4
+            })
+        })
+        .map(|(node, coord)| CoordinateEntry { node: node.clone(), segment: String::new(), coord: coord.clone() })
+        .collect()
+}
+
+fn raw_gap(a: &Coordinate, b: &Coordinate) -> f64 {
+    a.vec.iter().zip(&b.vec).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+}
+
+/// Runs on every server with gossip on: while it leads, stores the members' published
+/// coordinates every few seconds (what Consul's agents send through `Coordinate.Update`).
+pub async fn coordinate_loop(app: Arc<App>, gossip: Arc<crate::gossip::Membership>, every: Duration) {
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if !app.is_leader() {
+            continue;
+        }
+        let published = gossip.member_coordinates().await;
+        let (stored, registered) = app.sm.read(|s| {
+            let stored: BTreeMap<String, Coordinate> =
+                s.coordinates().1.into_iter().map(|e| (e.node, e.coord)).collect();
+            let registered: BTreeSet<String> = s.catalog_nodes().1.into_iter().map(|n| n.node).collect();
+            (stored, registered)
+        });
+        let updates = coordinate_updates(&published, &stored, &registered);
+        if updates.is_empty() {
+            continue;
+        }
+        if let Err(e) = app.propose(Command::CoordinateUpdate { updates }).await {
+            tracing::debug!(error = %e, "could not store coordinates");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_moved_or_new_coordinates_of_registered_nodes_are_stored() {
+        let at = |x: f64, error: f64| {
+            let mut c = Coordinate::origin();
+            c.vec[0] = x;
+            c.error = error;
+            c
+        };
+        let published = BTreeMap::from([
+            ("new".to_string(), at(0.001, 1.0)),
+            ("moved".to_string(), at(0.002, 0.3)),
+            ("still".to_string(), at(0.00101, 0.3)),
+            ("surer".to_string(), at(0.001, 0.2)),
+            ("ghost".to_string(), at(0.001, 0.2)),
+        ]);
+        let stored = BTreeMap::from([
+            ("moved".to_string(), at(0.001, 0.3)),
+            ("still".to_string(), at(0.001, 0.3)),
+            ("surer".to_string(), at(0.001, 0.9)),
+        ]);
+        let registered: BTreeSet<String> = ["new", "moved", "still", "surer"].iter().map(|s| s.to_string()).collect();
+        let nodes: Vec<String> =
+            coordinate_updates(&published, &stored, &registered).into_iter().map(|e| e.node).collect();
+        assert_eq!(nodes, ["moved", "new", "surer"]);
+    }
 
     fn member(name: &str, role: Role) -> Member {
         Member {

@@ -305,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
     if let Some(g) = gossip {
         handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g.clone())));
+        handles.push(tokio::spawn(crate::reconcile::coordinate_loop(app.clone(), g.clone(), Duration::from_secs(5))));
         let (app, buffer) = (app.clone(), app.events.clone());
         handles.push(tokio::spawn(async move {
             let shutdown = app.shutdown.subscribe();

@@ -355,6 +355,55 @@ async fn coordinates_are_stored_served_and_checked() {
     assert!(s == 400 && body.as_str().is_some_and(|b| b.contains("Invalid coordinate")), "{s} {body}");
 }
 
+/// `?near=` orders catalog and health answers by estimated round trip from a node's coordinate
+/// (`_agent`: the answering agent's), nearest first; nodes without a coordinate go last, and a
+/// source without one leaves the usual order.
+#[tokio::test]
+async fn near_orders_answers_by_round_trip() {
+    let http = client();
+    let dev = Dev::start(19722);
+    until_leader(&http, &dev).await;
+    let b = &dev.base;
+    let me = call(&http, "GET", format!("{b}/agent/self"), "").await.1["Config"]["NodeName"]
+        .as_str()
+        .expect("node name")
+        .to_string();
+    // Nodes on a line: a at 0 ms, b at 10 ms, c at 30 ms, the agent's node at 25 ms; d has none.
+    for (node, x) in [("a", Some(0.0)), ("b", Some(0.010)), ("c", Some(0.030)), ("d", None), (me.as_str(), Some(0.025))]
+    {
+        if node != me {
+            let reg = format!(r#"{{"Node":"{node}","Address":"10.0.0.1","Service":{{"Service":"web","Port":80}}}}"#);
+            assert_eq!(call(&http, "PUT", format!("{b}/catalog/register"), &reg).await.0, 200);
+        }
+        if let Some(x) = x {
+            let c = format!(
+                r#"{{"Node":"{node}","Coord":{{"Vec":[{x},0,0,0,0,0,0,0],"Error":0.2,"Adjustment":0,"Height":0.00001}}}}"#
+            );
+            assert_eq!(call(&http, "PUT", format!("{b}/coordinate/update"), &c).await.0, 200);
+        }
+    }
+    let order = |path: String, field: &'static str| {
+        let http = http.clone();
+        async move {
+            let list = call(&http, "GET", path, "").await.1;
+            list.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| e.pointer(field).and_then(|v| v.as_str()).unwrap_or_default().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(order(format!("{b}/catalog/service/web?near=b"), "/Node").await, ["b", "a", "c", "d"]);
+    assert_eq!(order(format!("{b}/health/service/web?near=c"), "/Node/Node").await, ["c", "b", "a", "d"]);
+    assert_eq!(order(format!("{b}/catalog/service/web?near=_agent"), "/Node").await, ["c", "b", "a", "d"]);
+    let nodes = order(format!("{b}/catalog/nodes?near=_agent"), "/Node").await;
+    assert_eq!(nodes[..3], [me.as_str(), "c", "b"], "{nodes:?}");
+    assert_eq!(order(format!("{b}/catalog/service/web?near=d"), "/Node").await, ["a", "b", "c", "d"], "no source");
+    assert_eq!(order(format!("{b}/catalog/service/web"), "/Node").await, ["a", "b", "c", "d"]);
+}
+
 /// Shapes from the reference recording: a service without tagged addresses has no
 /// `TaggedAddresses` key; a rolled-back txn's body carries the query meta fields.
 #[tokio::test]

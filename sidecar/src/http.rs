@@ -181,6 +181,10 @@ impl Host for Ctx {
         agent_self(self).await
     }
 
+    fn coordinate(&self) -> registry::api::Coordinate {
+        self.gossip.as_ref().map_or_else(registry::api::Coordinate::origin, |g| g.coordinate())
+    }
+
     async fn members(&self, wan: bool) -> Vec<AgentMember> {
         if wan {
             // The WAN pool holds servers only: ask one.
@@ -351,7 +355,26 @@ fn pass_header(name: &str) -> bool {
     )
 }
 
+/// `near=_agent` means this agent's node, which the servers cannot know: name it before forwarding.
+fn resolve_near_agent(query: &str, node: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| if pair == "near=_agent" { format!("near={}", urlencode(node)) } else { pair.to_string() })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 async fn forward(ctx: &Ctx, method: Method, path: &str, query: &str, headers: HeaderMap, body: Bytes) -> Resp {
+    let query = resolve_near_agent(query, &ctx.agent.node().name);
     let path_and_query = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
     let mut out_headers = reqwest::header::HeaderMap::new();
     for (k, v) in headers.iter().filter(|(k, _)| pass_header(k.as_str())) {
@@ -373,6 +396,13 @@ async fn forward(ctx: &Ctx, method: Method, path: &str, query: &str, headers: He
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_agent_names_this_node() {
+        assert_eq!(resolve_near_agent("near=_agent&passing", "pod 1"), "near=pod%201&passing");
+        assert_eq!(resolve_near_agent("near=web-1", "pod-1"), "near=web-1");
+        assert_eq!(resolve_near_agent("", "pod-1"), "");
+    }
 
     #[test]
     fn query_params_are_decoded() {

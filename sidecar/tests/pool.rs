@@ -275,6 +275,22 @@ async fn sidecars_register_check_fail_over_and_repair() {
     .await;
     assert!(members.as_array().is_some_and(|a| a.iter().any(|m| m["Tags"]["role"] == "consul")));
 
+    // Network coordinates: every member measures round trips over the (sealed) gossip port, and
+    // the leader stores what they publish; confidence grows from Serf's starting 1.5.
+    pool.eventually("a measured coordinate for each of the 8 nodes", Duration::from_secs(30), || async {
+        let nodes = pool.get(&server_http(1), "/v1/coordinate/nodes").await;
+        nodes.and_then(|n| n.as_array().map(|a| a.iter().filter(|e| e["Coord"]["Error"].as_f64() < Some(1.5)).count()))
+            == Some(8)
+    })
+    .await;
+    let me = pool.get(&sidecar_api(1), "/v1/agent/self").await.expect("self");
+    assert!(me["Coord"]["Error"].as_f64() < Some(1.5), "pod-1's own coordinate moved: {}", me["Coord"]);
+    // `?near=` orders by estimated round trip: the node itself first.
+    let near = pool.get(&server_http(2), "/v1/catalog/nodes?near=pod-3").await.expect("nodes near pod-3");
+    assert_eq!(near[0]["Node"], "pod-3", "{near}");
+    let near = pool.get(&sidecar_api(4), "/v1/health/service/app?near=_agent").await.expect("near the agent");
+    assert_eq!(near[0]["Node"]["Node"], "pod-4", "a sidecar's _agent is its own node: {near}");
+
     // Gossip is sealed with the pool's key: a sidecar with another key joins nobody and nobody sees it.
     let mut intruder = start_sidecar_with_key(9, pool.dir.path(), apps[0].0, &registry::gossip::GossipKey::generate());
     let live = |m: Option<serde_json::Value>| {

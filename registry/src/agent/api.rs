@@ -23,6 +23,8 @@ pub trait Host: Send + Sync {
     async fn acl_enabled(&self) -> bool;
     /// `/v1/agent/self`.
     async fn self_info(&self) -> serde_json::Value;
+    /// This agent's network coordinate (the origin until its gossip has measured round trips).
+    fn coordinate(&self) -> crate::api::Coordinate;
     /// `/v1/agent/members` (`wan`: the WAN pool, members named `node.dc`).
     async fn members(&self, wan: bool) -> Vec<AgentMember>;
     /// Leaves the pool and stops, after the answer has gone out.
@@ -54,8 +56,7 @@ pub async fn handle(host: &dyn Host, req: &Req, tail: &str) -> ApiResult {
             require(&a, Resource::Agent, &me, Access::Read)?;
             let mut info = host.self_info().await;
             if let Some(map) = info.as_object_mut() {
-                // Network coordinates are not computed yet: every agent sits at the origin.
-                map.entry("Coord").or_insert_with(|| serde_json::json!(crate::api::Coordinate::origin()));
+                map.insert("Coord".into(), serde_json::json!(host.coordinate()));
             }
             Ok(ok_json(&info))
         }

@@ -4,18 +4,15 @@
 //! forged or altered one) is dropped: a host without the key can neither join the pool, nor read
 //! it, nor speak for a member.
 //!
-//! Wire format: `[1][12-byte random nonce][AES-GCM(flag || message)]`; flag 0: chitchat's message as
-//! it serializes, 1: zstd-compressed (only when sealing it as it is would not fit one datagram).
+//! Wire format: `[1][12-byte random nonce][AES-GCM(flag || message)]`; flag 0: the message as it is
+//! (chitchat's, or a probe), 1: zstd-compressed (only when sealing it as it is would not fit one
+//! datagram). A member holds a [`Keyring`]: it seals with its primary key and opens with any.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use aes_gcm::aead::{Aead, Generate, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
-use anyhow::Context as _;
 use base64::Engine;
-use chitchat::transport::{Socket, Transport};
-use chitchat::{ChitchatMessage, Deserializable, Serializable};
 
 const FORMAT_V1: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -98,75 +95,110 @@ impl GossipKey {
     }
 }
 
-/// chitchat over UDP with every datagram sealed under `key`.
-pub struct EncryptedUdpTransport {
-    pub key: GossipKey,
+/// The keys a member holds: it seals with the primary and opens with any, so a pool can move to a
+/// new key without a moment where members cannot hear each other (install everywhere, then use,
+/// then remove the old one: Consul's keyring rotation).
+#[derive(Clone)]
+pub struct Keyring(Arc<RwLock<Keys>>);
+
+struct Keys {
+    /// Base64 as normalized by [`normalize`].
+    primary: String,
+    installed: Vec<(String, GossipKey)>,
 }
 
-#[async_trait::async_trait]
-impl Transport for EncryptedUdpTransport {
-    async fn open(&self, bind_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let socket = tokio::net::UdpSocket::bind(bind_addr)
-            .await
-            .with_context(|| format!("failed to bind to {bind_addr}/UDP for gossip"))?;
-        Ok(Box::new(EncryptedSocket { socket, key: self.key.clone(), buf: vec![0; MAX_DATAGRAM], refused: 0 }))
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyring(<redacted>)")
     }
 }
 
-struct EncryptedSocket {
-    socket: tokio::net::UdpSocket,
-    key: GossipKey,
-    buf: Vec<u8>,
-    refused: u64,
+/// One spelling per key, whatever padding or whitespace it came with.
+fn normalize(text: &str) -> Result<(String, GossipKey), String> {
+    let key = GossipKey::parse(text)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|e| e.to_string())?;
+    Ok((base64::engine::general_purpose::STANDARD.encode(bytes), key))
 }
 
-#[async_trait::async_trait]
-impl Socket for EncryptedSocket {
-    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
-        let mut payload = Vec::new();
-        message.serialize(&mut payload);
-        let Some(sealed) = self.key.seal(&payload) else {
-            // Dropped like a lost datagram: the next round sends another delta.
-            tracing::warn!(bytes = payload.len(), %to, "gossip message too large to seal into one datagram");
-            return Ok(());
-        };
-        match self.socket.send_to(&sealed, to).await {
-            Ok(_) => Ok(()),
-            // A peer that went away is gossip's everyday business, not a broken transport.
-            Err(e) if transient(&e) => Ok(()),
-            Err(e) => Err(e).context("failed to send a gossip datagram"),
+impl Keyring {
+    pub fn new(primary: &str) -> Result<Keyring, String> {
+        let (name, key) = normalize(primary)?;
+        Ok(Keyring(Arc::new(RwLock::new(Keys { primary: name.clone(), installed: vec![(name, key)] }))))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The installed keys (base64) and which one is primary.
+    pub fn list(&self) -> (Vec<String>, String) {
+        let keys = self.read();
+        (keys.installed.iter().map(|(n, _)| n.clone()).collect(), keys.primary.clone())
+    }
+
+    /// Adds a key (installing one already there changes nothing).
+    pub fn install(&self, text: &str) -> Result<(), String> {
+        let (name, key) = normalize(text)?;
+        let mut keys = self.write();
+        if !keys.installed.iter().any(|(n, _)| *n == name) {
+            keys.installed.push((name, key));
         }
+        Ok(())
     }
 
-    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        loop {
-            let (n, from) = match self.socket.recv_from(&mut self.buf).await {
-                Ok(r) => r,
-                Err(e) if transient(&e) => continue,
-                Err(e) => return Err(e).context("fatal UDP recv error"),
-            };
-            let plain = match self.key.open(&self.buf[..n]) {
-                Ok(p) => p,
-                Err(why) => {
-                    self.refused += 1;
-                    // Each refusal at debug level; a warning at the 1st, 2nd, 4th, 8th...
-                    if self.refused.is_power_of_two() {
-                        tracing::warn!(%from, why, refused = self.refused, "refused gossip datagrams");
-                    } else {
-                        tracing::debug!(%from, why, "refused a gossip datagram");
-                    }
-                    continue;
-                }
-            };
-            match ChitchatMessage::deserialize(&mut plain.as_slice()) {
-                Ok(message) => return Ok((from, message)),
-                Err(e) => tracing::warn!(%from, error = %e, "invalid chitchat message under a valid seal"),
+    /// Makes an installed key the one this member seals with.
+    pub fn use_key(&self, text: &str) -> Result<(), String> {
+        let (name, _) = normalize(text)?;
+        let mut keys = self.write();
+        if !keys.installed.iter().any(|(n, _)| *n == name) {
+            return Err("Requested key is not in the keyring".into());
+        }
+        keys.primary = name;
+        Ok(())
+    }
+
+    /// Drops a key; the primary cannot go (Consul's rule: use another first).
+    pub fn remove(&self, text: &str) -> Result<(), String> {
+        let (name, _) = normalize(text)?;
+        let mut keys = self.write();
+        if keys.primary == name {
+            return Err("Removing the primary key is not allowed".into());
+        }
+        keys.installed.retain(|(n, _)| *n != name);
+        Ok(())
+    }
+
+    /// Seals with the primary key.
+    pub fn seal(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        let keys = self.read();
+        let primary = keys.installed.iter().find(|(n, _)| *n == keys.primary)?;
+        primary.1.seal(payload)
+    }
+
+    /// Opens with whichever installed key sealed it (the primary tried first).
+    pub fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, &'static str> {
+        let keys = self.read();
+        let mut why = "does not open under this pool's key";
+        let ordered = keys
+            .installed
+            .iter()
+            .filter(|(n, _)| *n == keys.primary)
+            .chain(keys.installed.iter().filter(|(n, _)| *n != keys.primary));
+        for (_, key) in ordered {
+            match key.open(datagram) {
+                Ok(plain) => return Ok(plain),
+                Err(e) => why = e,
             }
         }
+        Err(why)
     }
 }
 
-fn transient(e: &std::io::Error) -> bool {
+pub(super) fn transient(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused)
 }
 
@@ -201,6 +233,29 @@ mod tests {
         // Ciphertext is as good as random, and random bytes do not compress.
         let noise = key.0.encrypt(&Nonce::generate(), vec![0u8; MAX_DATAGRAM].as_slice()).expect("noise");
         assert!(key.seal(&noise).is_none(), "cannot fit: dropped, like a lost datagram");
+    }
+
+    #[test]
+    fn a_keyring_rotates_without_a_deaf_moment() {
+        let (old, new) = (GossipKey::generate(), GossipKey::generate());
+        let a = Keyring::new(&old).expect("a");
+        let b = Keyring::new(&old).expect("b");
+        // Install the new key everywhere: both still seal with the old one, both open either.
+        a.install(&new).expect("install");
+        b.install(&new).expect("install");
+        assert_eq!(b.open(&a.seal(b"x").expect("sealed")).as_deref(), Ok(&b"x"[..]));
+        // a uses the new key first: b, which still seals with the old, is heard and hears a.
+        a.use_key(&new).expect("use");
+        assert_eq!(b.open(&a.seal(b"y").expect("sealed")).as_deref(), Ok(&b"y"[..]));
+        assert_eq!(a.open(&b.seal(b"z").expect("sealed")).as_deref(), Ok(&b"z"[..]));
+        assert_eq!(a.remove(&new), Err("Removing the primary key is not allowed".into()));
+        b.use_key(&new).expect("use");
+        a.remove(&old).expect("remove");
+        let only_old = Keyring::new(&old).expect("outsider");
+        assert!(a.open(&only_old.seal(b"w").expect("sealed")).is_err(), "the removed key opens nothing");
+        assert_eq!(a.list(), (vec![new.clone()], new.clone()));
+        assert!(a.use_key(&old).is_err_and(|e| e.contains("not in the keyring")));
+        assert!(a.install("short").is_err());
     }
 
     #[test]

@@ -9,8 +9,11 @@
 
 mod encrypted;
 pub mod events;
+pub mod udp;
+pub mod vivaldi;
 
-pub use encrypted::{EncryptedUdpTransport, GossipKey};
+pub use encrypted::{GossipKey, Keyring};
+pub use udp::GossipUdpTransport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +33,8 @@ pub const KEY_ROLE: &str = "role";
 pub const KEY_VERSION: &str = "vsn";
 /// Set by a member that is shutting down cleanly: the leader deregisters it instead of waiting.
 pub const KEY_LEFT: &str = "left";
+/// The member's Vivaldi coordinate (JSON), as its prober last published it.
+pub const KEY_COORD: &str = "coord";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -221,12 +226,17 @@ impl Joining {
             gossip_interval: self.interval,
             failure_detector: failure_detector(self.interval, self.phi_threshold),
         };
-        let key = self.key.as_deref().map(GossipKey::parse).transpose().map_err(anyhow::Error::msg)?;
-        let started = match key {
-            Some(key) => Membership::start(config, &EncryptedUdpTransport { key }).await,
-            None => Membership::start(config, &chitchat::transport::UdpTransport).await,
-        };
-        started.map_err(|e| anyhow::anyhow!("cannot start gossip on {bind}: {e:#}"))
+        let keyring = self.key.as_deref().map(Keyring::new).transpose().map_err(anyhow::Error::msg)?;
+        let me = Arc::new(vivaldi::Shared::new(&config.me.name));
+        let transport = GossipUdpTransport { keyring: keyring.clone(), me: me.clone() };
+        let mut membership = Membership::start(config, &transport)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start gossip on {bind}: {e:#}"))?;
+        membership.coordinates = me.clone();
+        membership.keyring = keyring.clone();
+        let stop = membership.stop.subscribe();
+        tokio::spawn(udp::probe_loop(membership.chitchat(), me, keyring, bind, self.interval * 2, stop));
+        Ok(membership)
     }
 }
 
@@ -241,6 +251,12 @@ pub struct Membership {
     fired: std::sync::atomic::AtomicU64,
     /// Every member this node has seen live (see [`pool_view`]).
     ever_live: Arc<std::sync::Mutex<std::collections::BTreeSet<ChitchatId>>>,
+    /// This member's network coordinate (stays at the origin without a prober).
+    coordinates: Arc<vivaldi::Shared>,
+    /// The pool's keys (None: plaintext gossip).
+    keyring: Option<Keyring>,
+    /// Turned true when gossip stops, ending the tasks beside chitchat (the prober).
+    stop: watch::Sender<bool>,
 }
 
 impl Membership {
@@ -294,6 +310,9 @@ impl Membership {
             handle: tokio::sync::Mutex::new(Some(handle)),
             fired: std::sync::atomic::AtomicU64::new(0),
             ever_live,
+            coordinates: Arc::new(vivaldi::Shared::new(&config.me.name)),
+            keyring: None,
+            stop: watch::channel(false).0,
         })
     }
 
@@ -379,8 +398,31 @@ impl Membership {
         self.chitchat.lock().await.live_nodes_watcher()
     }
 
+    /// This member's network coordinate.
+    pub fn coordinate(&self) -> crate::api::Coordinate {
+        self.coordinates.coordinate()
+    }
+
+    /// The pool's keyring (None: plaintext gossip).
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+
+    /// The coordinates the live members published, by node name.
+    pub async fn member_coordinates(&self) -> BTreeMap<String, crate::api::Coordinate> {
+        let guard = self.chitchat.lock().await;
+        let live: BTreeMap<ChitchatId, NodeState> = guard.live_nodes_watcher().borrow().clone();
+        live.iter()
+            .filter_map(|(id, state)| {
+                let coord: crate::api::Coordinate = serde_json::from_str(state.get(KEY_COORD)?).ok()?;
+                coord.is_valid().then(|| (id.node_id.to_string(), coord))
+            })
+            .collect()
+    }
+
     /// Stops gossiping without a word: peers detect the absence as a failure.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
         match self.handle.lock().await.take() {
             Some(h) => h.shutdown().await,
             None => Ok(()),

@@ -65,6 +65,10 @@ impl crate::agent::api::Host for ServerHost {
         agent_admin::agent_self(&self.0).await
     }
 
+    fn coordinate(&self) -> crate::api::Coordinate {
+        self.0.gossip.as_ref().map_or_else(crate::api::Coordinate::origin, |g| g.coordinate())
+    }
+
     async fn members(&self, wan: bool) -> Vec<AgentMember> {
         agent_admin::members(&self.0, wan).await
     }

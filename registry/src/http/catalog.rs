@@ -74,6 +74,23 @@ impl Body for Encoded {
     }
 }
 
+/// `?near=`: the node whose coordinate orders the answer (`_agent`: this agent's node).
+fn near_of(app: &App, req: &Req) -> Option<String> {
+    match req.get("near")? {
+        "" => None,
+        "_agent" => Some(app.agent.node().name),
+        node => Some(node.to_string()),
+    }
+}
+
+/// Orders `list` by estimated round trip from `near`'s node, nearest first (stable); nodes without
+/// a coordinate go last, and when the source has none nothing moves, as Consul sorts.
+fn sort_near<T>(s: &State, near: Option<&str>, list: &mut [T], node_of: impl Fn(&T) -> &str) {
+    let Some(from) = near.and_then(|n| s.coordinate_of(n)) else { return };
+    let distance = |node: &str| s.coordinate_of(node).map_or(f64::INFINITY, |c| from.distance_to(c));
+    list.sort_by(|a, b| distance(node_of(a)).total_cmp(&distance(node_of(b))));
+}
+
 fn can_read_node(a: &Authorizer, node: &str) -> bool {
     a.allows(Resource::Node, node, Access::Read)
 }
@@ -103,13 +120,15 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
         "nodes" => {
             get_only(req)?;
             let filter = parse_filter(req)?;
+            let near = near_of(app, req);
             read(
                 app,
                 req,
                 || vec![WatchKey::Table(Table::Nodes)],
                 |s, a| {
                     let (i, list) = filtered(&filter, s.catalog_nodes());
-                    let (list, f) = filter_by(list, |n| can_read_node(a, &n.node));
+                    let (mut list, f) = filter_by(list, |n| can_read_node(a, &n.node));
+                    sort_near(s, near.as_deref(), &mut list, |n| &n.node);
                     (i, list, f)
                 },
             )
@@ -136,6 +155,7 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
             get_only(req)?;
             let wanted = tags_wanted(req);
             let filter = parse_filter(req)?;
+            let near = near_of(app, req);
             read(
                 app,
                 req,
@@ -147,8 +167,9 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
                         .filter(|e| has_tags(&e.service_tags, &wanted))
                         .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)))
                         .collect();
-                    let (list, f) =
+                    let (mut list, f) =
                         filter_by(list, |e| can_read_service(a, &e.service_name) && can_read_node(a, &e.node));
+                    sort_near(s, near.as_deref(), &mut list, |e| &e.node);
                     (i, list, f)
                 },
             )
@@ -279,6 +300,8 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
         return Err(ApiError::NotFound(String::new()));
     }
     let filter = parse_filter(req)?;
+    let near = near_of(app, req);
+    let near = near.as_deref();
     match op {
         "node" => {
             read(
@@ -300,7 +323,8 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 || vec![WatchKey::Service(arg.to_string())],
                 |s, a| {
                     let (i, list) = filtered(&filter, s.service_checks(arg));
-                    let (list, f) = filter_by(list, |c| can_read_check(a, c) && can_read_node(a, &c.node));
+                    let (mut list, f) = filter_by(list, |c| can_read_check(a, c) && can_read_node(a, &c.node));
+                    sort_near(s, near, &mut list, |c| &c.node);
                     (i, list, f)
                 },
             )
@@ -323,8 +347,9 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                         .filter(|e| has_tags(&e.service.tags, &wanted))
                         .filter(|e| filter.as_ref().is_none_or(|f| f.matches(e)))
                         .collect();
-                    let (list, f) =
+                    let (mut list, f) =
                         filter_by(list, |e| can_read_service(a, &e.service.service) && can_read_node(a, &e.node.node));
+                    sort_near(s, near, &mut list, |e| &e.node.node);
                     (i, Encoded(serde_json::to_vec(&list).unwrap_or_default()), f)
                 },
             )
@@ -344,7 +369,8 @@ pub async fn handle_health(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
                 || vec![WatchKey::Table(Table::Checks)],
                 |s, a| {
                     let (i, list) = filtered(&filter, s.checks_in_state(state));
-                    let (list, f) = filter_by(list, |c| can_read_check(a, c));
+                    let (mut list, f) = filter_by(list, |c| can_read_check(a, c));
+                    sort_near(s, near, &mut list, |c| &c.node);
                     (i, list, f)
                 },
             )

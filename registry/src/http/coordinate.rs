@@ -1,6 +1,8 @@
-//! `/v1/coordinate/*`: nodes' network coordinates, stored through Raft. Coordinates arrive through
-//! `PUT /v1/coordinate/update`; Roster's agents do not compute them from round trips yet, so a
-//! server without one reports Serf's starting coordinate (the origin), as a new Consul agent does.
+//! `/v1/coordinate/*`: nodes' network coordinates, stored through Raft. Each member measures round
+//! trips over the gossip port (Vivaldi, `gossip::udp`) and publishes its coordinate in gossip; the
+//! leader stores them (`reconcile::coordinate_loop`). They also arrive through
+//! `PUT /v1/coordinate/update`. A server without one yet reports Serf's starting coordinate (the
+//! origin), as a new Consul agent does.
 
 use std::sync::Arc;
 

@@ -172,6 +172,11 @@ impl State {
         CommandResult::Bool(true)
     }
 
+    /// One node's stored coordinate.
+    pub fn coordinate_of(&self, node: &str) -> Option<&crate::api::Coordinate> {
+        self.coordinates.get(node)
+    }
+
     /// Every stored coordinate, by node, and the table's index.
     pub fn coordinates(&self) -> (u64, Vec<crate::api::CoordinateEntry>) {
         let list = self
