@@ -329,6 +329,7 @@ async fn start_gossip(config: &Config, me: &ServerNode, addr: SocketAddr) -> any
         interval: Duration::from_millis(config.gossip_interval_ms),
         phi_threshold: config.gossip_phi_threshold,
         key: config.gossip_key.clone(),
+        keyring_file: config.data_dir.as_ref().map(|d| d.join("gossip.keyring")),
     }
     .join_udp()
     .await

@@ -220,6 +220,9 @@ async fn start_gossip(config: &Config, addr: SocketAddr) -> anyhow::Result<Membe
         interval: config.gossip_interval(),
         phi_threshold: config.gossip_phi_threshold,
         key: config.gossip_key.clone(),
+        // A sidecar keeps no state: restarted, it starts from its configured key and replays the
+        // pool's keyring requests still in gossip.
+        keyring_file: None,
     }
     .join_udp()
     .await

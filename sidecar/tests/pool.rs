@@ -64,10 +64,15 @@ impl Drop for Proc {
     }
 }
 
-/// The pool's gossip key: every server and sidecar here seals its gossip with it.
-fn pool_key() -> &'static str {
-    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    KEY.get_or_init(registry::gossip::GossipKey::generate)
+/// The pool's gossip key: every server and sidecar here seals its gossip with it. After a rotation
+/// the test configures the new one, as an operator updates the Secret.
+fn pool_key() -> String {
+    pool_key_cell().lock().expect("key").clone()
+}
+
+fn pool_key_cell() -> &'static std::sync::Mutex<String> {
+    static KEY: std::sync::OnceLock<std::sync::Mutex<String>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| std::sync::Mutex::new(registry::gossip::GossipKey::generate()))
 }
 
 fn roster_bin() -> PathBuf {
@@ -103,7 +108,7 @@ fn sidecar_api(i: usize) -> String {
 }
 
 fn start_sidecar(i: usize, dir: &Path, app_port: u16) -> Proc {
-    start_sidecar_with_key(i, dir, app_port, pool_key())
+    start_sidecar_with_key(i, dir, app_port, &pool_key())
 }
 
 fn start_sidecar_with_key(i: usize, dir: &Path, app_port: u16, key: &str) -> Proc {
@@ -285,11 +290,43 @@ async fn sidecars_register_check_fail_over_and_repair() {
     .await;
     let me = pool.get(&sidecar_api(1), "/v1/agent/self").await.expect("self");
     assert!(me["Coord"]["Error"].as_f64() < Some(1.5), "pod-1's own coordinate moved: {}", me["Coord"]);
-    // `?near=` orders by estimated round trip: the node itself first.
-    let near = pool.get(&server_http(2), "/v1/catalog/nodes?near=pod-3").await.expect("nodes near pod-3");
-    assert_eq!(near[0]["Node"], "pod-3", "{near}");
-    let near = pool.get(&sidecar_api(4), "/v1/health/service/app?near=_agent").await.expect("near the agent");
-    assert_eq!(near[0]["Node"]["Node"], "pod-4", "a sidecar's _agent is its own node: {near}");
+    // `?near=` orders by estimated round trip from the source's stored coordinate (on loopback all
+    // round trips are alike, so the order is checked against the coordinates, not guessed).
+    let sorted_from = |source: &'static str, via: String, path: &'static str, node_at: &'static str| {
+        let pool = &pool;
+        async move {
+            let coords =
+                |list: Option<Value>| -> Option<std::collections::BTreeMap<String, registry::api::Coordinate>> {
+                    list?
+                        .as_array()?
+                        .iter()
+                        .map(|e| {
+                            Some((e["Node"].as_str()?.to_string(), serde_json::from_value(e["Coord"].clone()).ok()?))
+                        })
+                        .collect()
+                };
+            let before = coords(pool.get(&server_http(1), "/v1/coordinate/nodes?consistent").await);
+            let answer = pool.get(&via, path).await;
+            let after = coords(pool.get(&server_http(1), "/v1/coordinate/nodes?consistent").await);
+            let (Some(c), Some(answer)) = (before.filter(|b| Some(b) == after.as_ref()), answer) else { return false };
+            let Some(from) = c.get(source) else { return false };
+            let distances: Vec<f64> = answer
+                .as_array()
+                .map(|a| {
+                    a.iter().filter_map(|e| e.pointer(node_at)?.as_str()).map(|n| from.distance_to(&c[n])).collect()
+                })
+                .unwrap_or_default();
+            distances.len() > 1 && distances.windows(2).all(|w| w[0] <= w[1])
+        }
+    };
+    pool.eventually("catalog/nodes?near=pod-3 sorted by round trip", Duration::from_secs(15), || {
+        sorted_from("pod-3", server_http(2), "/v1/catalog/nodes?near=pod-3", "/Node")
+    })
+    .await;
+    pool.eventually("a sidecar's near=_agent sorted from its own node", Duration::from_secs(15), || {
+        sorted_from("pod-4", sidecar_api(4), "/v1/health/service/app?near=_agent", "/Node/Node")
+    })
+    .await;
 
     // Gossip is sealed with the pool's key: a sidecar with another key joins nobody and nobody sees it.
     let mut intruder = start_sidecar_with_key(9, pool.dir.path(), apps[0].0, &registry::gossip::GossipKey::generate());
@@ -353,6 +390,36 @@ async fn sidecars_register_check_fail_over_and_repair() {
     .await;
     let big = pool.http.put(format!("http://{}/v1/event/fire/deploy", sidecar_api(1))).body(vec![b'x'; 600]);
     assert_eq!(big.send().await.expect("fire").status(), 413, "Consul's 512-byte event limit");
+
+    // Key rotation through the keyring API: install a new key everywhere, use it, remove the old
+    // one; the pool never stops hearing itself, and a restarted server keeps the rotated keys.
+    let (old_key, new_key) = (pool_key(), registry::gossip::GossipKey::generate());
+    let keyring = |method: reqwest::Method, key: &str| {
+        let req = pool.http.request(method, format!("http://{}/v1/operator/keyring", server_http(1)));
+        req.json(&serde_json::json!({ "Key": key })).send()
+    };
+    let count = |list: &Value, field: &str, key: &str| list[0][field][key].as_u64();
+    assert_eq!(keyring(reqwest::Method::POST, &new_key).await.expect("install").status(), 200);
+    let list = pool.get(&server_http(2), "/v1/operator/keyring").await.expect("list");
+    assert_eq!((count(&list, "Keys", &new_key), count(&list, "Keys", &old_key)), (Some(8), Some(8)), "{list}");
+    assert_eq!(list[0]["NumNodes"], 8);
+    let removing_primary = keyring(reqwest::Method::DELETE, &old_key).await.expect("remove");
+    assert_eq!(removing_primary.status(), 400, "the primary key cannot go");
+    assert_eq!(keyring(reqwest::Method::PUT, &new_key).await.expect("use").status(), 200);
+    assert_eq!(keyring(reqwest::Method::DELETE, &old_key).await.expect("remove").status(), 200);
+    let list = pool.get(&server_http(3), "/v1/operator/keyring").await.expect("list");
+    assert_eq!(list[0]["Keys"], serde_json::json!({ &new_key: 8 }), "{list}");
+    assert_eq!(list[0]["PrimaryKeys"], serde_json::json!({ &new_key: 8 }), "{list}");
+    let bad = keyring(reqwest::Method::POST, "not-a-key").await.expect("bad key");
+    assert_eq!(bad.status(), 400);
+    // Server 2 restarts configured with the old key: its saved keyring (data dir) has the new one.
+    pool.servers[1].kill();
+    pool.servers[1] = start_server(2, pool.dir.path());
+    pool.eventually("restarted server-2 back in the pool", Duration::from_secs(20), || async {
+        live(pool.get(&server_http(2), "/v1/agent/members").await) == Some(8)
+    })
+    .await;
+    *pool_key_cell().lock().expect("key") = new_key.clone();
 
     // An app that starts failing goes critical, and comes back.
     apps[1].1.store(false, Ordering::Relaxed);

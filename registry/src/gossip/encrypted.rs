@@ -126,6 +126,29 @@ impl Keyring {
         Ok(Keyring(Arc::new(RwLock::new(Keys { primary: name.clone(), installed: vec![(name, key)] }))))
     }
 
+    /// From keys saved as Consul saves its `local.keyring`: a JSON list, the primary first.
+    pub fn from_saved(json: &str) -> Result<Keyring, String> {
+        let keys: Vec<String> = serde_json::from_str(json).map_err(|e| format!("keyring file: {e}"))?;
+        let (primary, rest) = keys.split_first().ok_or("keyring file: no keys")?;
+        let keyring = Keyring::new(primary)?;
+        for k in rest {
+            keyring.install(k)?;
+        }
+        Ok(keyring)
+    }
+
+    /// The keys as [`Keyring::from_saved`] reads them.
+    pub fn saved(&self) -> String {
+        let (keys, primary) = self.list();
+        let ordered: Vec<&String> = std::iter::once(&primary).chain(keys.iter().filter(|k| **k != primary)).collect();
+        serde_json::to_string(&ordered).unwrap_or_default()
+    }
+
+    /// A key's one spelling (what [`Keyring::list`] shows), or why it is not a key.
+    pub fn normalize(text: &str) -> Result<String, String> {
+        normalize(text).map(|(name, _)| name)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -256,6 +279,10 @@ mod tests {
         assert_eq!(a.list(), (vec![new.clone()], new.clone()));
         assert!(a.use_key(&old).is_err_and(|e| e.contains("not in the keyring")));
         assert!(a.install("short").is_err());
+        a.install(&old).expect("again");
+        let restored = Keyring::from_saved(&a.saved()).expect("saved");
+        assert_eq!(restored.list().1, new, "the primary comes back as primary");
+        assert_eq!(restored.list().0.len(), 2);
     }
 
     #[test]

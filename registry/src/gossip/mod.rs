@@ -9,6 +9,7 @@
 
 mod encrypted;
 pub mod events;
+pub mod rotation;
 pub mod udp;
 pub mod vivaldi;
 
@@ -204,6 +205,9 @@ pub struct Joining {
     pub phi_threshold: f64,
     /// The pool's shared key (base64, as configured): every datagram sealed with it. None: plaintext.
     pub key: Option<String>,
+    /// Where the keyring is kept across restarts (servers: in their data directory); when it
+    /// exists it wins over `key`, which may have been rotated away since.
+    pub keyring_file: Option<std::path::PathBuf>,
 }
 
 impl Joining {
@@ -226,7 +230,19 @@ impl Joining {
             gossip_interval: self.interval,
             failure_detector: failure_detector(self.interval, self.phi_threshold),
         };
-        let keyring = self.key.as_deref().map(Keyring::new).transpose().map_err(anyhow::Error::msg)?;
+        let keyring = match (&self.key, &self.keyring_file) {
+            (None, _) => None,
+            (Some(key), file) => Some(match file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+                Some(saved) => {
+                    let keyring = Keyring::from_saved(&saved).map_err(anyhow::Error::msg)?;
+                    tracing::info!(
+                        "gossip keys loaded from the saved keyring (the configured key may have been rotated)"
+                    );
+                    keyring
+                }
+                None => Keyring::new(key).map_err(anyhow::Error::msg)?,
+            }),
+        };
         let me = Arc::new(vivaldi::Shared::new(&config.me.name));
         let transport = GossipUdpTransport { keyring: keyring.clone(), me: me.clone() };
         let mut membership = Membership::start(config, &transport)
@@ -234,8 +250,15 @@ impl Joining {
             .map_err(|e| anyhow::anyhow!("cannot start gossip on {bind}: {e:#}"))?;
         membership.coordinates = me.clone();
         membership.keyring = keyring.clone();
+        membership.keyring_file = self.keyring_file.clone();
         let stop = membership.stop.subscribe();
-        tokio::spawn(udp::probe_loop(membership.chitchat(), me, keyring, bind, self.interval * 2, stop));
+        tokio::spawn(udp::probe_loop(membership.chitchat(), me, keyring.clone(), bind, self.interval * 2, stop));
+        if let Some(keyring) = keyring {
+            membership.publish_keys(&keyring).await;
+            let stop = membership.stop.subscribe();
+            let (chitchat, file) = (membership.chitchat(), self.keyring_file.clone());
+            tokio::spawn(keyring_loop(chitchat, keyring, file, stop));
+        }
         Ok(membership)
     }
 }
@@ -255,6 +278,9 @@ pub struct Membership {
     coordinates: Arc<vivaldi::Shared>,
     /// The pool's keys (None: plaintext gossip).
     keyring: Option<Keyring>,
+    keyring_file: Option<std::path::PathBuf>,
+    /// Sequence of the keyring requests this member made (their gossip keys).
+    keyring_requests: std::sync::atomic::AtomicU64,
     /// Turned true when gossip stops, ending the tasks beside chitchat (the prober).
     stop: watch::Sender<bool>,
 }
@@ -312,6 +338,8 @@ impl Membership {
             ever_live,
             coordinates: Arc::new(vivaldi::Shared::new(&config.me.name)),
             keyring: None,
+            keyring_file: None,
+            keyring_requests: std::sync::atomic::AtomicU64::new(0),
             stop: watch::channel(false).0,
         })
     }
@@ -408,6 +436,42 @@ impl Membership {
         self.keyring.as_ref()
     }
 
+    /// Publishes this member's keys in its gossip state.
+    async fn publish_keys(&self, keyring: &Keyring) {
+        let keys = serde_json::to_string(&rotation::MemberKeys::of(keyring)).unwrap_or_default();
+        self.chitchat.lock().await.self_node_state().set(rotation::KEY_KEYRING, keys);
+    }
+
+    /// Asks the pool to install, use or remove a gossip key: applied here first (refused here,
+    /// refused to all), then gossiped for every member to apply. Returns the request, to wait for.
+    pub async fn request_keyring(&self, action: rotation::Action, key: &str) -> Result<rotation::KeyringOp, String> {
+        let keyring = self.keyring.as_ref().ok_or("No keyring to modify (encryption not enabled)")?;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let op = rotation::KeyringOp { action, key: Keyring::normalize(key)?, at_ms };
+        rotation::apply(keyring, &op)?;
+        save_keyring(self.keyring_file.as_deref(), keyring);
+        let seq = self.keyring_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut guard = self.chitchat.lock().await;
+        let state = guard.self_node_state();
+        state.set(format!("{}{seq:020}", rotation::KEY_OP_PREFIX), serde_json::to_string(&op).unwrap_or_default());
+        let old: Vec<String> = state.iter_prefix(rotation::KEY_OP_PREFIX).map(|(k, _)| k.to_string()).collect();
+        for key in old.iter().take(old.len().saturating_sub(rotation::OPS_GOSSIPED_PER_MEMBER)) {
+            state.delete(key);
+        }
+        state.set(rotation::KEY_KEYRING, serde_json::to_string(&rotation::MemberKeys::of(keyring)).unwrap_or_default());
+        Ok(op)
+    }
+
+    /// The keys each live member published.
+    pub async fn member_keys(&self) -> BTreeMap<String, Option<rotation::MemberKeys>> {
+        let guard = self.chitchat.lock().await;
+        let live: BTreeMap<ChitchatId, NodeState> = guard.live_nodes_watcher().borrow().clone();
+        rotation::member_keys(&live)
+    }
+
     /// The coordinates the live members published, by node name.
     pub async fn member_coordinates(&self) -> BTreeMap<String, crate::api::Coordinate> {
         let guard = self.chitchat.lock().await;
@@ -426,6 +490,59 @@ impl Membership {
         match self.handle.lock().await.take() {
             Some(h) => h.shutdown().await,
             None => Ok(()),
+        }
+    }
+}
+
+/// Writes the keyring where it survives a restart (owner-only: it holds the pool's keys).
+fn save_keyring(file: Option<&std::path::Path>, keyring: &Keyring) {
+    let Some(file) = file else { return };
+    let tmp = file.with_extension("tmp");
+    let written = {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        options.open(&tmp).and_then(|mut f| f.write_all(keyring.saved().as_bytes()).and_then(|_| f.sync_all()))
+    };
+    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, file)) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot save the gossip keyring");
+    }
+}
+
+/// Applies the pool's keyring requests as they arrive through gossip (each once, oldest first),
+/// publishing and saving the keys after a change, until gossip stops.
+async fn keyring_loop(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    keyring: Keyring,
+    file: Option<std::path::PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rx = chitchat.lock().await.live_nodes_watcher();
+    let mut applied = std::collections::HashSet::new();
+    loop {
+        let ops = rotation::ops_in(&rx.borrow_and_update());
+        let before = rotation::MemberKeys::of(&keyring);
+        for (id, op) in ops {
+            if applied.insert(id) {
+                if let Err(e) = rotation::apply(&keyring, &op) {
+                    tracing::warn!(action = ?op.action, error = %e, "keyring request refused");
+                }
+            }
+        }
+        let after = rotation::MemberKeys::of(&keyring);
+        if after != before {
+            tracing::info!(keys = after.keys.len(), "gossip keyring changed");
+            save_keyring(file.as_deref(), &keyring);
+            let value = serde_json::to_string(&after).unwrap_or_default();
+            chitchat.lock().await.self_node_state().set(rotation::KEY_KEYRING, value);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{ok_json, require_leader, ApiError, ApiResult, Req};
 use crate::acl::{Access, Global};
 use crate::api::{AutopilotHealth, RaftConfiguration, RaftServer, ServerHealth};
 use crate::app::App;
+use crate::gossip::rotation;
 use crate::state::{Command, CommandResult};
 
 pub async fn handle_status(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
@@ -36,31 +37,65 @@ pub async fn handle_status(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     }
 }
 
-/// `/v1/operator/keyring`. The pool has one key (`gossip_key`): listing reports it, installed on
-/// every live member (a member without it cannot take part in the pool at all). Rotation
-/// (install, use, remove) is not available yet. Without encryption every call fails as Consul's do.
-async fn keyring(app: &App, method: &Method) -> ApiResult {
-    let (Some(key), Some(gossip)) = (app.config.gossip_key.as_ref(), app.gossip.as_ref()) else {
-        let what = if *method == Method::GET {
+/// `/v1/operator/keyring`: the pool's gossip keys. Listing counts, over the live members, who holds
+/// each key and who seals with it (`?local-only` answers the same: there is no WAN pool yet).
+/// Install (POST), use (PUT) and remove (DELETE) go to every member through gossip
+/// (`gossip::rotation`) and answer once every live member shows the change, or after 10 s with
+/// the members that do not. Without encryption every call fails as Consul's do.
+async fn keyring(app: &App, req: &Req) -> ApiResult {
+    let off = || {
+        let what = if req.method == Method::GET {
             "Keyring is empty (encryption not enabled)"
         } else {
             "No keyring to modify (encryption not enabled)"
         };
-        return Err(ApiError::BadRequest(format!("{}: {what}", app.me.name)));
+        ApiError::BadRequest(format!("{}: {what}", app.me.name))
     };
-    match *method {
+    let gossip = app.gossip.as_ref().filter(|g| g.keyring().is_some()).ok_or_else(off)?;
+    let dc = &app.config.datacenter;
+    let action = match req.method {
         Method::GET => {
-            let members = gossip.live_members().await.len().max(1);
-            let keys = serde_json::Value::Object(serde_json::Map::from_iter([(key.to_string(), members.into())]));
-            Ok(ok_json(&serde_json::json!([{
-                "WAN": false, "Datacenter": app.config.datacenter, "Segment": "",
-                "Keys": keys, "PrimaryKeys": keys, "NumNodes": members,
-            }])))
+            let members = gossip.member_keys().await;
+            let (keys, primary) = rotation::counts(&members);
+            return Ok(ok_json(&serde_json::json!([{
+                "WAN": false, "Datacenter": dc, "Segment": "", "Keys": keys, "PrimaryKeys": primary,
+                "NumNodes": members.len(), "Messages": {},
+            }])));
         }
-        Method::POST | Method::PUT | Method::DELETE => Err(ApiError::NotImplemented(
-            "Gossip key rotation (keyring install, use, remove) is not available yet: restart the pool with the new key".into(),
-        )),
-        ref m => Err(ApiError::MethodNotAllowed(m.clone())),
+        Method::POST => rotation::Action::Install,
+        Method::PUT => rotation::Action::Use,
+        Method::DELETE => rotation::Action::Remove,
+        ref m => return Err(ApiError::MethodNotAllowed(m.clone())),
+    };
+    #[derive(serde::Deserialize)]
+    struct KeyBody {
+        #[serde(rename = "Key", default)]
+        key: String,
+    }
+    let body: KeyBody = super::json::decode(&req.body)?;
+    if body.key.is_empty() {
+        return Err(ApiError::BadRequest("Missing key: the body must be {\"Key\": \"<base64 key>\"}".into()));
+    }
+    let op = gossip.request_keyring(action, &body.key).await.map_err(ApiError::BadRequest)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = gossip.member_keys().await;
+        let lagging = rotation::not_done(&members, &op);
+        if lagging.is_empty() {
+            return Ok(super::text(StatusCode::OK, ""));
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut message = format!(
+                "1 error occurred:\n\t* {dc} (LAN) error: {}/{} nodes reported failure\n",
+                lagging.len(),
+                members.len()
+            );
+            for node in &lagging {
+                message.push_str(&format!("\t* {node}: did not apply the keyring change within 10 s\n"));
+            }
+            return Err(ApiError::Internal(message));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -198,7 +233,9 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
         super::acl::authorize_write(app, req)?
     };
     let need = if req.method == Method::GET { Access::Read } else { Access::Write };
-    require_global(&authz, Global::Operator, need)?;
+    // The keyring has its own ACL rule, as in Consul.
+    let global = if tail == "keyring" { Global::Keyring } else { Global::Operator };
+    require_global(&authz, global, need)?;
     match (tail, &req.method) {
         ("raft/configuration", &Method::GET) => {
             let opts = super::QueryOpts::parse(req)?;
@@ -287,7 +324,7 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
             });
             Ok(super::with_query_meta(app, ok_json(&body), index))
         }
-        ("keyring", m) => keyring(app, m).await,
+        ("keyring", _) => keyring(app, req).await,
         (
             "raft/configuration"
             | "raft/peer"
