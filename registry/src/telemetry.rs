@@ -12,7 +12,15 @@ pub fn init(format: &str) {
         .with_target(false)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    // Every line also goes to /v1/agent/monitor's listeners, if any.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let monitor = crate::agent::monitor::layer();
+    let _ = if format == "json" {
+        builder.json().finish().with(monitor).try_init()
+    } else {
+        builder.finish().with(monitor).try_init()
+    };
 }
 
 /// Resolves on SIGINT or SIGTERM (Kubernetes stops pods with SIGTERM).

@@ -12,10 +12,14 @@ struct Dev {
 
 impl Dev {
     fn start(port: u16) -> Dev {
+        Dev::start_logging(port, "warn")
+    }
+
+    fn start_logging(port: u16, level: &str) -> Dev {
         let child = Command::new(env!("CARGO_BIN_EXE_roster"))
             .args(["dev", "--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--rpc-addr", &format!("127.0.0.1:{}", port + 1), "--gossip-addr", "off"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -463,4 +467,44 @@ async fn operator_usage_counts_services_instances_and_nodes() {
     assert_eq!(dc["ConnectServiceInstances"]["connect-proxy"], 1, "{usage}");
     assert_eq!(dc["BillableServiceInstances"], 2, "{usage}");
     assert_eq!(usage["KnownLeader"], true);
+}
+
+/// `/v1/agent/monitor` streams the agent's log lines as they are written, at the asked level and
+/// above; an unknown level is a 400 naming it.
+#[tokio::test]
+async fn monitor_streams_log_lines() {
+    let http = client();
+    let dev = Dev::start_logging(19724, "info");
+    until_leader(&http, &dev).await;
+    let b = &dev.base;
+    let (status, body) = call(&http, "GET", format!("{b}/agent/monitor?loglevel=loud"), "").await;
+    assert_eq!((status, body.as_str()), (400, Some("Bad request: Unknown log level: loud")), "Consul's text");
+    let mut info = http.get(format!("{b}/agent/monitor?loglevel=info")).send().await.expect("monitor");
+    assert_eq!(info.status(), 200);
+    let mut json = http.get(format!("{b}/agent/monitor?loglevel=info&logjson")).send().await.expect("monitor");
+    let check = r#"{"Name":"beat","TTL":"30s"}"#;
+    assert_eq!(call(&http, "PUT", format!("{b}/agent/check/register"), check).await.0, 200);
+    assert_eq!(call(&http, "PUT", format!("{b}/agent/check/pass/beat"), "").await.0, 200);
+    // Consul's agent logs each change it syncs to the catalog.
+    let text = read_until(&mut info, "Synced check").await.expect("a line within 10 s");
+    assert!(text.contains("[INFO]") && text.contains("check=beat"), "{text}");
+    let lines = read_until(&mut json, "Synced check").await.expect("a line within 10 s");
+    let line = lines.lines().find(|l| l.contains("Synced check")).expect("the line");
+    let parsed: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+    assert_eq!(parsed["@level"], "info");
+}
+
+/// Reads a streamed answer until `want` appears (10 s at most).
+async fn read_until(resp: &mut reqwest::Response, want: &'static str) -> Result<String, tokio::time::error::Elapsed> {
+    let fut = async move {
+        let mut seen = String::new();
+        while let Some(chunk) = resp.chunk().await.expect("chunk") {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(want) {
+                return seen;
+            }
+        }
+        panic!("the stream ended without {want:?}: {seen}");
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await
 }

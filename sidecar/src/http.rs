@@ -44,7 +44,16 @@ const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest request body passed on (the servers apply their own, smaller limits).
 const MAX_BODY: u64 = 16 * 1024 * 1024;
 
-pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone {
+pub fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    use warp::Reply;
+    let monitor = registry::agent::api::monitor_route(ctx.clone());
+    monitor.or(api_routes(ctx).map(|r: Resp| r.into_response())).unify()
+}
+
+/// Every route but the streamed `/v1/agent/monitor`.
+fn api_routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone {
     warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())

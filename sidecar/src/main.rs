@@ -52,11 +52,15 @@ fn main() -> std::process::ExitCode {
 fn init_logging(format: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Every line also goes to /v1/agent/monitor's listeners, if any.
+    let monitor = registry::agent::monitor::layer();
     if format == "json" {
-        builder.json().init();
+        builder.json().finish().with(monitor).init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        builder.with_ansi(std::io::stderr().is_terminal()).finish().with(monitor).init();
     }
 }
 

@@ -37,12 +37,51 @@ pub trait Host: Send + Sync {
     fn prometheus(&self) -> String;
 }
 
-/// Consul's log levels for `/v1/agent/monitor`.
-const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "err", "error"];
-
 /// The token kinds `/v1/agent/token/:kind` sets (Consul's names, old and new).
 const TOKEN_KINDS: &[&str] =
     &["default", "agent", "agent_recovery", "agent_master", "replication", "config_file_service_registration"];
+
+/// `GET /v1/agent/monitor`, served beside [`handle`] because its answer is a stream: the agent's
+/// log lines from now on, until the client goes.
+pub async fn monitor(host: &dyn Host, req: &Req) -> Result<warp::reply::Response, ApiError> {
+    let a = host.authorize(req).await?;
+    require(&a, Resource::Agent, &host.agent().node().name, Access::Read)?;
+    let name = req.get("loglevel").unwrap_or("info");
+    let level = super::monitor::parse_level(name)
+        .ok_or_else(|| ApiError::BadRequest(format!("Bad request: Unknown log level: {name}")))?;
+    use warp::Reply;
+    let mut r = warp::reply::stream(super::monitor::lines(level, req.has("logjson"))).into_response();
+    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    Ok(r)
+}
+
+/// The warp route of `GET /v1/agent/monitor` for a host; put it before the host's other routes.
+pub fn monitor_route<H: Host + 'static>(
+    host: std::sync::Arc<H>,
+) -> impl warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    use warp::{Filter, Reply};
+    warp::get()
+        .and(warp::path!("v1" / "agent" / "monitor"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .then(move |raw_query: String, headers: warp::http::HeaderMap| {
+            let host = host.clone();
+            async move {
+                let req = Req {
+                    method: Method::GET,
+                    path: "/v1/agent/monitor".into(),
+                    query: url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect(),
+                    raw_query,
+                    headers,
+                    body: bytes::Bytes::new(),
+                };
+                match monitor(host.as_ref(), &req).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_resp().into_response(),
+                }
+            }
+        })
+}
 
 /// Answers `/v1/agent/<tail>`.
 pub async fn handle(host: &dyn Host, req: &Req, tail: &str) -> ApiResult {
@@ -84,14 +123,6 @@ pub async fn handle(host: &dyn Host, req: &Req, tail: &str) -> ApiResult {
             require(&a, Resource::Agent, &me, Access::Write)?;
             host.reload()?;
             Ok(text(StatusCode::OK, ""))
-        }
-        ["monitor"] if get => {
-            require(&a, Resource::Agent, &me, Access::Read)?;
-            let level = req.get("loglevel").unwrap_or("info").to_ascii_lowercase();
-            if !LOG_LEVELS.contains(&level.as_str()) {
-                return Err(ApiError::BadRequest(format!("Unknown log level: {}", req.get("loglevel").unwrap_or(""))));
-            }
-            Err(ApiError::NotImplemented("Log streaming (/v1/agent/monitor) is not available in Roster yet".into()))
         }
         ["token", kind] if put => set_token(host, &a, kind, req).await,
         ["metrics"] if get => {

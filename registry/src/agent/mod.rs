@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod local;
+pub mod monitor;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};

@@ -56,22 +56,27 @@ pub async fn push(agent: &Agent, client: &dyn Catalog) -> Result<(), String> {
     if let Some((_, r)) = &pending.node {
         client.register(r).await.map_err(|e| format!("registering the node: {e}"))?;
         agent.with_state(|s| s.node_synced());
+        tracing::info!("Synced node info");
     }
     for (id, version, r) in &pending.services {
         client.register(r).await.map_err(|e| format!("registering service {id}: {e}"))?;
         agent.with_state(|s| s.service_synced(id, *version, r));
+        tracing::info!(service = %id, "Synced service");
     }
     for (id, version, r) in &pending.checks {
         client.register(r).await.map_err(|e| format!("updating check {id}: {e}"))?;
         agent.with_state(|s| s.check_synced(id, *version));
+        tracing::info!(check = %id, "Synced check");
     }
     for (id, r) in &pending.removed_services {
         client.deregister(r).await.map_err(|e| format!("deregistering service {id}: {e}"))?;
         agent.with_state(|s| s.service_removed(id));
+        tracing::info!(service = %id, "Deregistered service");
     }
     for (id, r) in &pending.removed_checks {
         client.deregister(r).await.map_err(|e| format!("deregistering check {id}: {e}"))?;
         agent.with_state(|s| s.check_removed(id));
+        tracing::info!(check = %id, "Deregistered check");
     }
     Ok(())
 }

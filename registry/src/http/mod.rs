@@ -247,7 +247,16 @@ struct BodyTooLarge;
 impl warp::reject::Reject for BodyTooLarge {}
 
 /// The warp filter for the whole HTTP API.
-pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone {
+pub fn routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    use warp::Reply;
+    let monitor = crate::agent::api::monitor_route(Arc::new(agent::ServerHost(app.clone())));
+    monitor.or(api_routes(app).map(|r: Resp| r.into_response())).unify()
+}
+
+/// Every route but the streamed `/v1/agent/monitor`.
+fn api_routes(app: Arc<App>) -> impl Filter<Extract = (Resp,), Error = std::convert::Infallible> + Clone {
     // Bodies up to 64 MiB are read so that an oversized KV value gets Consul's 413 message.
     const MAX_BODY: u64 = 64 * 1024 * 1024;
     let body_limit = warp::header::optional::<u64>("content-length")
