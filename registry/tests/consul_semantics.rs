@@ -508,3 +508,40 @@ async fn read_until(resp: &mut reqwest::Response, want: &'static str) -> Result<
     };
     tokio::time::timeout(Duration::from_secs(10), fut).await
 }
+
+/// `/v1/agent/service/:id` blocks on its content hash (`X-Consul-ContentHash`), as Consul's agent
+/// does for sidecar proxies watching their registration: it answers when the definition changes,
+/// or when the wait runs out with the same hash.
+#[tokio::test]
+async fn agent_service_reads_block_on_their_content_hash() {
+    let http = client();
+    let dev = Dev::start(19726);
+    until_leader(&http, &dev).await;
+    let b = dev.base.clone();
+    let register = |tag: &str| format!(r#"{{"Name":"web","Port":80,"Tags":["{tag}"]}}"#);
+    assert_eq!(call(&http, "PUT", format!("{b}/agent/service/register"), &register("v1")).await.0, 200);
+    let read = |query: String| {
+        let (http, b) = (http.clone(), b.clone());
+        async move {
+            let r = http.get(format!("{b}/agent/service/web{query}")).send().await.expect("read");
+            let hash = r.headers().get("x-consul-contenthash").and_then(|v| v.to_str().ok()).map(str::to_string);
+            (r.status().as_u16(), hash.unwrap_or_default(), r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, hash, _) = read(String::new()).await;
+    assert_eq!((status, hash.len()), (200, 16));
+    let started = Instant::now();
+    let blocked = tokio::spawn(read(format!("?hash={hash}&wait=10s")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "an unchanged service keeps the read waiting");
+    assert_eq!(call(&http, "PUT", format!("{b}/agent/service/register"), &register("v2")).await.0, 200);
+    let (_, new_hash, svc) = blocked.await.expect("join");
+    assert!(started.elapsed() < Duration::from_secs(5), "woken by the change");
+    assert_ne!(new_hash, hash);
+    assert_eq!(svc["Tags"][0], "v2");
+    let started = Instant::now();
+    let (_, same, _) = read(format!("?hash={new_hash}&wait=300ms")).await;
+    assert_eq!(same, new_hash);
+    assert!(started.elapsed() >= Duration::from_millis(250), "waited out the wait");
+    assert_eq!(read("?hash=x&wait=soon".into()).await.0, 400);
+}

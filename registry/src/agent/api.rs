@@ -41,6 +41,56 @@ pub trait Host: Send + Sync {
 const TOKEN_KINDS: &[&str] =
     &["default", "agent", "agent_recovery", "agent_master", "replication", "config_file_service_registration"];
 
+/// `GET /v1/agent/service/:id`, with Consul's hash-based blocking: the answer carries
+/// `X-Consul-ContentHash`; given `?hash=` equal to the current one, it waits (`?wait=`, 5 min by
+/// default, 10 at most) until the service's definition changes.
+async fn service_blocking(host: &dyn Host, req: &Req, id: &str) -> ApiResult {
+    let agent = host.agent();
+    let wait = match req.get("wait") {
+        None | Some("") => std::time::Duration::from_secs(300),
+        Some(w) => crate::api::parse_go_duration(w)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid wait time: {e}")))?
+            .min(std::time::Duration::from_secs(600)),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = agent.changes();
+    loop {
+        changes.borrow_and_update();
+        let a = host.authorize(req).await?;
+        let svc = agent
+            .with_state(|s| s.service(id).cloned())
+            .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+        require(&a, Resource::Service, &svc.service, Access::Read)?;
+        let body = serde_json::to_vec(&svc).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let hash = content_hash(&body);
+        if req.get("hash") != Some(hash.as_str()) || tokio::time::Instant::now() >= deadline {
+            let mut r = json_bytes(body);
+            if let Ok(v) = HeaderValue::from_str(&hash) {
+                r.headers_mut().insert("x-consul-contenthash", v);
+            }
+            return Ok(r);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Err(ApiError::Internal("agent stopped".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// A short, stable digest of an answer (Consul's content hash is 16 hex digits too).
+fn content_hash(body: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn json_bytes(body: Vec<u8>) -> Resp {
+    let mut r = warp::http::Response::new(bytes::Bytes::from(body));
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
 /// `GET /v1/agent/monitor`, served beside [`handle`] because its answer is a stream: the agent's
 /// log lines from now on, until the client goes.
 pub async fn monitor(host: &dyn Host, req: &Req) -> Result<warp::reply::Response, ApiError> {
@@ -173,13 +223,7 @@ pub async fn handle(host: &dyn Host, req: &Req, tail: &str) -> ApiResult {
             agent.set_maintenance(None, enable, req.get("reason"))?;
             changed(host).await
         }
-        ["service", id] if get => {
-            let svc = agent
-                .with_state(|s| s.service(id).cloned())
-                .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
-            require(&a, Resource::Service, &svc.service, Access::Read)?;
-            Ok(ok_json(&svc))
-        }
+        ["service", id] if get => service_blocking(host, req, id).await,
         ["checks"] if get => {
             let filter = parse_filter(req)?;
             let all: Vec<HealthCheck> = agent.with_state(|s| s.checks().map(|c| c.check.clone()).collect());

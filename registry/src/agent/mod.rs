@@ -192,6 +192,7 @@ pub struct Agent {
     enable_script_checks: bool,
     /// Wakes the sync loop.
     pub changed: Notify,
+    generation: watch::Sender<u64>,
     runners: Mutex<HashMap<String, watch::Sender<bool>>>,
     updates: mpsc::UnboundedSender<CheckUpdate>,
     /// Tokens set through `/v1/agent/token/:kind` (`default` answers requests that carry none).
@@ -206,6 +207,7 @@ impl Agent {
             state: Mutex::new(LocalState::new(node)),
             enable_script_checks,
             changed: Notify::new(),
+            generation: watch::channel(0).0,
             runners: Mutex::new(HashMap::new()),
             updates: tx,
             tokens: Mutex::new(BTreeMap::new()),
@@ -214,6 +216,17 @@ impl Agent {
     }
 
     /// Runs `f` on the local state under the lock.
+    /// Wakes the sync loop and every blocked agent read after a change to the local state.
+    fn mark_changed(&self) {
+        self.changed.notify_one();
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Moves on every change to the local state (hash-based blocking reads wait on it).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     pub fn with_state<T>(&self, f: impl FnOnce(&mut LocalState) -> T) -> T {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -270,7 +283,7 @@ impl Agent {
                 self.start_runner(p);
             }
         }
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -287,7 +300,7 @@ impl Agent {
                 self.stop_runners(&checks);
             }
         }
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -307,7 +320,7 @@ impl Agent {
             self.stop_runners(std::slice::from_ref(&id));
             self.start_runner(plan);
         }
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -318,7 +331,7 @@ impl Agent {
             )));
         }
         self.stop_runners(&[id.to_string()]);
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -330,7 +343,7 @@ impl Agent {
                 ApiError::BadRequest(format!("CheckID {id:?} does not have associated TTL"))
             }
         })?;
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -353,7 +366,7 @@ impl Agent {
         };
         if !enable {
             if self.with_state(|s| s.remove_check(&check_id)) {
-                self.changed.notify_one();
+                self.mark_changed();
             }
             return Ok(());
         }
@@ -382,7 +395,7 @@ impl Agent {
             definition: Default::default(),
         };
         self.with_state(|s| s.add_check(local, Instant::now()));
-        self.changed.notify_one();
+        self.mark_changed();
         Ok(())
     }
 
@@ -423,7 +436,7 @@ impl Agent {
                     let changed = self.with_state(|s| s.set_check_status(&u.check_id, u.status, u.output, Instant::now()));
                     if changed {
                         tracing::info!(check = %u.check_id, status = u.status.as_str(), "check changed");
-                        self.changed.notify_one();
+                        self.mark_changed();
                     }
                 }
                 _ = timer.tick() => {
@@ -436,7 +449,7 @@ impl Agent {
                     }
                     self.stop_runners(&tick.stopped_checks);
                     if tick != Default::default() {
-                        self.changed.notify_one();
+                        self.mark_changed();
                     }
                 }
                 _ = shutdown.wait_for(|s| *s) => break,
