@@ -54,6 +54,9 @@ pub struct App {
     pub server_contact: Mutex<std::collections::BTreeMap<NodeId, Instant>>,
     /// On the leader: each server's autopilot health and since when (StableSince).
     pub server_stability: Mutex<std::collections::BTreeMap<NodeId, (bool, std::time::SystemTime)>>,
+    /// Servers taken out of the Raft configuration on purpose while they ran (by name): autopilot
+    /// does not add them back until gossip sees them stop.
+    pub removed_servers: Mutex<std::collections::BTreeSet<String>>,
     /// This server's place in the LAN gossip pool, when gossip is on.
     pub gossip: Option<Arc<crate::gossip::Membership>>,
     pub shutdown: watch::Sender<bool>,

@@ -155,12 +155,10 @@ async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
     if voters.contains(&req.id) {
         return Ok(());
     }
+    // Autopilot makes it a voter once it has been healthy for ServerStabilizationTime.
     tracing::info!(id = req.id, node = %req.node, "adding server as learner");
     app.raft.add_learner(req.id, req.node.clone(), true).await.map_err(|e| e.to_string())?;
-    let mut new_voters = voters;
-    new_voters.insert(req.id);
-    tracing::info!(id = req.id, "promoting server to voter");
-    app.raft.change_membership(new_voters, false).await.map_err(|e| e.to_string())?;
+    app.removed_servers.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.node.name);
     Ok(())
 }
 
@@ -187,7 +185,8 @@ pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
     Ok(())
 }
 
-async fn fetch_info(client: &reqwest::Client, addr: &str) -> Option<ServerInfo> {
+/// A server's identity and view, from its RPC port.
+pub async fn server_info(client: &reqwest::Client, addr: &str) -> Option<ServerInfo> {
     let resp = client.get(format!("http://{addr}/raft/info")).timeout(Duration::from_secs(2)).send().await.ok()?;
     decode(&resp.bytes().await.ok()?).ok()
 }
@@ -238,7 +237,7 @@ async fn try_join_or_bootstrap(app: &App, expect: usize) -> Result<(), String> {
     let mut servers: BTreeMap<NodeId, ServerNode> = BTreeMap::new();
     servers.insert(app.id, app.me.clone());
     for addr in resolve_peers(&app.config.retry_join).await {
-        let Some(peer) = fetch_info(&app.http, &addr).await else { continue };
+        let Some(peer) = server_info(&app.http, &addr).await else { continue };
         if peer.initialized {
             // An existing cluster: ask its leader to add us.
             let Some((_, leader)) = peer.leader else { return Err("peer has no leader yet".into()) };

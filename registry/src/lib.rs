@@ -29,6 +29,8 @@ pub mod agent;
 pub mod app;
 #[cfg(feature = "server")]
 pub mod auth_method;
+#[cfg(feature = "server")]
+pub mod autopilot;
 #[cfg(feature = "checks")]
 pub mod checks;
 #[cfg(feature = "server")]

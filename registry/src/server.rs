@@ -243,7 +243,11 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         http_addr: config.advertised_http(),
     };
     let gossip = match config.gossip_addr {
-        Some(addr) => Some(Arc::new(start_gossip(&config, &me, addr).await?)),
+        Some(addr) => {
+            let g = start_gossip(&config, &me, addr).await?;
+            g.announce(crate::gossip::KEY_RPC, &me.rpc_addr).await;
+            Some(Arc::new(g))
+        }
         None => None,
     };
     let http = crate::client::http_builder().build()?;
@@ -270,6 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         last_contact: Mutex::new(None),
         server_contact: Mutex::new(Default::default()),
         server_stability: Mutex::new(Default::default()),
+        removed_servers: Mutex::new(Default::default()),
         gossip: gossip.clone(),
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
@@ -303,6 +308,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     )));
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
+    handles.push(tokio::spawn(crate::autopilot::run(app.clone(), gossip.clone())));
     if let Some(g) = gossip {
         handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g.clone())));
         handles.push(tokio::spawn(crate::reconcile::coordinate_loop(app.clone(), g.clone(), Duration::from_secs(5))));

@@ -527,3 +527,115 @@ async fn acl_changes_replicate_survive_restarts_and_apply_at_once() {
         assert_eq!(r.status(), 403, "server {i} still accepted a deleted token");
     }
 }
+
+/// Autopilot with gossip: a joining server is a learner until it has been healthy for
+/// ServerStabilizationTime; a server dead for three stabilization periods is removed
+/// (CleanupDeadServers) and added back when it returns; one removed on purpose while it runs stays
+/// out until it has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autopilot_cleans_up_dead_servers_and_adds_returning_ones_back() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let port = 19460;
+    let gossip = |i: usize| format!("127.0.0.{i}:{}", port + 2);
+    let mut servers: Vec<Server> = (1..=3)
+        .map(|i| Server {
+            name: format!("server-{i}"),
+            http: format!("127.0.0.{i}:{port}"),
+            rpc: format!("127.0.0.{i}:{}", port + 1),
+            dir: tmp.path().join(format!("s{i}")),
+            extra: vec![
+                "--gossip-addr".into(),
+                gossip(i),
+                "--gossip-seeds".into(),
+                (1..=3).filter(|j| *j != i).map(gossip).collect::<Vec<_>>().join(","),
+            ],
+            child: None,
+        })
+        .collect();
+    let join: Vec<String> = servers.iter().map(|s| s.rpc.clone()).collect();
+    for s in servers.iter_mut() {
+        s.start(&join, 3, 10_000);
+    }
+    let c = Cluster {
+        _tmp: tmp,
+        servers,
+        http: registry::client::http_builder().timeout(Duration::from_secs(10)).build().expect("client"),
+        join,
+    };
+    let mut c = c;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let config = r#"{"CleanupDeadServers": true, "LastContactThreshold": "200ms", "MaxTrailingLogs": 250,
+        "ServerStabilizationTime": "1s"}"#;
+    let r = c
+        .http
+        .put(format!("http://{}/v1/operator/autopilot/configuration", c.servers[leader].http))
+        .body(config)
+        .send()
+        .await
+        .expect("autopilot config");
+    assert!(r.status().is_success());
+    let victim = (leader + 1) % 3;
+    let victim_name = c.servers[victim].name.clone();
+    // Dead for more than 5 s (three stabilization periods, at least 5 s): removed.
+    c.servers[victim].kill();
+    let v = victim_name.clone();
+    eventually_members(&c, leader, "the dead server removed", Duration::from_secs(20), move |m| {
+        m.len() == 2 && !m.iter().any(|(n, _)| *n == v)
+    })
+    .await;
+    assert_eq!(c.put(leader, "k", "1").await, Ok(true));
+
+    // It comes back with its data: added as a learner, a voter once stable.
+    c.servers[victim].start(&c.join.clone(), 3, 10_000);
+    let v = victim_name.clone();
+    eventually_members(&c, leader, "the returning server a voter again", Duration::from_secs(30), move |m| {
+        m.len() == 3 && m.iter().all(|(_, voter)| *voter) && m.iter().any(|(n, _)| *n == v)
+    })
+    .await;
+
+    // Removed on purpose while it runs: it stays out while it runs.
+    let r = c
+        .http
+        .delete(format!("http://{}/v1/operator/raft/peer?id={victim_name}", c.servers[leader].http))
+        .send()
+        .await
+        .expect("remove");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = members(&c, leader).await;
+    assert!(now.len() == 2 && !now.iter().any(|(n, _)| *n == victim_name), "{now:?}");
+    c.servers[victim].kill();
+}
+
+/// The Raft configuration as one server reports it: (node, voter), sorted.
+async fn members(c: &Cluster, via: usize) -> Vec<(String, bool)> {
+    let mut names: Vec<(String, bool)> = c
+        .raft_servers(via)
+        .await
+        .iter()
+        .map(|s| (s["Node"].as_str().unwrap_or_default().to_string(), s["Voter"].as_bool().unwrap_or(false)))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn eventually_members(
+    c: &Cluster,
+    via: usize,
+    what: &str,
+    timeout: Duration,
+    want: impl Fn(&[(String, bool)]) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = members(c, via).await;
+        if want(&now) {
+            return;
+        }
+        if Instant::now() > deadline {
+            c.dump_logs();
+            panic!("{what}: {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

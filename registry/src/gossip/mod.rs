@@ -36,6 +36,8 @@ pub const KEY_VERSION: &str = "vsn";
 pub const KEY_LEFT: &str = "left";
 /// The member's Vivaldi coordinate (JSON), as its prober last published it.
 pub const KEY_COORD: &str = "coord";
+/// A server's Raft RPC address (host:port): how the leader adds it back to the configuration.
+pub const KEY_RPC: &str = "rpc";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -424,6 +426,18 @@ impl Membership {
     /// A receiver of the live members, updated as gossip changes them; feed it to `diff`.
     pub async fn watch(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
         self.chitchat.lock().await.live_nodes_watcher()
+    }
+
+    /// Publishes one more fact about this member in its gossip state.
+    pub async fn announce(&self, key: &str, value: &str) {
+        self.chitchat.lock().await.self_node_state().set(key, value);
+    }
+
+    /// The RPC addresses the live servers announced, by node name.
+    pub async fn server_rpc_addrs(&self) -> BTreeMap<String, String> {
+        let guard = self.chitchat.lock().await;
+        let live: BTreeMap<ChitchatId, NodeState> = guard.live_nodes_watcher().borrow().clone();
+        live.iter().filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(KEY_RPC)?.to_string()))).collect()
     }
 
     /// This member's network coordinate.

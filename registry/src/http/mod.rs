@@ -17,6 +17,7 @@ mod kv;
 mod session;
 mod snapshot;
 mod status;
+pub use status::refresh_server_health;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

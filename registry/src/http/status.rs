@@ -133,6 +133,11 @@ fn go_duration(d: Duration) -> String {
 }
 
 /// The leader's view of every server, as Consul's autopilot reports it.
+/// Brings each server's health and "stable since" up to date (autopilot's promotions read them).
+pub async fn refresh_server_health(app: &App) {
+    autopilot_health(app).await;
+}
+
 async fn autopilot_health(app: &App) -> AutopilotHealth {
     let m = app.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
@@ -262,7 +267,13 @@ pub async fn handle_operator(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult
                 .ok_or_else(|| ApiError::BadRequest("address or id not found in the Raft configuration".into()))?;
             let id: u64 = server.id.parse().map_err(|_| ApiError::Internal("bad server id".into()))?;
             require_leader(app)?;
-            crate::cluster::remove_server(app, id).await.map_err(ApiError::BadRequest)?;
+            // Removed on purpose: autopilot leaves it out while it keeps running.
+            let removed = || app.removed_servers.lock().unwrap_or_else(|p| p.into_inner());
+            removed().insert(server.node.clone());
+            if let Err(e) = crate::cluster::remove_server(app, id).await {
+                removed().remove(&server.node);
+                return Err(ApiError::BadRequest(e));
+            }
             Ok(ok_json(&true))
         }
         ("raft/transfer-leader", &Method::POST) => {
