@@ -17,29 +17,7 @@ struct Cli {
 enum Cmd {
     /// Reconcile RegistryClusters, ServiceRegistrations, KeyValues and AclPolicies (in-cluster, or against the
     /// current kubeconfig context).
-    Run {
-        /// Registry HTTP address for ServiceRegistrations and KeyValues (host:port), for example through a
-        /// port-forward when running outside the cluster; default: each cluster's client Service.
-        #[arg(long, env = "ROSTER_REGISTRY_ADDR")]
-        registry_addr: Option<String>,
-        /// ACL token for the registry (needs `acl = "write"` for AclPolicies); from a Secret in the chart.
-        #[arg(long, env = "ROSTER_REGISTRY_TOKEN", hide_env_values = true)]
-        registry_token: Option<String>,
-        /// Where to serve /metrics, /healthz and /readyz.
-        #[arg(long, env = "ROSTER_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-        metrics_addr: std::net::SocketAddr,
-        /// Reconcile only while holding a Lease, so several replicas can run (one active, the others
-        /// waiting to take over).
-        #[arg(long, env = "ROSTER_OPERATOR_LEADER_ELECTION")]
-        leader_election: bool,
-        /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else `default`).
-        #[arg(long, env = "POD_NAMESPACE")]
-        lease_namespace: Option<String>,
-        /// Secret holding the token reviewer's ServiceAccount token (`name`, in the operator's
-        /// namespace, or `namespace/name`), for RegistryClusters with `spec.acl.kubernetesAuth`.
-        #[arg(long, env = "ROSTER_TOKEN_REVIEWER_SECRET")]
-        token_reviewer_secret: Option<String>,
-    },
+    Run(RunSettings),
     /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
     Check { files: Vec<std::path::PathBuf> },
     /// Print every CRD as YAML (documents separated by ---), or write one file per CRD into a directory.
@@ -51,14 +29,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Cmd::Run {
-            registry_addr,
-            registry_token,
-            metrics_addr,
-            leader_election,
-            lease_namespace,
-            token_reviewer_secret,
-        } => {
+        Cmd::Run(settings) => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             registry::client::ensure_crypto_provider();
@@ -68,20 +39,6 @@ fn main() -> std::process::ExitCode {
                     eprintln!("roster-operator: cannot start the runtime: {e}");
                     return std::process::ExitCode::FAILURE;
                 }
-            };
-            // A bare Secret name lives in the operator's own namespace.
-            let token_reviewer_secret =
-                token_reviewer_secret.filter(|s| !s.is_empty()).map(|s| match s.split_once('/') {
-                    Some((ns, name)) => (ns.to_string(), name.to_string()),
-                    None => (lease_namespace.clone().unwrap_or_else(|| "default".into()), s),
-                });
-            let settings = RunSettings {
-                registry_addr,
-                registry_token,
-                metrics_addr,
-                leader_election,
-                lease_namespace,
-                token_reviewer_secret,
             };
             match runtime.block_on(run(settings)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -135,13 +92,38 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+#[derive(clap::Args)]
 struct RunSettings {
+    /// Registry HTTP address for ServiceRegistrations and KeyValues (host:port), for example through a
+    /// port-forward when running outside the cluster; default: each cluster's client Service.
+    #[arg(long, env = "ROSTER_REGISTRY_ADDR")]
     registry_addr: Option<String>,
+    /// ACL token for the registry (needs `acl = "write"` for AclPolicies); from a Secret in the chart.
+    #[arg(long, env = "ROSTER_REGISTRY_TOKEN", hide_env_values = true)]
     registry_token: Option<String>,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "ROSTER_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
+    /// Reconcile only while holding a Lease, so several replicas can run (one active, the others
+    /// waiting to take over).
+    #[arg(long, env = "ROSTER_OPERATOR_LEADER_ELECTION")]
     leader_election: bool,
+    /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    token_reviewer_secret: Option<(String, String)>,
+    /// Secret holding the token reviewer's ServiceAccount token (`name`, in the operator's
+    /// namespace, or `namespace/name`), for RegistryClusters with `spec.acl.kubernetesAuth`.
+    #[arg(long, env = "ROSTER_TOKEN_REVIEWER_SECRET")]
+    token_reviewer_secret: Option<String>,
+}
+
+/// The token reviewer's Secret as (namespace, name): a bare name lives in the operator's namespace.
+fn token_reviewer_secret(s: &RunSettings) -> Option<(String, String)> {
+    let secret = s.token_reviewer_secret.clone().filter(|s| !s.is_empty())?;
+    Some(match secret.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (s.lease_namespace.clone().unwrap_or_else(|| "default".into()), secret),
+    })
 }
 
 /// Runs every controller (after winning the Lease, with leader election) until a signal, or until
@@ -193,13 +175,7 @@ async fn run(s: RunSettings) -> Result<(), String> {
             token.clone(),
         ));
         tokio::join!(
-            registry_cluster::controller::run(
-                client.clone(),
-                addr,
-                token,
-                s.token_reviewer_secret.clone(),
-                metrics.clone()
-            ),
+            registry_cluster::controller::run(client.clone(), addr, token, token_reviewer_secret(&s), metrics.clone()),
             service_registration::controller::run(shared.clone(), metrics.clone()),
             key_value::controller::run(shared.clone(), metrics.clone()),
             acl_policy::controller::run(shared.clone(), metrics.clone()),
