@@ -183,11 +183,8 @@ async fn take(app: &App, step: &Step) -> Result<(), String> {
             app.raft.add_learner(info.id, info.node, false).await.map(|_| ()).map_err(|e| e.to_string())
         }
         Step::Promote { id, name } => {
-            let mut voters: BTreeSet<NodeId> =
-                app.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-            voters.insert(*id);
             tracing::info!(server = %name, "autopilot: promoting a stable server to voter");
-            app.raft.change_membership(voters, false).await.map(|_| ()).map_err(|e| e.to_string())
+            crate::cluster::change_membership(app, openraft::ChangeMembers::AddVoterIds(BTreeSet::from([*id]))).await
         }
         Step::Remove { id, name } => {
             tracing::warn!(server = %name, "autopilot: removing a dead server (CleanupDeadServers)");

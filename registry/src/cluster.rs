@@ -162,6 +162,27 @@ async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
     Ok(())
 }
 
+/// Changes the Raft configuration, waiting (up to 5 s) for one already under way to finish first:
+/// autopilot's promotions and an operator's removal may meet.
+pub async fn change_membership(
+    app: &App,
+    change: impl Into<openraft::ChangeMembers<NodeId, ServerNode>> + Clone,
+) -> Result<(), String> {
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match app.raft.change_membership(change.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Removes a server from the Raft configuration (leader only).
 pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
     let (voters, learners): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
@@ -172,7 +193,7 @@ pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
     if learners.contains(&id) {
         // A learner never counted towards quorum: just drop it.
         let remove = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-        return app.raft.change_membership(remove, false).await.map(|_| ()).map_err(|e| e.to_string());
+        return change_membership(app, remove).await;
     }
     if !voters.contains(&id) {
         return Err(format!("server {id} is not in the Raft configuration"));
@@ -181,7 +202,8 @@ pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
     if remaining.is_empty() {
         return Err("cannot remove the last server".into());
     }
-    app.raft.change_membership(remaining, false).await.map_err(|e| e.to_string())?;
+    // Relative, so a change that finished meanwhile (a promotion) is kept.
+    change_membership(app, openraft::ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
     Ok(())
 }
 

@@ -63,6 +63,10 @@ pub struct Config {
     /// Lets the agent API register script (`Args`) checks, which run commands on this server
     /// (Consul's `enable_script_checks`; off by default, as there).
     pub enable_script_checks: bool,
+    /// Consul's DNS interface (UDP and TCP; Consul's port is 8600). None: off.
+    pub dns_addr: Option<SocketAddr>,
+    /// How DNS answers (Consul's `domain` and `dns_config`).
+    pub dns: crate::dns::DnsSettings,
 }
 
 impl Default for Config {
@@ -95,6 +99,8 @@ impl Default for Config {
             gossip_key: None,
             reap_after_secs: 72 * 3600,
             enable_script_checks: false,
+            dns_addr: None,
+            dns: Default::default(),
         }
     }
 }
@@ -212,6 +218,30 @@ pub struct ServerArgs {
     /// Allow script (`Args`) checks through the agent API (they run commands on this server).
     #[arg(long, env = "ROSTER_ENABLE_SCRIPT_CHECKS")]
     pub enable_script_checks: Option<bool>,
+    /// DNS interface address (UDP and TCP), for example 127.0.0.1:8600; "off" for none.
+    #[arg(long, env = "ROSTER_DNS_ADDR")]
+    pub dns_addr: Option<String>,
+    /// The domain DNS answers (default `consul.`).
+    #[arg(long, env = "ROSTER_DOMAIN")]
+    pub domain: Option<String>,
+}
+
+/// `--dns-addr`: an address, or "off".
+pub fn parse_dns_addr(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text {
+        "off" | "" => Ok(None),
+        a => a.parse().map(Some).map_err(|e| format!("--dns-addr {a:?}: {e}")),
+    }
+}
+
+/// A domain as DNS names it: lower case, one final dot.
+pub fn normalize_domain(text: &str) -> Result<String, String> {
+    let d = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if d.is_empty() || !d.split('.').all(label_ok) {
+        return Err(format!("--domain {text:?} is not a DNS domain"));
+    }
+    Ok(format!("{d}."))
 }
 
 impl ServerArgs {
@@ -265,6 +295,13 @@ impl ServerArgs {
         if !self.retry_join.is_empty() {
             c.retry_join = self.retry_join;
         }
+        if let Some(a) = &self.dns_addr {
+            c.dns_addr = parse_dns_addr(a)?;
+        }
+        if let Some(d) = &self.domain {
+            c.dns.domain = d.clone();
+        }
+        c.dns.domain = normalize_domain(&c.dns.domain)?;
         c.validate()?;
         Ok(c)
     }

@@ -37,6 +37,10 @@ pub mod checks;
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(feature = "server")]
+pub mod dns_catalog;
 #[cfg(feature = "agent")]
 pub mod filter;
 #[cfg(feature = "gossip")]

@@ -13,47 +13,68 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// A single server with everything in memory, API on 127.0.0.1:8500 (like `consul agent -dev`).
-    Dev {
-        /// HTTP API address.
-        #[arg(long, default_value = "127.0.0.1:8500")]
-        http_addr: std::net::SocketAddr,
-        /// Server RPC address.
-        #[arg(long, default_value = "127.0.0.1:8300")]
-        rpc_addr: std::net::SocketAddr,
-        /// LAN gossip address sidecars join ("off" for none).
-        #[arg(long, default_value = "127.0.0.1:8301")]
-        gossip_addr: String,
-        /// Enforce ACLs (off by default, as in `consul agent -dev`).
-        #[arg(long)]
-        acl_enabled: bool,
-        /// "allow" or "deny" where no rule applies.
-        #[arg(long, default_value = "allow")]
-        acl_default_policy: String,
-        /// Secret of a management token to create at start.
-        #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
-        acl_initial_management: Option<String>,
-        /// Gossip encryption key (`roster keygen`); sidecars joining need the same.
-        #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
-        gossip_key: Option<String>,
-    },
+    Dev(Box<DevArgs>),
     /// A server of a cluster, configured by file, environment and flags.
     Server(Box<ServerArgs>),
     /// Print a new gossip encryption key (base64 of 32 random bytes, like `consul keygen`).
     Keygen,
 }
 
+#[derive(clap::Args)]
+struct DevArgs {
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    http_addr: std::net::SocketAddr,
+    /// Server RPC address.
+    #[arg(long, default_value = "127.0.0.1:8300")]
+    rpc_addr: std::net::SocketAddr,
+    /// LAN gossip address sidecars join ("off" for none).
+    #[arg(long, default_value = "127.0.0.1:8301")]
+    gossip_addr: String,
+    /// Enforce ACLs (off by default, as in `consul agent -dev`).
+    #[arg(long)]
+    acl_enabled: bool,
+    /// "allow" or "deny" where no rule applies.
+    #[arg(long, default_value = "allow")]
+    acl_default_policy: String,
+    /// Secret of a management token to create at start.
+    #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
+    acl_initial_management: Option<String>,
+    /// Gossip encryption key (`roster keygen`); sidecars joining need the same.
+    #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
+    gossip_key: Option<String>,
+    /// DNS interface address (UDP and TCP), for example 127.0.0.1:8600; "off" for none.
+    #[arg(long, default_value = "off")]
+    dns_addr: String,
+    /// The domain DNS answers.
+    #[arg(long, default_value = "consul.")]
+    domain: String,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
-        Cmd::Dev {
-            http_addr,
-            rpc_addr,
-            gossip_addr,
-            acl_enabled,
-            acl_default_policy,
-            acl_initial_management,
-            gossip_key,
-        } => {
+        Cmd::Dev(dev) => {
+            let DevArgs {
+                http_addr,
+                rpc_addr,
+                gossip_addr,
+                acl_enabled,
+                acl_default_policy,
+                acl_initial_management,
+                gossip_key,
+                dns_addr,
+                domain,
+            } = *dev;
+            let dns = registry::config::parse_dns_addr(&dns_addr)
+                .and_then(|a| Ok((a, registry::config::normalize_domain(&domain)?)));
+            let (dns_addr, domain) = match dns {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("roster: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
             let gossip_addr = match gossip_addr.as_str() {
                 "off" => None,
                 a => match a.parse() {
@@ -72,6 +93,8 @@ fn main() -> std::process::ExitCode {
                 acl_default_policy,
                 acl_initial_management,
                 gossip_key,
+                dns_addr,
+                dns: registry::dns::DnsSettings { domain, ..Default::default() },
                 ..Config::dev()
             };
             if let Err(e) = c.validate() {

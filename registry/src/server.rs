@@ -199,6 +199,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     config.validate().map_err(anyhow::Error::msg)?;
     let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let rpc_listener = tokio::net::TcpListener::bind(config.rpc_addr).await?;
+    let dns_listeners = match config.dns_addr {
+        Some(addr) => Some(crate::dns::bind(addr).await?),
+        None => None,
+    };
     let bound = Bound { http: http_listener.local_addr()?, rpc: rpc_listener.local_addr()? };
     let mut config = config;
     // With port 0 (tests), advertise what was actually bound.
@@ -309,6 +313,11 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
     handles.push(tokio::spawn(crate::autopilot::run(app.clone(), gossip.clone())));
+    if let Some(listeners) = dns_listeners {
+        let catalog = Arc::new(crate::dns_catalog::StateCatalog(app.clone()));
+        let settings = app.config.dns.clone();
+        handles.push(tokio::spawn(crate::dns::serve(listeners, catalog, settings, app.shutdown.subscribe())));
+    }
     if let Some(g) = gossip {
         handles.push(tokio::spawn(crate::reconcile::reconcile_loop(app.clone(), g.clone())));
         handles.push(tokio::spawn(crate::reconcile::coordinate_loop(app.clone(), g.clone(), Duration::from_secs(5))));

@@ -1,0 +1,167 @@
+//! Consul's DNS interface against a real `roster dev`: every name form, A/AAAA/SRV/TXT, only
+//! healthy instances (a check going critical takes its instance out of the next answer), UDP
+//! answers limited and marked truncated then complete over TCP, NXDOMAIN with the SOA for
+//! unknown names, REFUSED outside the domain, and a malformed packet that breaks nothing.
+//! Queries are raw DNS messages (hickory's types), over UDP and TCP.
+
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use registry::dns::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use registry::dns::proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HTTP: &str = "127.0.0.1:19850";
+const DNS: &str = "127.0.0.1:19853";
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn question(name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new(4242, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    m.to_vec().expect("encode")
+}
+
+async fn udp(name: &str, rtype: RecordType) -> Message {
+    udp_raw(&question(name, rtype)).await.expect("an answer over UDP")
+}
+
+async fn udp_raw(packet: &[u8]) -> Option<Message> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.send_to(packet, DNS).await.expect("send");
+    let mut buf = vec![0u8; 65_535];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.ok()?.ok()?;
+    Message::from_vec(&buf[..n]).ok()
+}
+
+async fn tcp(name: &str, rtype: RecordType) -> Message {
+    let packet = question(name, rtype);
+    let mut stream = tokio::net::TcpStream::connect(DNS).await.expect("connect");
+    stream.write_all(&(packet.len() as u16).to_be_bytes()).await.expect("length");
+    stream.write_all(&packet).await.expect("send");
+    let len = stream.read_u16().await.expect("length") as usize;
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await.expect("answer");
+    Message::from_vec(&buf).expect("decode")
+}
+
+fn ips(m: &Message) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn register(http: &reqwest::Client, body: serde_json::Value) {
+    let r = http.put(format!("http://{HTTP}/v1/catalog/register")).json(&body).send().await.expect("register");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+fn instance(node: &str, addr: &str, tags: &[&str], port: u16, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Node": node, "Address": addr, "NodeMeta": {"rack": format!("r-{node}")},
+        "Service": {"Service": "web", "Tags": tags, "Port": port},
+        "Check": {"CheckID": "web-check", "Name": "web", "ServiceID": "web", "Status": status},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dns_interface_answers_as_consuls_does() {
+    let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["dev", "--http-addr", HTTP, "--rpc-addr", "127.0.0.1:19851", "--gossip-addr", "off"])
+        .args(["--dns-addr", DNS])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("roster dev");
+    let _dev = Dev(child);
+    let http = registry::client::http_builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("http://{HTTP}/v1/status/leader")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "roster dev did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    register(&http, instance("a", "10.0.0.1", &["v1"], 8080, "passing")).await;
+    register(&http, instance("b", "10.0.0.2", &["v2"], 8081, "warning")).await;
+    register(&http, instance("c", "10.0.0.3", &["v1"], 8082, "critical")).await;
+    register(&http, instance("d", "10.0.0.4", &[], 8083, "passing")).await;
+    register(&http, instance("e", "fd00::5", &[], 8084, "passing")).await;
+
+    // A: the healthy IPv4 instances (warning counts as healthy, critical does not).
+    let a = tcp("web.service.consul.", RecordType::A).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert!(a.metadata.authoritative);
+    let want: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.4"].iter().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(ips(&a), want);
+    let aaaa = udp("web.service.dc1.consul.", RecordType::AAAA).await;
+    assert_eq!(ips(&aaaa), vec!["fd00::5".parse::<IpAddr>().unwrap()]);
+
+    // SRV: 4 healthy instances; over UDP at most 3 and marked truncated, complete over TCP with
+    // each target's address as an additional record.
+    let srv_udp = udp("web.service.consul.", RecordType::SRV).await;
+    assert_eq!(srv_udp.answers.len(), 3);
+    assert!(srv_udp.metadata.truncation, "UDP answers are limited and say so");
+    let srv = tcp("web.service.consul.", RecordType::SRV).await;
+    assert!(!srv.metadata.truncation);
+    let mut ports: Vec<u16> = srv
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s.port),
+            _ => None,
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(ports, [8080, 8081, 8083, 8084]);
+    let target_of_a = srv.answers.iter().find_map(|r| match &r.data {
+        RData::SRV(s) if s.port == 8080 => Some(s.target.to_ascii()),
+        _ => None,
+    });
+    assert_eq!(target_of_a.as_deref(), Some("a.node.dc1.consul."));
+    assert!(srv.additionals.iter().any(|r| r.name.to_ascii() == "a.node.dc1.consul."
+        && matches!(&r.data, RData::A(ip) if ip.0 == std::net::Ipv4Addr::new(10, 0, 0, 1))));
+
+    // Tags, RFC 2782 and nodes.
+    assert_eq!(ips(&udp("v1.web.service.consul.", RecordType::A).await), vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+    let rfc = udp("_web._v1.service.consul.", RecordType::SRV).await;
+    assert_eq!(rfc.answers.len(), 1);
+    assert_eq!(udp("_web._tcp.service.consul.", RecordType::SRV).await.answers.len(), 3);
+    assert_eq!(ips(&udp("b.node.consul.", RecordType::A).await), vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+    let txt = udp("b.node.consul.", RecordType::TXT).await;
+    assert!(
+        txt.answers.iter().any(|r| matches!(&r.data, RData::TXT(t) if t.to_string().contains("rack=r-b"))),
+        "{txt:?}"
+    );
+
+    // Unknown names: NXDOMAIN with the SOA; outside the domain: refused.
+    let none = udp("nope.service.consul.", RecordType::A).await;
+    assert_eq!(none.metadata.response_code, ResponseCode::NXDomain);
+    assert!(none.authorities.iter().any(|r| matches!(r.data, RData::SOA(_))), "{none:?}");
+    assert_eq!(udp("c.web.service.consul.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(udp("example.com.", RecordType::A).await.metadata.response_code, ResponseCode::Refused);
+
+    // A check going critical takes the instance out of the next answer.
+    register(&http, instance("a", "10.0.0.1", &["v1"], 8080, "critical")).await;
+    assert_eq!(udp("v1.web.service.consul.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
+
+    // Garbage is answered with FORMERR or dropped, and the server keeps answering.
+    let garbage = udp_raw(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff\xff").await;
+    assert!(garbage.as_ref().is_none_or(|m| m.metadata.response_code == ResponseCode::FormErr), "{garbage:?}");
+    assert_eq!(udp_raw(b"x").await.map(|m| m.metadata.response_code), None, "too short to answer");
+    assert_eq!(ips(&udp("d.node.consul.", RecordType::A).await), vec!["10.0.0.4".parse::<IpAddr>().unwrap()]);
+}
