@@ -136,3 +136,16 @@ fn a_bad_spec_is_refused_with_every_problem_named() {
     }
     assert_eq!(errors.len(), 5, "{all}");
 }
+
+/// Servers answer DNS on 8600, and the client Service carries it over UDP and TCP, for a CoreDNS
+/// stub domain.
+#[test]
+fn servers_serve_dns_through_the_client_service() {
+    let rc = fixture("three-servers.yaml");
+    let d = build(&validate(&rc, DEFAULT_IMAGE).expect("valid"), None);
+    assert_eq!(env_of(&d, "ROSTER_DNS_ADDR").as_deref(), Some("0.0.0.0:8600"));
+    let ports = d.client_service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let dns: Vec<(Option<String>, i32)> =
+        ports.iter().filter(|p| p.port == 8600).map(|p| (p.protocol.clone(), p.port)).collect();
+    assert_eq!(dns, vec![(Some("UDP".into()), 8600), (Some("TCP".into()), 8600)]);
+}

@@ -234,14 +234,9 @@ pub fn parse_dns_addr(text: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
-/// A domain as DNS names it: lower case, one final dot.
+/// A domain as DNS names it (see [`crate::dns::normalize_domain`]).
 pub fn normalize_domain(text: &str) -> Result<String, String> {
-    let d = text.trim().trim_end_matches('.').to_ascii_lowercase();
-    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if d.is_empty() || !d.split('.').all(label_ok) {
-        return Err(format!("--domain {text:?} is not a DNS domain"));
-    }
-    Ok(format!("{d}."))
+    crate::dns::normalize_domain(text)
 }
 
 impl ServerArgs {

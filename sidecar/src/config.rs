@@ -56,6 +56,10 @@ pub struct Config {
     /// The file this came from (`/v1/agent/reload` reads it again).
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// DNS interface for the pod (UDP and TCP), for example 127.0.0.1:8600. None: off.
+    pub dns_addr: Option<SocketAddr>,
+    /// How DNS answers (Consul's `domain` and `dns_config`).
+    pub dns: registry::dns::DnsSettings,
 }
 
 impl Default for Config {
@@ -81,6 +85,8 @@ impl Default for Config {
             services: Vec::new(),
             log_format: "text".into(),
             config_file: None,
+            dns_addr: None,
+            dns: Default::default(),
         }
     }
 }
@@ -181,6 +187,12 @@ pub struct SidecarArgs {
     pub services: Option<String>,
     #[arg(long, env = "ROSTER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// DNS interface for the pod (UDP and TCP), for example 127.0.0.1:8600; "off" for none.
+    #[arg(long, env = "ROSTER_DNS_ADDR")]
+    pub dns_addr: Option<String>,
+    /// The domain DNS answers (default `consul.`).
+    #[arg(long, env = "ROSTER_DOMAIN")]
+    pub domain: Option<String>,
 }
 
 impl SidecarArgs {
@@ -230,6 +242,16 @@ impl SidecarArgs {
         if !self.gossip_seeds.is_empty() {
             c.gossip_seeds = self.gossip_seeds;
         }
+        if let Some(a) = &self.dns_addr {
+            c.dns_addr = match a.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse().map_err(|e| format!("--dns-addr {a:?}: {e}"))?),
+            };
+        }
+        if let Some(d) = &self.domain {
+            c.dns.domain = d.clone();
+        }
+        c.dns.domain = registry::dns::normalize_domain(&c.dns.domain)?;
         if let Some(json) = &self.services {
             let list: Vec<serde_json::Value> =
                 serde_json::from_str(json).map_err(|e| format!("ROSTER_SERVICES is not a JSON list: {e}"))?;

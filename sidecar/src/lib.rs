@@ -8,6 +8,7 @@
 //! agent's, events, and forwarding); `Sidecar` wires them up.
 
 pub mod config;
+pub mod dns;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -65,6 +66,10 @@ impl Sidecar {
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?;
+        let dns_listeners = match config.dns_addr {
+            Some(addr) => Some(registry::dns::bind(addr).await?),
+            None => None,
+        };
         let http_addr = listener.local_addr()?;
         let (shutdown, stop_rx) = watch::channel(false);
         let events: Arc<registry::gossip::events::EventBuffer> = Default::default();
@@ -103,6 +108,19 @@ impl Sidecar {
                 .run()
                 .await
         }));
+        if let Some(listeners) = dns_listeners {
+            let catalog = Arc::new(dns::ServersCatalog {
+                client: client.clone(),
+                agent: agent.clone(),
+                datacenter: config.datacenter.clone(),
+            });
+            tasks.push(tokio::spawn(registry::dns::serve(
+                listeners,
+                catalog,
+                config.dns.clone(),
+                shutdown.subscribe(),
+            )));
+        }
         if let Some(g) = gossip.clone() {
             let (agent, stop) = (agent.clone(), shutdown.subscribe());
             tasks.push(tokio::spawn(async move {

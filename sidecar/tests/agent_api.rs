@@ -49,8 +49,33 @@ fn sidecar_config() -> Config {
         gossip_addr: Some("127.0.0.1:19813".parse().expect("addr")),
         gossip_seeds: vec![DEV_GOSSIP.into()],
         gossip_interval_ms: 100,
+        dns_addr: Some(SIDECAR_DNS.parse().expect("addr")),
         ..Config::default()
     }
+}
+
+const SIDECAR_DNS: &str = "127.0.0.1:19815";
+
+/// One DNS question over UDP to the sidecar; the addresses answered.
+async fn dns_a(name: &str) -> Vec<std::net::IpAddr> {
+    use registry::dns::proto::op::{Message, MessageType, OpCode, Query};
+    use registry::dns::proto::rr::{Name, RData, RecordType};
+    let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), RecordType::A));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.send_to(&m.to_vec().expect("encode"), SIDECAR_DNS).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let (n, _) =
+        tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.expect("answer").expect("recv");
+    let answer = Message::from_vec(&buf[..n]).expect("decode");
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -108,6 +133,13 @@ async fn a_sidecar_answers_the_agent_api_as_a_server_does() {
     let (_, checks) = side.get("/health/node/pod-a").await;
     let serf = checks.as_array().and_then(|c| c.iter().find(|c| c["CheckID"] == "serfHealth")).cloned();
     assert_eq!(serf.map(|c| c["Status"].clone()), Some(Value::from("passing")), "{checks}");
+
+    // The pod's resolver asks the sidecar: its own node, and a service registered through it.
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    assert_eq!(dns_a("pod-a.node.consul.").await, vec![localhost]);
+    let db = serde_json::json!({"Name": "db", "Port": 5432});
+    assert_eq!(side.put("/agent/service/register", Some(db)).await.0, 200);
+    assert_eq!(dns_a("db.service.consul.").await, vec![localhost]);
     let (_, members) = side.get("/agent/members").await;
     assert!(members.as_array().is_some_and(|m| m.iter().all(|m| m["Status"] == 1)), "{members}");
 

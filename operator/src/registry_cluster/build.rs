@@ -28,6 +28,8 @@ use super::validate::ValidCluster;
 pub const HTTP_PORT: i32 = 8500;
 pub const RPC_PORT: i32 = 8300;
 pub const GOSSIP_PORT: i32 = 8301;
+/// Consul's DNS port (UDP and TCP), on the client Service for a CoreDNS stub domain.
+pub const DNS_PORT: i32 = 8600;
 pub const DATA_DIR: &str = "/data";
 
 /// Everything the operator applies for one cluster.
@@ -137,6 +139,7 @@ pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
         env("ROSTER_ACL_ENABLED", c.acl_enabled.to_string()),
         env("ROSTER_ACL_DEFAULT_POLICY", if c.acl_default_deny { "deny" } else { "allow" }),
         env("ROSTER_LOG_FORMAT", "json"),
+        env("ROSTER_DNS_ADDR", format!("0.0.0.0:{DNS_PORT}")),
     ]
     .into_iter()
     .chain(c.gossip_key_secret.as_ref().map(|secret| EnvVar {
@@ -179,7 +182,11 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         metadata: meta(c, c.name.clone(), &owner),
         spec: Some(ServiceSpec {
             selector: Some(selector.clone()),
-            ports: Some(vec![port("http", HTTP_PORT, "TCP")]),
+            ports: Some(vec![
+                port("http", HTTP_PORT, "TCP"),
+                port("dns", DNS_PORT, "UDP"),
+                port("dns-tcp", DNS_PORT, "TCP"),
+            ]),
             ..Default::default()
         }),
         ..Default::default()
@@ -198,6 +205,13 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
                 protocol: Some("UDP".into()),
                 ..Default::default()
             },
+            ContainerPort {
+                name: Some("dns".into()),
+                container_port: DNS_PORT,
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            },
+            ContainerPort { name: Some("dns-tcp".into()), container_port: DNS_PORT, ..Default::default() },
         ]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {

@@ -54,6 +54,16 @@ impl Default for DnsSettings {
     }
 }
 
+/// A domain as DNS names it: lower case, one final dot; the error names the bad one.
+pub fn normalize_domain(text: &str) -> Result<String, String> {
+    let d = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if d.is_empty() || !d.split('.').all(label_ok) {
+        return Err(format!("--domain {text:?} is not a DNS domain"));
+    }
+    Ok(format!("{d}."))
+}
+
 /// What DNS asks of the catalog, as seen with the agent's default token (Consul filters DNS
 /// answers by it).
 #[async_trait::async_trait]

@@ -1,0 +1,50 @@
+//! The sidecar's side of the DNS interface: it answers its pod's resolver on the pod's loopback,
+//! asking the servers (as a Consul client agent asks its servers), with the agent's default token
+//! else its own, so answers hold what that token may read.
+
+use std::sync::Arc;
+
+use registry::agent::Agent;
+use registry::api::{CatalogNode, ServiceEntry};
+use registry::client::Client;
+
+pub struct ServersCatalog {
+    pub client: Client,
+    pub agent: Arc<Agent>,
+    pub datacenter: String,
+}
+
+impl ServersCatalog {
+    fn client(&self) -> Client {
+        match self.agent.token("default") {
+            Some(t) => self.client.clone().with_token(Some(t)),
+            None => self.client.clone(),
+        }
+    }
+}
+
+/// Only names a catalog can hold go into a URL path (DNS labels can carry escapes).
+fn plain(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[async_trait::async_trait]
+impl registry::dns::Catalog for ServersCatalog {
+    fn datacenter(&self) -> String {
+        self.datacenter.clone()
+    }
+
+    async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String> {
+        if !plain(name) {
+            return Ok(Vec::new());
+        }
+        self.client().health_service(name, false).await.map(|i| i.value).map_err(|e| e.to_string())
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
+        if !plain(name) {
+            return Ok(None);
+        }
+        self.client().catalog_node(name).await.map_err(|e| e.to_string())
+    }
+}
