@@ -102,6 +102,11 @@ pub struct Member {
     pub peer: SocketAddr,
 }
 
+/// A Roster server's DNS interface: its HTTP address's host, port + 3.
+pub fn dns_addr(m: &Member) -> SocketAddr {
+    SocketAddr::new(m.http.ip(), m.http.port() + 3)
+}
+
 fn members(base_port: u16, client_off: u16, peer_off: u16) -> Vec<Member> {
     (1..=3u8)
         .map(|n| Member {
@@ -146,7 +151,7 @@ pub struct RosterCluster {
 impl RosterCluster {
     pub async fn start(bin: &Path, base_port: u16, keep: bool) -> Result<RosterCluster> {
         let members = members(base_port, 0, 1);
-        ensure_free(&members.iter().flat_map(|m| [m.http, m.peer]).collect::<Vec<_>>())?;
+        ensure_free(&members.iter().flat_map(|m| [m.http, m.peer, dns_addr(m)]).collect::<Vec<_>>())?;
         let dir = tempdir("roster-bench-roster-", keep)?;
         let join = members.iter().map(|m| m.peer.to_string()).collect::<Vec<_>>().join(",");
         let mut procs = Vec::new();
@@ -160,6 +165,7 @@ impl RosterCluster {
                 .arg(&data)
                 .args(["--http-addr", &m.http.to_string(), "--rpc-addr", &m.peer.to_string()])
                 .args(["--bootstrap-expect", "3", "--retry-join", &join])
+                .args(["--dns-addr", &dns_addr(m).to_string()])
                 .env("RUST_LOG", "warn");
             let log = dir.path().join(format!("s{n}.log"));
             procs.push(Proc::spawn(&format!("roster server bench-{n}"), &mut cmd, "ROSTER_", log)?);
@@ -203,7 +209,7 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     pub async fn start(bin: &Path, base_port: u16, keep: bool) -> Result<EtcdCluster> {
         let members = members(base_port, 10, 11);
-        ensure_free(&members.iter().flat_map(|m| [m.http, m.peer]).collect::<Vec<_>>())?;
+        ensure_free(&members.iter().flat_map(|m| [m.http, m.peer, dns_addr(m)]).collect::<Vec<_>>())?;
         let dir = tempdir("roster-bench-etcd-", keep)?;
         let initial = members
             .iter()

@@ -1,6 +1,7 @@
 //! The workloads. Each runs Roster first, then etcd, with the same load-generator code, and returns
 //! one report section. Every loop is bounded by a count and a time.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -321,7 +322,85 @@ pub async fn catalog(plan: &Plan, sys: &Systems) -> Result<Section> {
         let label = format!("health/service?passing, {clients}c");
         s.load(&format!("health.{clients}c"), &label, Some(&r), None, None);
     }
+    dns_vs_http(plan, &ctl, &leader, &mut s).await?;
     Ok(s)
+}
+
+/// A 100-instance service read as a resolver reads it (SRV over UDP: at most udp_answer_limit
+/// records, marked truncated; over TCP: every instance) beside the HTTP `?passing` read of it.
+async fn dns_vs_http(plan: &Plan, ctl: &reqwest::Client, leader: &str, s: &mut Section) -> Result<()> {
+    const INSTANCES: usize = 100;
+    for i in 0..INSTANCES as u64 {
+        let mut body = register_body(i);
+        body["Node"] = format!("dns-{i}").into();
+        body["Service"]["Service"] = "dns".into();
+        catalog_register(ctl, leader, &body).await?;
+    }
+    ensure!(passing_count(ctl, leader, "dns").await? == INSTANCES, "the 100 DNS instances are not all passing");
+    let dns = {
+        let http: SocketAddr = leader.parse().context("the leader's HTTP address")?;
+        crate::cluster::dns_addr(&crate::cluster::Member { http, peer: http })
+    };
+    let clients = plan.catalog_read_clients;
+    let spec = || LoadSpec { clients, duration: plan.catalog_read_duration, max_ops: u64::MAX, warmup: true };
+    let addr = leader.to_string();
+    let r = load::run(spec(), move |http, _, _| {
+        let addr = addr.clone();
+        async move {
+            let got = passing_count(&http, &addr, "dns").await?;
+            ensure!(got == INSTANCES, "health service answered {got} instances, expected {INSTANCES}");
+            Ok(())
+        }
+    })
+    .await?;
+    s.load(&format!("dns.http.{clients}c"), &format!("100 instances: HTTP ?passing, {clients}c"), Some(&r), None, None);
+    for tcp in [false, true] {
+        let want = if tcp { INSTANCES } else { 3 };
+        let r = load::run(spec(), move |_, _, seq| async move {
+            let got = dns_srv(dns, "dns.service.consul.", tcp, seq as u16).await?;
+            ensure!(got == want, "DNS answered {got} SRV records, expected {want}");
+            Ok(())
+        })
+        .await?;
+        let proto = if tcp { "tcp" } else { "udp" };
+        s.load(
+            &format!("dns.{proto}.{clients}c"),
+            &format!("100 instances: DNS SRV/{proto}, {clients}c"),
+            Some(&r),
+            None,
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// One SRV question to `server`; the number of SRV records answered.
+async fn dns_srv(server: SocketAddr, name: &str, tcp: bool, id: u16) -> Result<usize> {
+    use registry::dns::proto::op::{Message, MessageType, OpCode, Query};
+    use registry::dns::proto::rr::{Name, RData, RecordType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name)?, RecordType::SRV));
+    let packet = m.to_vec()?;
+    let answer = if tcp {
+        let mut stream = tokio::net::TcpStream::connect(server).await?;
+        stream.write_all(&(packet.len() as u16).to_be_bytes()).await?;
+        stream.write_all(&packet).await?;
+        let len = stream.read_u16().await? as usize;
+        let mut buf = vec![0u8; len];
+        stream.read_exact(&mut buf).await?;
+        buf
+    } else {
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?;
+        socket.send_to(&packet, server).await?;
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await??;
+        buf.truncate(n);
+        buf
+    };
+    let msg = Message::from_vec(&answer)?;
+    ensure!(msg.metadata.id == id, "answer to another question");
+    Ok(msg.answers.iter().filter(|r| matches!(r.data, RData::SRV(_))).count())
 }
 
 /// One round of watchers: how long after the write's acknowledgement each watcher heard of it.
