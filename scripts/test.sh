@@ -7,11 +7,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Prerequisites, installed once (Debian; as root, or with sudo available):
-# python3-venv for the Consul-client suite, etcd 3.4 for the benchmark harness, cargo-fuzz.
+# python3-venv for the Consul-client suite, etcd 3.4 for the benchmark harness, dnsutils (dig) for
+# the DNS tests, cargo-fuzz.
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# dig, for the DNS interface's tests (as resolvers' users check it).
+command -v dig >/dev/null 2>&1 || missing+=(dnsutils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     sudo_if_needed apt-get update -qq

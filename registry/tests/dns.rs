@@ -165,3 +165,47 @@ async fn the_dns_interface_answers_as_consuls_does() {
     assert_eq!(udp_raw(b"x").await.map(|m| m.metadata.response_code), None, "too short to answer");
     assert_eq!(ips(&udp("d.node.consul.", RecordType::A).await), vec!["10.0.0.4".parse::<IpAddr>().unwrap()]);
 }
+
+/// The answers as `dig` (Debian's dnsutils, which scripts/test.sh installs) reads them, over UDP
+/// and TCP: what a user checking the interface by hand sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_reads_the_answers() {
+    const DIG_HTTP: &str = "127.0.0.1:19855";
+    const DIG_DNS_PORT: &str = "19858";
+    let dig_found = Command::new("dig").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(dig_found, "dig is missing: apt-get install dnsutils (scripts/test.sh installs it)");
+    let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["dev", "--http-addr", DIG_HTTP, "--rpc-addr", "127.0.0.1:19856", "--gossip-addr", "off"])
+        .args(["--dns-addr", &format!("127.0.0.1:{DIG_DNS_PORT}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("roster dev");
+    let _dev = Dev(child);
+    let http = registry::client::http_builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("http://{DIG_HTTP}/v1/status/leader")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "roster dev did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reg = serde_json::json!({"Node": "db-1", "Address": "10.1.2.3", "Service": {"Service": "db", "Port": 5432}});
+    let r = http.put(format!("http://{DIG_HTTP}/v1/catalog/register")).json(&reg).send().await.expect("register");
+    assert!(r.status().is_success());
+    let dig = |args: &[&str]| {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", DIG_DNS_PORT, "+short", "+time=2", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("dig runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(dig(&["db.service.consul", "A"]), "10.1.2.3");
+    assert_eq!(dig(&["+tcp", "db.service.consul", "SRV"]), "1 1 5432 db-1.node.dc1.consul.");
+    assert_eq!(dig(&["db-1.node.consul", "A"]), "10.1.2.3");
+    let nx = Command::new("dig")
+        .args(["@127.0.0.1", "-p", DIG_DNS_PORT, "+time=2", "+tries=1", "nope.service.consul"])
+        .output()
+        .expect("dig runs");
+    let text = String::from_utf8_lossy(&nx.stdout);
+    assert!(text.contains("status: NXDOMAIN") && text.contains("SOA"), "{text}");
+}
