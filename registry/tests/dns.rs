@@ -67,8 +67,27 @@ fn ips(m: &Message) -> Vec<IpAddr> {
     out
 }
 
-async fn register(http: &reqwest::Client, body: serde_json::Value) {
-    let r = http.put(format!("http://{HTTP}/v1/catalog/register")).json(&body).send().await.expect("register");
+/// A `roster dev` with DNS on `dns`, once it answers HTTP; killed when the first value drops.
+async fn start_dev(http_addr: &str, rpc_addr: &str, dns: &str) -> (Dev, reqwest::Client) {
+    let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["dev", "--http-addr", http_addr, "--rpc-addr", rpc_addr, "--gossip-addr", "off"])
+        .args(["--dns-addr", dns])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("roster dev");
+    let dev = Dev(child);
+    let http = registry::client::http_builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("http://{http_addr}/v1/status/leader")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "roster dev did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (dev, http)
+}
+
+async fn register(http: &reqwest::Client, http_addr: &str, body: serde_json::Value) {
+    let r = http.put(format!("http://{http_addr}/v1/catalog/register")).json(&body).send().await.expect("register");
     assert!(r.status().is_success(), "{:?}", r.text().await);
 }
 
@@ -82,25 +101,12 @@ fn instance(node: &str, addr: &str, tags: &[&str], port: u16, status: &str) -> s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dns_interface_answers_as_consuls_does() {
-    let child = Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["dev", "--http-addr", HTTP, "--rpc-addr", "127.0.0.1:19851", "--gossip-addr", "off"])
-        .args(["--dns-addr", DNS])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("roster dev");
-    let _dev = Dev(child);
-    let http = registry::client::http_builder().timeout(Duration::from_secs(5)).build().expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("http://{HTTP}/v1/status/leader")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "roster dev did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    register(&http, instance("a", "10.0.0.1", &["v1"], 8080, "passing")).await;
-    register(&http, instance("b", "10.0.0.2", &["v2"], 8081, "warning")).await;
-    register(&http, instance("c", "10.0.0.3", &["v1"], 8082, "critical")).await;
-    register(&http, instance("d", "10.0.0.4", &[], 8083, "passing")).await;
-    register(&http, instance("e", "fd00::5", &[], 8084, "passing")).await;
+    let (_dev, http) = start_dev(HTTP, "127.0.0.1:19851", DNS).await;
+    register(&http, HTTP, instance("a", "10.0.0.1", &["v1"], 8080, "passing")).await;
+    register(&http, HTTP, instance("b", "10.0.0.2", &["v2"], 8081, "warning")).await;
+    register(&http, HTTP, instance("c", "10.0.0.3", &["v1"], 8082, "critical")).await;
+    register(&http, HTTP, instance("d", "10.0.0.4", &[], 8083, "passing")).await;
+    register(&http, HTTP, instance("e", "fd00::5", &[], 8084, "passing")).await;
 
     // A: the healthy IPv4 instances (warning counts as healthy, critical does not).
     let a = tcp("web.service.consul.", RecordType::A).await;
@@ -156,7 +162,7 @@ async fn the_dns_interface_answers_as_consuls_does() {
     assert_eq!(udp("example.com.", RecordType::A).await.metadata.response_code, ResponseCode::Refused);
 
     // A check going critical takes the instance out of the next answer.
-    register(&http, instance("a", "10.0.0.1", &["v1"], 8080, "critical")).await;
+    register(&http, HTTP, instance("a", "10.0.0.1", &["v1"], 8080, "critical")).await;
     assert_eq!(udp("v1.web.service.consul.", RecordType::A).await.metadata.response_code, ResponseCode::NXDomain);
 
     // Garbage is answered with FORMERR or dropped, and the server keeps answering.
@@ -174,23 +180,9 @@ async fn dig_reads_the_answers() {
     const DIG_DNS_PORT: &str = "19858";
     let dig_found = Command::new("dig").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     assert!(dig_found, "dig is missing: apt-get install dnsutils (scripts/test.sh installs it)");
-    let child = Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["dev", "--http-addr", DIG_HTTP, "--rpc-addr", "127.0.0.1:19856", "--gossip-addr", "off"])
-        .args(["--dns-addr", &format!("127.0.0.1:{DIG_DNS_PORT}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("roster dev");
-    let _dev = Dev(child);
-    let http = registry::client::http_builder().timeout(Duration::from_secs(5)).build().expect("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("http://{DIG_HTTP}/v1/status/leader")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "roster dev did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_dev, http) = start_dev(DIG_HTTP, "127.0.0.1:19856", &format!("127.0.0.1:{DIG_DNS_PORT}")).await;
     let reg = serde_json::json!({"Node": "db-1", "Address": "10.1.2.3", "Service": {"Service": "db", "Port": 5432}});
-    let r = http.put(format!("http://{DIG_HTTP}/v1/catalog/register")).json(&reg).send().await.expect("register");
-    assert!(r.status().is_success());
+    register(&http, DIG_HTTP, reg).await;
     let dig = |args: &[&str]| {
         let out = Command::new("dig")
             .args(["@127.0.0.1", "-p", DIG_DNS_PORT, "+short", "+time=2", "+tries=1"])

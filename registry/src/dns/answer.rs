@@ -155,7 +155,9 @@ pub fn service_records(
             _ => {}
         }
     }
-    answers.dedup();
+    // One address record per address, as Consul answers (a node may run the service twice).
+    let mut seen = std::collections::HashSet::new();
+    answers.retain(|r| !matches!(r, Rec::Ip { ip, .. } if !seen.insert(*ip)));
     (answers, additionals)
 }
 
@@ -269,6 +271,9 @@ mod tests {
         assert_eq!(extra[0], Rec::Ip { name: "a.node.dc1.consul.".into(), ip: "10.0.0.1".parse().unwrap() });
         let (a, _) = service_records("web.service.consul.", "A", &entries, "dc1", "consul.");
         assert_eq!(a.len(), 2, "the instance's own address for b; no IPv6 for A");
+        let twice = [entries[0].clone(), entries[2].clone(), entries[0].clone()];
+        let (a, _) = service_records("web.service.consul.", "ANY", &twice, "dc1", "consul.");
+        assert_eq!(a.len(), 2, "one record per address, wherever the repeat falls");
         let (aaaa, _) = service_records("web.service.consul.", "AAAA", &entries, "dc1", "consul.");
         assert_eq!(aaaa, vec![Rec::Ip { name: "web.service.consul.".into(), ip: "fd00::3".parse().unwrap() }]);
         let (mut answers, mut extra) = (answers, extra);
