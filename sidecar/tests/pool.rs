@@ -281,15 +281,16 @@ async fn sidecars_register_check_fail_over_and_repair() {
     assert!(members.as_array().is_some_and(|a| a.iter().any(|m| m["Tags"]["role"] == "consul")));
 
     // Network coordinates: every member measures round trips over the (sealed) gossip port, and
-    // the leader stores what they publish; confidence grows from Serf's starting 1.5.
+    // the leader stores what they publish. Measured means moved off Serf's origin (on loopback the
+    // error estimate may sit at its 1.5 cap: round trips are tiny and noisy).
+    let measured = |c: &Value| c["Vec"].as_array().is_some_and(|v| v.iter().any(|x| x.as_f64() != Some(0.0)));
     pool.eventually("a measured coordinate for each of the 8 nodes", Duration::from_secs(30), || async {
         let nodes = pool.get(&server_http(1), "/v1/coordinate/nodes").await;
-        nodes.and_then(|n| n.as_array().map(|a| a.iter().filter(|e| e["Coord"]["Error"].as_f64() < Some(1.5)).count()))
-            == Some(8)
+        nodes.and_then(|n| n.as_array().map(|a| a.iter().filter(|e| measured(&e["Coord"])).count())) == Some(8)
     })
     .await;
     let me = pool.get(&sidecar_api(1), "/v1/agent/self").await.expect("self");
-    assert!(me["Coord"]["Error"].as_f64() < Some(1.5), "pod-1's own coordinate moved: {}", me["Coord"]);
+    assert!(measured(&me["Coord"]), "pod-1's own coordinate moved: {}", me["Coord"]);
     // `?near=` orders by estimated round trip from the source's stored coordinate (on loopback all
     // round trips are alike, so the order is checked against the coordinates, not guessed).
     let sorted_from = |source: &'static str, via: String, path: &'static str, node_at: &'static str| {
