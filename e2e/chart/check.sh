@@ -22,7 +22,7 @@ for helm in helm3 helm4; do
 done
 
 # Values that must be refused by values.schema.json.
-for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name; do
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name injector.failurePolicy=Sometimes injector.timeoutSeconds=99 injector.nativeSidecars=maybe; do
     if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted $bad" >&2
         exit 1
@@ -33,9 +33,10 @@ echo "-- kubernetes-validate --strict ($k8s_version) on the CRDs"
 "$validate" --strict --quiet -k "$k8s_version" crds/*.yaml
 
 n=0
-for values in "" "--set cluster.replicas=1" "--set cluster.create=false" \
+for values in "" "--set cluster.replicas=1" "--set cluster.create=false,injector.enabled=false" \
     "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2,cluster.gossipKeySecret=roster-gossip" \
-    "--set cluster.acl.enabled=true,cluster.acl.kubernetesAuth.enabled=true,cluster.acl.kubernetesAuth.namespaces={shop,web},cluster.acl.kubernetesAuth.maxTokenTTL=24h"; do
+    "--set cluster.acl.enabled=true,cluster.acl.kubernetesAuth.enabled=true,cluster.acl.kubernetesAuth.namespaces={shop,web},cluster.acl.kubernetesAuth.maxTokenTTL=24h" \
+    "--set cluster.catalogSync.toRegistry=true,cluster.catalogSync.namespaces={shop}"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"
@@ -63,6 +64,17 @@ for want in 'name: system:auth-delegator' 'type: kubernetes.io/service-account-t
 done
 if "$bin/helm4" template roster "$chart" | grep -q 'auth-delegator'; then
     echo "the token reviewer is bound without kubernetesAuth" >&2
+    exit 1
+fi
+# Sidecar injection: the webhook never sees kube-system or the release's namespace, the operator
+# serves it, and it can be turned off.
+rendered="$("$bin/helm4" template roster "$chart" --namespace registry --set injector.excludeNamespaces={batch})"
+for want in 'kind: MutatingWebhookConfiguration' '"kube-system"' '"registry"' '"batch"' 'path: /inject-namespace' \
+    'ROSTER_WEBHOOK_ADDR' 'sideEffects: NoneOnDryRun' 'failurePolicy: Ignore'; do
+    grep -qF -- "$want" <<<"$rendered" || { echo "the injector lacks: $want" >&2; exit 1; }
+done
+if "$bin/helm4" template roster "$chart" --set injector.enabled=false | grep -q 'MutatingWebhookConfiguration\|ROSTER_WEBHOOK_ADDR'; then
+    echo "injector.enabled=false still renders the webhook" >&2
     exit 1
 fi
 echo "chart: OK"

@@ -2,7 +2,9 @@
 # End-to-end against a real Kubernetes cluster (kind, k3d or any) that KUBECONFIG points at:
 # install the chart, wait for the RegistryCluster, apply a ServiceRegistration and a KeyValue and
 # find them in the registry, scale 3 -> 5 -> 3 (Raft membership followed through autopilot), roll
-# the servers onto a new template with the data intact, delete the resources, uninstall.
+# the servers onto a new template with the data intact, lose every server pod at once, delete the
+# resources, inject sidecars into annotated pods and a labelled namespace, then an ACL-enabled
+# cluster with Kubernetes login, uninstall.
 #
 # Without a cluster it prints why and exits 77, which scripts/test.sh reports as a skip (never as
 # a pass). The images must already be in the cluster (built from registry/Dockerfile and
@@ -35,7 +37,7 @@ pf_pid=""
 cleanup() {
     [ -n "$pf_pid" ] && kill "$pf_pid" 2>/dev/null || true
     "$helm" uninstall roster -n "$ns" --wait >/dev/null 2>&1 || true
-    "$kubectl" delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+    "$kubectl" delete namespace "$ns" "$ns-apps" --wait=false >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -82,6 +84,8 @@ echo "== helm install into $ns"
     --set operator.image.repository="${ROSTER_OPERATOR_IMAGE%:*}" \
     --set operator.image.tag="${ROSTER_OPERATOR_IMAGE##*:}" \
     --set operator.image.pullPolicy=IfNotPresent \
+    --set sidecar.image.repository="${ROSTER_SIDECAR_IMAGE%:*}" \
+    --set sidecar.image.tag="${ROSTER_SIDECAR_IMAGE##*:}" \
     --set cluster.image="$ROSTER_IMAGE"
 
 echo "== the RegistryCluster becomes Available with 3 ready servers"
@@ -167,6 +171,75 @@ k delete serviceregistration billing-db --wait --timeout=60s
 k delete keyvalue feature-flags --wait --timeout=60s
 test "$(curl -s -o /dev/null -w '%{http_code}' "$api/v1/kv/config/flags/checkout")" = 404 || fail "KV key left behind"
 test "$(curl -sf "$api/v1/catalog/service/billing-db")" = "[]" || fail "billing-db left in the catalog"
+
+echo "== sidecar injection: an annotated pod, then every pod of a labelled namespace, gets a sidecar"
+apps="$ns-apps"
+"$kubectl" create namespace "$apps"
+ka() { "$kubectl" -n "$apps" "$@"; }
+catalog_has() { curl -sf "$api/v1/catalog/service/$1" | grep -q "\"ServicePort\":$2"; }
+catalog_count() { curl -sf "$api/v1/catalog/service/$1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+ka apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: shop
+  annotations: {roster.dev/inject: "true", roster.dev/service-name: shop, roster.dev/service-tags: "v1"}
+spec:
+  containers:
+    - name: app
+      image: registry.k8s.io/pause:3.9
+      ports: [{containerPort: 8080}]
+EOF
+injected() { ka get pod "$1" -o jsonpath='{.spec.initContainers[*].name} {.spec.containers[*].name}' | grep -qw roster-sidecar; }
+injected shop || fail "the annotated pod has no sidecar: $(ka get pod shop -o yaml | head -60)"
+ka wait --for=condition=Ready pod/shop --timeout=120s || fail "the injected pod never became Ready: $(ka logs shop -c roster-sidecar --tail=20)"
+eventually 60 catalog_has shop 8080 || fail "the injected sidecar registered no shop service"
+"$kubectl" label namespace "$apps" roster.dev/inject=enabled
+ka apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata: {name: cart, labels: {app: cart}}
+spec:
+  containers:
+    - name: app
+      image: registry.k8s.io/pause:3.9
+      ports: [{containerPort: 7000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch, annotations: {roster.dev/inject: "false"}}
+spec:
+  containers: [{name: app, image: registry.k8s.io/pause:3.9}]
+EOF
+injected cart || fail "a pod of the labelled namespace has no sidecar"
+injected batch && fail "a pod that refused the sidecar got one"
+eventually 60 catalog_has cart 7000 || fail "the cart pod's sidecar registered no cart service"
+ka apply -f - <<'EOF' 2>/tmp/roster-e2e-refused && fail "a pod with an unreadable port annotation was admitted"
+apiVersion: v1
+kind: Pod
+metadata: {name: bad, annotations: {roster.dev/inject: "true", roster.dev/service-port: grpc}}
+spec:
+  containers: [{name: app, image: registry.k8s.io/pause:3.9}]
+EOF
+grep -q "roster.dev/service-port" /tmp/roster-e2e-refused || fail "the refusal does not name the annotation: $(cat /tmp/roster-e2e-refused)"
+echo "== catalog sync: an annotated Kubernetes Service appears with its ready endpoints"
+k patch registrycluster roster --type merge -p '{"spec":{"catalogSync":{"toRegistry":true}}}'
+ka apply -f - <<'EOF'
+apiVersion: v1
+kind: Service
+metadata: {name: cart-svc, annotations: {roster.dev/sync: "true", roster.dev/service-name: cart-k8s}}
+spec:
+  selector: {app: cart}
+  ports: [{port: 80, targetPort: 7000}]
+EOF
+cart_ip="$(ka get pod cart -o jsonpath='{.status.podIP}')"
+synced() { curl -sf "$api/v1/health/service/cart-k8s?passing" | grep -q "\"Address\":\"$cart_ip\",.*\"Port\":7000"; }
+eventually 60 synced || fail "cart-svc not in the catalog with $cart_ip:7000: $(curl -s "$api/v1/catalog/service/cart-k8s")"
+ka delete service cart-svc --wait --timeout=60s
+eventually_eq 60 0 catalog_count cart-k8s || fail "cart-k8s stayed after its Service was deleted"
+ka delete pod shop cart batch --wait --timeout=60s
+eventually_eq 60 0 catalog_count shop || fail "the shop service stayed after its pod was deleted"
+"$kubectl" delete namespace "$apps" --wait=false
 
 echo "== an ACL-enabled cluster: bootstrapped by the operator, an ACLPolicy's token Secret used by a client"
 k apply -f - <<'EOF'

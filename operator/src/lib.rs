@@ -10,7 +10,9 @@
 //! - [`telemetry`]: the operator's metrics, health endpoints and the loop that drives a controller.
 
 pub mod acl_policy;
+pub mod catalog_sync;
 pub mod crd;
+pub mod inject;
 pub mod key_value;
 pub mod pod_gc;
 pub mod registry_api;

@@ -17,7 +17,7 @@ struct Cli {
 enum Cmd {
     /// Reconcile RegistryClusters, ServiceRegistrations, KeyValues and AclPolicies (in-cluster, or against the
     /// current kubeconfig context).
-    Run(RunSettings),
+    Run(Box<RunSettings>),
     /// Check RegistryCluster manifests (YAML, several documents allowed) as the operator would.
     Check { files: Vec<std::path::PathBuf> },
     /// Print every CRD as YAML (documents separated by ---), or write one file per CRD into a directory.
@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(settings)) {
+            match runtime.block_on(run(*settings)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("roster-operator: {e}");
@@ -115,6 +115,56 @@ struct RunSettings {
     /// namespace, or `namespace/name`), for RegistryClusters with `spec.acl.kubernetesAuth`.
     #[arg(long, env = "ROSTER_TOKEN_REVIEWER_SECRET")]
     token_reviewer_secret: Option<String>,
+    /// Serve the sidecar injection webhook (HTTPS) here, for example 0.0.0.0:9443; unset: none.
+    #[arg(long, env = "ROSTER_WEBHOOK_ADDR")]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// The webhook's Service in the operator's namespace (the names its certificate carries).
+    #[arg(long, env = "ROSTER_WEBHOOK_SERVICE", default_value = "roster-webhook")]
+    webhook_service: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps.
+    #[arg(long, env = "ROSTER_WEBHOOK_CONFIG", default_value = "roster-sidecar-injector")]
+    webhook_config: String,
+    /// The Secret (operator's namespace) keeping the webhook's CA and serving certificate.
+    #[arg(long, env = "ROSTER_WEBHOOK_CERT_SECRET", default_value = "roster-webhook-cert")]
+    webhook_cert_secret: String,
+    /// The image of injected sidecars.
+    #[arg(long, env = "ROSTER_SIDECAR_IMAGE", default_value = "ghcr.io/roster-dev/roster-sidecar:latest")]
+    sidecar_image: String,
+    /// The ConfigMap (operator's namespace) whose settings injected sidecars get (the chart's
+    /// `<release>-sidecar`).
+    #[arg(long, env = "ROSTER_SIDECAR_CONFIG_MAP", default_value = "roster-sidecar")]
+    sidecar_config_map: String,
+    /// A Secret (key `key`, operator's namespace) with the gossip key for injected sidecars; copied
+    /// into each namespace where a sidecar is injected.
+    #[arg(long, env = "ROSTER_SIDECAR_GOSSIP_KEY_SECRET")]
+    sidecar_gossip_key_secret: Option<String>,
+    /// Give injected sidecars a projected ServiceAccount token to log in with (Kubernetes auth).
+    #[arg(long, env = "ROSTER_SIDECAR_LOGIN")]
+    sidecar_login: bool,
+    /// Inject native sidecars (init containers with restartPolicy Always): auto (Kubernetes 1.29+),
+    /// true or false.
+    #[arg(long, env = "ROSTER_NATIVE_SIDECARS", default_value = "auto")]
+    native_sidecars: String,
+}
+
+fn webhook_settings(s: &RunSettings) -> Option<roster_operator::inject::WebhookSettings> {
+    use roster_operator::inject::{InjectSettings, WebhookSettings};
+    Some(WebhookSettings {
+        addr: s.webhook_addr?,
+        namespace: s.lease_namespace.clone().unwrap_or_else(|| "default".into()),
+        service: s.webhook_service.clone(),
+        webhook_config: s.webhook_config.clone(),
+        cert_secret: s.webhook_cert_secret.clone(),
+        config_map: s.sidecar_config_map.clone(),
+        native_sidecars: s.native_sidecars.clone(),
+        inject: InjectSettings {
+            image: s.sidecar_image.clone(),
+            env: Default::default(),
+            gossip_key_secret: s.sidecar_gossip_key_secret.clone().filter(|n| !n.is_empty()),
+            login_token: s.sidecar_login,
+            native_sidecars: false,
+        },
+    })
 }
 
 /// The token reviewer's Secret as (namespace, name): a bare name lives in the operator's namespace.
@@ -140,6 +190,11 @@ async fn run(s: RunSettings) -> Result<(), String> {
             tracing::error!(error = %e, "cannot serve metrics and health");
         }
     });
+    // Every replica serves the webhook: the API server may call any of them.
+    let webhook = match webhook_settings(&s) {
+        Some(w) => Some(roster_operator::inject::start(client.clone(), w).await?),
+        None => None,
+    };
     metrics.set_ready();
     let mut lease = None;
     if s.leader_election {
@@ -166,7 +221,7 @@ async fn run(s: RunSettings) -> Result<(), String> {
     }
     metrics.set_leader(true);
     let controllers = async {
-        use roster_operator::{acl_policy, key_value, pod_gc, registry_cluster, service_registration};
+        use roster_operator::{acl_policy, catalog_sync, key_value, pod_gc, registry_cluster, service_registration};
         let (addr, token) = (s.registry_addr.clone(), s.registry_token.clone());
         // One context for the controllers of registry-side resources (client, registry, Events).
         let shared = std::sync::Arc::new(roster_operator::registry_api::Context::new(
@@ -179,7 +234,8 @@ async fn run(s: RunSettings) -> Result<(), String> {
             service_registration::controller::run(shared.clone(), metrics.clone()),
             key_value::controller::run(shared.clone(), metrics.clone()),
             acl_policy::controller::run(shared.clone(), metrics.clone()),
-            pod_gc::controller::run(shared),
+            pod_gc::controller::run(shared.clone()),
+            catalog_sync::controller::run(shared),
         );
     };
     let result = match lease {
@@ -210,6 +266,9 @@ async fn run(s: RunSettings) -> Result<(), String> {
     };
     metrics.set_leader(false);
     server.abort();
+    if let Some(w) = webhook {
+        w.abort();
+    }
     result
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::future::BoxFuture;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::Client;
@@ -17,9 +17,11 @@ use registry::api::{AclAuthMethod, AclBindingRule, AutopilotHealth, ServerHealth
 use roster_operator::crd::RegistryCluster;
 use roster_operator::registry_cluster::controller::{reconcile, Context, ServerAdmin, Target};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
+use tower_test::mock;
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+mod common;
+
+use common::{not_found, serve, ApiHandle};
 
 fn fixture(name: &str) -> RegistryCluster {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry_cluster").join(name);
@@ -127,41 +129,6 @@ fn context(servers: Arc<FakeServers>) -> (Arc<Context>, ApiHandle) {
     (Arc::new(Context::new(Client::new(service, "default"), servers)), handle)
 }
 
-/// Plays the API server for the next request, which must be `method` on a URI starting with
-/// `path`: answers `reply(request body)` as (status, JSON). Returns the request body (null if none).
-async fn serve(
-    handle: &mut ApiHandle,
-    method: Method,
-    path: &str,
-    reply: impl FnOnce(&Value) -> (u16, Value),
-) -> Value {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
-        .expect("a request");
-    let uri = request.uri().to_string();
-    assert_eq!(request.method(), method, "{uri}");
-    assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
-    if method == Method::PATCH && !path.contains("/events") {
-        assert!(uri.contains("fieldManager=roster-operator") && uri.contains("force=true"), "{uri}");
-        assert_eq!(
-            request.headers().get("content-type").and_then(|v| v.to_str().ok()),
-            Some("application/apply-patch+yaml"),
-            "server-side apply"
-        );
-    }
-    let bytes = request.into_body().collect_bytes().await.expect("body");
-    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("json") };
-    let (status, answer) = reply(&body);
-    send.send_response(
-        Response::builder()
-            .status(StatusCode::from_u16(status).expect("status"))
-            .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-            .expect("response"),
-    );
-    body
-}
-
 /// The next request must publish an Event: created (POST), or a repeat folded into its series
 /// (merge PATCH), as kube's Recorder does. Returns the event.
 async fn expect_event(handle: &mut ApiHandle) -> Value {
@@ -187,10 +154,6 @@ fn with_status(body: &Value) -> (u16, Value) {
     let mut whole = serde_json::to_value(fixture("three-servers.yaml")).expect("json");
     whole["status"] = body["status"].clone();
     (200, whole)
-}
-
-fn not_found(_: &Value) -> (u16, Value) {
-    (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}))
 }
 
 /// A StatefulSet as the API server would return it.

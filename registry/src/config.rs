@@ -65,6 +65,9 @@ pub struct Config {
     pub enable_script_checks: bool,
     /// Consul's DNS interface (UDP and TCP; Consul's port is 8600). None: off.
     pub dns_addr: Option<SocketAddr>,
+    /// `dns_addr` is the default one, not asked for: if taken, serve without DNS.
+    #[serde(skip)]
+    pub dns_addr_optional: bool,
     /// How DNS answers (Consul's `domain` and `dns_config`).
     pub dns: crate::dns::DnsSettings,
 }
@@ -100,6 +103,7 @@ impl Default for Config {
             reap_after_secs: 72 * 3600,
             enable_script_checks: false,
             dns_addr: None,
+            dns_addr_optional: false,
             dns: Default::default(),
         }
     }
@@ -218,20 +222,16 @@ pub struct ServerArgs {
     /// Allow script (`Args`) checks through the agent API (they run commands on this server).
     #[arg(long, env = "ROSTER_ENABLE_SCRIPT_CHECKS")]
     pub enable_script_checks: Option<bool>,
-    /// DNS interface address (UDP and TCP), for example 127.0.0.1:8600; "off" for none.
+    /// DNS interface address (UDP and TCP); default the HTTP address's IP on port 8600; "off" for none.
     #[arg(long, env = "ROSTER_DNS_ADDR")]
     pub dns_addr: Option<String>,
     /// The domain DNS answers (default `consul.`).
     #[arg(long, env = "ROSTER_DOMAIN")]
     pub domain: Option<String>,
-}
-
-/// `--dns-addr`: an address, or "off".
-pub fn parse_dns_addr(text: &str) -> Result<Option<SocketAddr>, String> {
-    match text {
-        "off" | "" => Ok(None),
-        a => a.parse().map(Some).map_err(|e| format!("--dns-addr {a:?}: {e}")),
-    }
+    /// Where DNS sends names outside the domain (`ip` or `ip:port`), tried in order; repeatable, or
+    /// comma-separated in ROSTER_RECURSOR.
+    #[arg(long = "recursor", env = "ROSTER_RECURSOR", value_delimiter = ',')]
+    pub recursors: Vec<String>,
 }
 
 /// A domain as DNS names it (see [`crate::dns::normalize_domain`]).
@@ -290,8 +290,9 @@ impl ServerArgs {
         if !self.retry_join.is_empty() {
             c.retry_join = self.retry_join;
         }
-        if let Some(a) = &self.dns_addr {
-            c.dns_addr = parse_dns_addr(a)?;
+        (c.dns_addr, c.dns_addr_optional) = crate::dns::choose_addr(self.dns_addr.as_deref(), c.dns_addr, c.http_addr)?;
+        if !self.recursors.is_empty() {
+            c.dns.recursors = crate::dns::recursor::parse_recursors(&self.recursors)?;
         }
         if let Some(d) = &self.domain {
             c.dns.domain = d.clone();

@@ -43,12 +43,16 @@ struct DevArgs {
     /// Gossip encryption key (`roster keygen`); sidecars joining need the same.
     #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
     gossip_key: Option<String>,
-    /// DNS interface address (UDP and TCP), for example 127.0.0.1:8600; "off" for none.
-    #[arg(long, default_value = "off")]
-    dns_addr: String,
+    /// DNS interface address (UDP and TCP); default the HTTP address's IP on port 8600 (skipped
+    /// with a warning if another server holds it); "off" for none.
+    #[arg(long)]
+    dns_addr: Option<String>,
     /// The domain DNS answers.
     #[arg(long, default_value = "consul.")]
     domain: String,
+    /// Where DNS sends names outside the domain (`ip` or `ip:port`), tried in order; repeatable.
+    #[arg(long = "recursor", value_delimiter = ',')]
+    recursors: Vec<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,10 +69,16 @@ fn main() -> std::process::ExitCode {
                 gossip_key,
                 dns_addr,
                 domain,
+                recursors,
             } = *dev;
-            let dns = registry::config::parse_dns_addr(&dns_addr)
-                .and_then(|a| Ok((a, registry::config::normalize_domain(&domain)?)));
-            let (dns_addr, domain) = match dns {
+            let dns = registry::dns::choose_addr(dns_addr.as_deref(), None, http_addr).and_then(|a| {
+                Ok((
+                    a,
+                    registry::config::normalize_domain(&domain)?,
+                    registry::dns::recursor::parse_recursors(&recursors)?,
+                ))
+            });
+            let ((dns_addr, dns_addr_optional), domain, recursors) = match dns {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("roster: {e}");
@@ -94,7 +104,8 @@ fn main() -> std::process::ExitCode {
                 acl_initial_management,
                 gossip_key,
                 dns_addr,
-                dns: registry::dns::DnsSettings { domain, ..Default::default() },
+                dns_addr_optional,
+                dns: registry::dns::DnsSettings { domain, recursors, ..Default::default() },
                 ..Config::dev()
             };
             if let Err(e) = c.validate() {

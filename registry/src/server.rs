@@ -199,10 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     config.validate().map_err(anyhow::Error::msg)?;
     let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let rpc_listener = tokio::net::TcpListener::bind(config.rpc_addr).await?;
-    let dns_listeners = match config.dns_addr {
-        Some(addr) => Some(crate::dns::bind(addr).await?),
-        None => None,
-    };
+    let dns_listeners = crate::dns::bind_at(config.dns_addr, config.dns_addr_optional).await?;
     let bound = Bound { http: http_listener.local_addr()?, rpc: rpc_listener.local_addr()? };
     let mut config = config;
     // With port 0 (tests), advertise what was actually bound.

@@ -1,7 +1,8 @@
 //! Consul's DNS interface against a real `roster dev`: every name form, A/AAAA/SRV/TXT, only
 //! healthy instances (a check going critical takes its instance out of the next answer), UDP
 //! answers limited and marked truncated then complete over TCP, NXDOMAIN with the SOA for
-//! unknown names, REFUSED outside the domain, and a malformed packet that breaks nothing.
+//! unknown names, REFUSED outside the domain (or the recursors' answer), a malformed packet that
+//! breaks nothing, and the default address (the HTTP address's IP, port 8600).
 //! Queries are raw DNS messages (hickory's types), over UDP and TCP.
 
 use std::net::IpAddr;
@@ -31,12 +32,20 @@ fn question(name: &str, rtype: RecordType) -> Vec<u8> {
 }
 
 async fn udp(name: &str, rtype: RecordType) -> Message {
-    udp_raw(&question(name, rtype)).await.expect("an answer over UDP")
+    udp_at(DNS, name, rtype).await
+}
+
+async fn udp_at(server: &str, name: &str, rtype: RecordType) -> Message {
+    udp_raw_at(server, &question(name, rtype)).await.expect("an answer over UDP")
 }
 
 async fn udp_raw(packet: &[u8]) -> Option<Message> {
+    udp_raw_at(DNS, packet).await
+}
+
+async fn udp_raw_at(server: &str, packet: &[u8]) -> Option<Message> {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    socket.send_to(packet, DNS).await.expect("send");
+    socket.send_to(packet, server).await.expect("send");
     let mut buf = vec![0u8; 65_535];
     let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.ok()?.ok()?;
     Message::from_vec(&buf[..n]).ok()
@@ -69,9 +78,13 @@ fn ips(m: &Message) -> Vec<IpAddr> {
 
 /// A `roster dev` with DNS on `dns`, once it answers HTTP; killed when the first value drops.
 async fn start_dev(http_addr: &str, rpc_addr: &str, dns: &str) -> (Dev, reqwest::Client) {
+    start_dev_with(http_addr, rpc_addr, &["--dns-addr", dns]).await
+}
+
+async fn start_dev_with(http_addr: &str, rpc_addr: &str, extra: &[&str]) -> (Dev, reqwest::Client) {
     let child = Command::new(env!("CARGO_BIN_EXE_roster"))
         .args(["dev", "--http-addr", http_addr, "--rpc-addr", rpc_addr, "--gossip-addr", "off"])
-        .args(["--dns-addr", dns])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -200,4 +213,59 @@ async fn dig_reads_the_answers() {
         .expect("dig runs");
     let text = String::from_utf8_lossy(&nx.stdout);
     assert!(text.contains("status: NXDOMAIN") && text.contains("SOA"), "{text}");
+}
+
+/// Names outside the domain go to the recursors in order (a dead one is skipped), and with none
+/// answering the client gets SERVFAIL. The recursor here is another `roster dev` serving the
+/// domain `example.` on its default DNS address: its HTTP address's IP, port 8600. A second dev
+/// server on that IP starts without DNS; one that asks for the taken address explicitly fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursors_and_the_default_address() {
+    const OTHER_HTTP: &str = "127.0.0.86:19860";
+    const OTHER_DNS: &str = "127.0.0.86:8600";
+    const DEAD: &str = "127.0.0.1:19869";
+    let (_other, http) = start_dev_with(OTHER_HTTP, "127.0.0.86:19861", &["--domain", "example"]).await;
+    let reg = serde_json::json!({"Node": "far", "Address": "10.9.9.9", "Service": {"Service": "api", "Port": 80}});
+    register(&http, OTHER_HTTP, reg).await;
+    assert_eq!(
+        ips(&udp_at(OTHER_DNS, "api.service.example.", RecordType::A).await),
+        vec!["10.9.9.9".parse::<IpAddr>().unwrap()],
+        "DNS serves on the HTTP address's IP, port 8600, by default"
+    );
+
+    let (_dev, _) = start_dev_with(
+        "127.0.0.1:19862",
+        "127.0.0.1:19863",
+        &["--dns-addr", "127.0.0.1:19864", "--recursor", DEAD, "--recursor", OTHER_DNS],
+    )
+    .await;
+    let far = udp_at("127.0.0.1:19864", "api.service.example.", RecordType::A).await;
+    assert_eq!(far.metadata.response_code, ResponseCode::NoError);
+    assert!(far.metadata.recursion_available);
+    assert_eq!(ips(&far), vec!["10.9.9.9".parse::<IpAddr>().unwrap()]);
+    let unknown = udp_at("127.0.0.1:19864", "nope.service.example.", RecordType::A).await;
+    assert_eq!(unknown.metadata.response_code, ResponseCode::NXDomain, "the recursor's answer, as it gave it");
+    // Its own domain is still its own.
+    let own = udp_at("127.0.0.1:19864", "nope.service.consul.", RecordType::A).await;
+    assert_eq!(own.metadata.response_code, ResponseCode::NXDomain);
+    assert!(own.metadata.authoritative);
+
+    let (_lonely, _) =
+        start_dev_with("127.0.0.1:19865", "127.0.0.1:19866", &["--dns-addr", "127.0.0.1:19867", "--recursor", DEAD])
+            .await;
+    let failed = udp_at("127.0.0.1:19867", "api.service.example.", RecordType::A).await;
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+
+    // Another dev server on the same IP: the default DNS address is taken, so it serves without.
+    let (_second, second_http) = start_dev_with("127.0.0.86:19870", "127.0.0.86:19871", &[]).await;
+    let leader = second_http.get("http://127.0.0.86:19870/v1/status/leader").send().await.expect("second dev");
+    assert!(leader.status().is_success());
+    // Asking for the taken address explicitly is an error at start that names it.
+    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["dev", "--http-addr", "127.0.0.86:19872", "--rpc-addr", "127.0.0.86:19873", "--gossip-addr", "off"])
+        .args(["--dns-addr", OTHER_DNS])
+        .output()
+        .expect("roster dev");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(OTHER_DNS), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// DNS interface for the pod (UDP and TCP), for example 127.0.0.1:8600. None: off.
     pub dns_addr: Option<SocketAddr>,
+    /// `dns_addr` is the default one, not asked for: if taken, serve without DNS.
+    #[serde(skip)]
+    pub dns_addr_optional: bool,
     /// How DNS answers (Consul's `domain` and `dns_config`).
     pub dns: registry::dns::DnsSettings,
 }
@@ -86,6 +89,7 @@ impl Default for Config {
             log_format: "text".into(),
             config_file: None,
             dns_addr: None,
+            dns_addr_optional: false,
             dns: Default::default(),
         }
     }
@@ -187,12 +191,17 @@ pub struct SidecarArgs {
     pub services: Option<String>,
     #[arg(long, env = "ROSTER_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// DNS interface for the pod (UDP and TCP), for example 127.0.0.1:8600; "off" for none.
+    /// DNS interface for the pod (UDP and TCP); default the HTTP address's IP on port 8600; "off"
+    /// for none.
     #[arg(long, env = "ROSTER_DNS_ADDR")]
     pub dns_addr: Option<String>,
     /// The domain DNS answers (default `consul.`).
     #[arg(long, env = "ROSTER_DOMAIN")]
     pub domain: Option<String>,
+    /// Where DNS sends names outside the domain (`ip` or `ip:port`), tried in order; repeatable, or
+    /// comma-separated in ROSTER_RECURSOR.
+    #[arg(long = "recursor", env = "ROSTER_RECURSOR", value_delimiter = ',')]
+    pub recursors: Vec<String>,
 }
 
 impl SidecarArgs {
@@ -242,11 +251,10 @@ impl SidecarArgs {
         if !self.gossip_seeds.is_empty() {
             c.gossip_seeds = self.gossip_seeds;
         }
-        if let Some(a) = &self.dns_addr {
-            c.dns_addr = match a.as_str() {
-                "off" | "" => None,
-                a => Some(a.parse().map_err(|e| format!("--dns-addr {a:?}: {e}"))?),
-            };
+        (c.dns_addr, c.dns_addr_optional) =
+            registry::dns::choose_addr(self.dns_addr.as_deref(), c.dns_addr, c.http_addr)?;
+        if !self.recursors.is_empty() {
+            c.dns.recursors = registry::dns::recursor::parse_recursors(&self.recursors)?;
         }
         if let Some(d) = &self.domain {
             c.dns.domain = d.clone();

@@ -66,10 +66,7 @@ impl Sidecar {
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?;
-        let dns_listeners = match config.dns_addr {
-            Some(addr) => Some(registry::dns::bind(addr).await?),
-            None => None,
-        };
+        let dns_listeners = registry::dns::bind_at(config.dns_addr, config.dns_addr_optional).await?;
         let http_addr = listener.local_addr()?;
         let (shutdown, stop_rx) = watch::channel(false);
         let events: Arc<registry::gossip::events::EventBuffer> = Default::default();

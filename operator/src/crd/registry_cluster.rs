@@ -49,6 +49,24 @@ pub struct RegistryClusterSpec {
     /// too (`ROSTER_GOSSIP_KEY`). Empty: plaintext gossip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip_key_secret: Option<String>,
+    /// Kubernetes Services in this cluster's catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_sync: Option<CatalogSync>,
+}
+
+/// Catalog sync from Kubernetes: Services annotated `roster.dev/sync: "true"` (anywhere) and every
+/// Service of `namespaces` (unless annotated "false") are registered with their endpoints on the
+/// catalog node `k8s-sync`, each instance's check following its endpoint's readiness.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSync {
+    /// Sync Kubernetes Services into the catalog.
+    #[serde(default)]
+    pub to_registry: bool,
+    /// Namespaces whose every Service is synced (besides annotated ones anywhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    pub namespaces: Vec<String>,
 }
 
 fn default_replicas() -> i32 {

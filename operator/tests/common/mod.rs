@@ -1,11 +1,12 @@
 //! Shared by the controller tests: a real registry (`roster dev` on a given port, killed on drop)
 //! and the mock API server's side of one request.
+#![allow(dead_code)] // each test binary uses its own subset
 
 use std::process::{Child, Command, Stdio};
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tower_test::mock::Handle;
 
@@ -132,4 +133,43 @@ pub async fn answer_no_kept_token(handle: &mut ApiHandle) {
     send.send_response(
         Response::builder().status(404).body(Body::from(serde_json::to_vec(&body).expect("json"))).expect("response"),
     );
+}
+
+/// Plays the API server for the next request, which must be `method` on a URI starting with
+/// `path`: answers `reply(request body)` as (status, JSON). Returns the request body (null if none).
+pub async fn serve(
+    handle: &mut ApiHandle,
+    method: Method,
+    path: &str,
+    reply: impl FnOnce(&Value) -> (u16, Value),
+) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+        .expect("a request");
+    let uri = request.uri().to_string();
+    assert_eq!(request.method(), method, "{uri}");
+    assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+    if method == Method::PATCH && !path.contains("/events") {
+        assert!(uri.contains("fieldManager=roster-operator") && uri.contains("force=true"), "{uri}");
+        assert_eq!(
+            request.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/apply-patch+yaml"),
+            "server-side apply"
+        );
+    }
+    let bytes = request.into_body().collect_bytes().await.expect("body");
+    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("json") };
+    let (status, answer) = reply(&body);
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::from_u16(status).expect("status"))
+            .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+            .expect("response"),
+    );
+    body
+}
+
+pub fn not_found(_: &Value) -> (u16, Value) {
+    (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}))
 }

@@ -4,9 +4,11 @@
 //! `serve`. Answers are authoritative, shuffled, only healthy instances; a UDP answer keeps at most
 //! `udp_answer_limit` records and says it was truncated, so resolvers retry over TCP; hickory
 //! truncates further to the client's buffer (512 bytes without EDNS). Unknown names get NXDOMAIN
-//! with the zone's SOA; names outside the domain are refused (no recursors yet).
+//! with the zone's SOA; names outside the domain go to the recursors (`recursor`), or are refused
+//! when there are none.
 
 pub mod answer;
+pub mod recursor;
 
 /// hickory's DNS message types, for clients and tests.
 pub use hickory_server::proto;
@@ -40,6 +42,10 @@ pub struct DnsSettings {
     pub service_ttl_secs: u32,
     /// Most answer records in a UDP reply (Consul's default 3); more makes it truncated.
     pub udp_answer_limit: usize,
+    /// Where names outside the domain are resolved (Consul's `recursors`), tried in order.
+    pub recursors: Vec<SocketAddr>,
+    /// How long one recursor gets (Consul's `recursor_timeout`, 2 s).
+    pub recursor_timeout_ms: u64,
 }
 
 impl Default for DnsSettings {
@@ -50,6 +56,8 @@ impl Default for DnsSettings {
             node_ttl_secs: 0,
             service_ttl_secs: 0,
             udp_answer_limit: 3,
+            recursors: Vec::new(),
+            recursor_timeout_ms: 2_000,
         }
     }
 }
@@ -72,6 +80,34 @@ pub trait Catalog: Send + Sync + 'static {
     /// A service's instances with their node and checks.
     async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String>;
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String>;
+}
+
+/// A catalog held in memory: the fuzz target's and the unit tests' (a server asks its state, a
+/// sidecar its servers).
+#[derive(Debug, Clone, Default)]
+pub struct FixedCatalog {
+    pub datacenter: String,
+    pub instances: Vec<ServiceEntry>,
+}
+
+#[async_trait::async_trait]
+impl Catalog for FixedCatalog {
+    fn datacenter(&self) -> String {
+        self.datacenter.clone()
+    }
+
+    async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String> {
+        Ok(self.instances.iter().filter(|e| e.service.service.eq_ignore_ascii_case(name)).cloned().collect())
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
+        let mut found: Option<CatalogNode> = None;
+        for e in self.instances.iter().filter(|e| e.node.node.eq_ignore_ascii_case(name)) {
+            let n = found.get_or_insert_with(|| CatalogNode { node: e.node.clone(), services: Default::default() });
+            n.services.insert(e.service.id.clone(), e.service.clone());
+        }
+        Ok(found)
+    }
 }
 
 /// The hickory handler over a catalog.
@@ -211,9 +247,31 @@ impl<C: Catalog> RequestHandler for Handler<C> {
         };
         let udp = request.protocol().is_datagram();
         let outcome = self.resolve(&qname, qtype, udp).await;
+        let recursing = !self.settings.recursors.is_empty();
+        if outcome.code == ResponseCode::Refused && recursing {
+            let timeout = Duration::from_millis(self.settings.recursor_timeout_ms);
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.recursion_available = true;
+            let Some(answer) = recursor::ask(&self.settings.recursors, info.query.original(), timeout).await else {
+                tracing::warn!(name = %qname, "DNS: no recursor answered");
+                metadata.response_code = ResponseCode::ServFail;
+                let resp = builder.build_no_records(metadata);
+                return response_handle.send_response(resp).await.unwrap_or_else(|_| servfail(request));
+            };
+            metadata.response_code = answer.metadata.response_code;
+            metadata.authentic_data = answer.metadata.authentic_data;
+            let resp = builder.build(
+                metadata,
+                answer.answers.iter(),
+                answer.authorities.iter(),
+                [],
+                answer.additionals.iter(),
+            );
+            return response_handle.send_response(resp).await.unwrap_or_else(|_| servfail(request));
+        }
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = outcome.code != ResponseCode::Refused;
-        metadata.recursion_available = false;
+        metadata.recursion_available = recursing;
         metadata.response_code = outcome.code;
         metadata.truncation = outcome.truncated;
         let answers: Vec<Record> = outcome.answers.iter().filter_map(|r| record(r, outcome.ttl)).collect();
@@ -226,6 +284,90 @@ impl<C: Catalog> RequestHandler for Handler<C> {
         };
         let resp = builder.build(metadata, answers.iter(), [], soa.iter(), additionals.iter());
         response_handle.send_response(resp).await.unwrap_or_else(|_| servfail(request))
+    }
+}
+
+/// Answers one raw query as the server does (hickory decodes it, the handler answers), without a
+/// socket: the fuzz target's way in. None: too malformed to decode (hickory's server then sends
+/// FORMERR when it has a header, else nothing); `udp` applies the UDP limits.
+pub async fn answer_packet<C: Catalog>(handler: &Handler<C>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+    let src: SocketAddr = ([127, 0, 0, 1], 53).into();
+    let request = Request::from_bytes(packet.to_vec(), src, protocol).ok()?;
+    let capture = Capture { udp, bytes: Default::default() };
+    handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
+    let bytes = capture.bytes.lock().ok()?.take();
+    bytes
+}
+
+/// Keeps the encoded response (for [`answer_packet`]), sized as hickory's server sizes it.
+#[derive(Clone)]
+struct Capture {
+    udp: bool,
+    bytes: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let limit = match (self.udp, response.edns()) {
+            (false, _) => u16::MAX,
+            (true, Some(edns)) => edns.max_payload(),
+            (true, None) => 512,
+        };
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = hickory_server::proto::serialize::binary::BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit);
+        let info = response.destructive_emit(&mut encoder)?;
+        if let Ok(mut slot) = self.bytes.lock() {
+            *slot = Some(bytes);
+        }
+        Ok(info)
+    }
+}
+
+/// Where DNS listens, from `--dns-addr` (an address, or "off") over the config file's: without
+/// either, Consul's default, the HTTP address's IP on port 8600. The boolean says the address is
+/// that default, which another server on the same IP (a second dev server) may already hold: that
+/// one then serves without DNS and says so, where a taken address asked for is an error.
+pub fn choose_addr(
+    flag: Option<&str>,
+    configured: Option<SocketAddr>,
+    http: SocketAddr,
+) -> Result<(Option<SocketAddr>, bool), String> {
+    match flag.map(str::trim) {
+        Some("off") => Ok((None, false)),
+        Some(a) if !a.is_empty() => a.parse().map(|a| (Some(a), false)).map_err(|e| format!("--dns-addr {a:?}: {e}")),
+        _ => match configured {
+            Some(a) => Ok((Some(a), false)),
+            None => Ok((Some(SocketAddr::new(http.ip(), 8600)), true)),
+        },
+    }
+}
+
+/// Binds DNS at `addr`; when `optional` (the default address) and it is taken, warns and
+/// serves without DNS.
+pub async fn bind_at(addr: Option<SocketAddr>, optional: bool) -> anyhow::Result<Option<Listeners>> {
+    let Some(addr) = addr else { return Ok(None) };
+    match bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if optional => {
+            tracing::warn!(error = %e, "DNS: the default address is taken; no DNS interface here (set --dns-addr)");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -261,5 +403,68 @@ pub async fn serve<C: Catalog>(
     tracing::info!(?addr, "DNS interface serving");
     if let Err(e) = server.block_until_done().await {
         tracing::warn!(error = %e, "DNS interface stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{HealthCheck, HealthStatus, Node, NodeService};
+    use hickory_server::proto::op::{Message, MessageType, Query};
+
+    fn handler() -> Handler<FixedCatalog> {
+        let instance = |node: &str, addr: &str, port: u16| ServiceEntry {
+            node: Node { node: node.into(), address: addr.into(), ..Default::default() },
+            service: NodeService { id: format!("web-{port}"), service: "web".into(), port, ..Default::default() },
+            checks: vec![HealthCheck { status: HealthStatus::Passing, ..Default::default() }],
+        };
+        let instances = (1..=5).map(|i| instance(&format!("n{i}"), &format!("10.0.0.{i}"), 8000 + i)).collect();
+        Handler::new(Arc::new(FixedCatalog { datacenter: "dc1".into(), instances }), DnsSettings::default())
+    }
+
+    fn query(name: &str, rtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        m.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_packet_is_answered_as_the_server_answers_it() {
+        let h = handler();
+        let udp = answer_packet(&h, &query("web.service.consul.", RecordType::SRV), true).await.unwrap();
+        let udp = Message::from_vec(&udp).unwrap();
+        assert_eq!((udp.metadata.id, udp.answers.len(), udp.metadata.truncation), (7, 3, true));
+        let tcp = answer_packet(&h, &query("web.service.consul.", RecordType::SRV), false).await.unwrap();
+        assert_eq!(Message::from_vec(&tcp).unwrap().answers.len(), 5);
+        let node = answer_packet(&h, &query("n2.node.consul.", RecordType::A), true).await.unwrap();
+        assert_eq!(Message::from_vec(&node).unwrap().answers.len(), 1);
+        assert_eq!(answer_packet(&h, b"\x00\x01", true).await, None, "no header: dropped");
+    }
+
+    /// What the fuzz target does, briefly and deterministically: mangled queries never panic, and
+    /// whatever is answered decodes and carries the query's ID.
+    #[tokio::test]
+    async fn mangled_packets_break_nothing() {
+        let h = handler();
+        let base = query("_web._tcp.service.dc1.consul.", RecordType::ANY);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..3_000 {
+            let mut p = base.clone();
+            for _ in 0..1 + round % 4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed as usize) % p.len();
+                match seed % 3 {
+                    0 => p[at] = (seed >> 24) as u8,
+                    1 => p.truncate(at.max(1)),
+                    _ => p.insert(at, (seed >> 32) as u8),
+                }
+            }
+            if let Some(answer) = answer_packet(&h, &p, round % 2 == 0).await {
+                let m = Message::from_vec(&answer).expect("an answer decodes");
+                assert_eq!(m.metadata.id, u16::from_be_bytes([p[0], p.get(1).copied().unwrap_or(0)]));
+            }
+        }
     }
 }
