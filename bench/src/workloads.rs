@@ -354,12 +354,26 @@ async fn dns_vs_http(plan: &Plan, ctl: &reqwest::Client, leader: &str, s: &mut S
     })
     .await?;
     s.load(&format!("dns.http.{clients}c"), &format!("100 instances: HTTP ?passing, {clients}c"), Some(&r), None, None);
+    // One UDP socket per client, as a resolver keeps one: the clients measure the server, not
+    // their own socket set-up.
+    let mut sockets = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(dns.ip(), 0)).await?;
+        socket.connect(dns).await?;
+        sockets.push(socket);
+    }
+    let sockets = std::sync::Arc::new(sockets);
     for tcp in [false, true] {
         let want = if tcp { INSTANCES } else { 3 };
-        let r = load::run(spec(), move |_, _, seq| async move {
-            let got = dns_srv(dns, "dns.service.consul.", tcp, seq as u16).await?;
-            ensure!(got == want, "DNS answered {got} SRV records, expected {want}");
-            Ok(())
+        let sockets = sockets.clone();
+        let r = load::run(spec(), move |_, worker, seq| {
+            let sockets = sockets.clone();
+            async move {
+                let socket = if tcp { None } else { sockets.get(worker) };
+                let got = dns_srv(dns, socket, "dns.service.consul.", seq as u16).await?;
+                ensure!(got == want, "DNS answered {got} SRV records, expected {want}");
+                Ok(())
+            }
         })
         .await?;
         let proto = if tcp { "tcp" } else { "udp" };
@@ -374,31 +388,38 @@ async fn dns_vs_http(plan: &Plan, ctl: &reqwest::Client, leader: &str, s: &mut S
     Ok(())
 }
 
-/// One SRV question to `server`; the number of SRV records answered.
-async fn dns_srv(server: SocketAddr, name: &str, tcp: bool, id: u16) -> Result<usize> {
+/// One SRV question to `server`, over the UDP socket given (connected to it), else over TCP; the
+/// number of SRV records answered.
+async fn dns_srv(server: SocketAddr, udp: Option<&tokio::net::UdpSocket>, name: &str, id: u16) -> Result<usize> {
     use registry::dns::proto::op::{Message, MessageType, OpCode, Query};
     use registry::dns::proto::rr::{Name, RData, RecordType};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(name)?, RecordType::SRV));
     let packet = m.to_vec()?;
-    let answer = if tcp {
-        let mut stream = tokio::net::TcpStream::connect(server).await?;
-        stream.write_all(&(packet.len() as u16).to_be_bytes()).await?;
-        stream.write_all(&packet).await?;
-        let len = stream.read_u16().await? as usize;
-        let mut buf = vec![0u8; len];
-        stream.read_exact(&mut buf).await?;
-        buf
-    } else {
-        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(server.ip(), 0)).await?;
-        socket.send_to(&packet, server).await?;
-        let mut buf = vec![0u8; 4096];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await??;
-        buf.truncate(n);
-        buf
+    let msg = match udp {
+        None => {
+            let mut stream = tokio::net::TcpStream::connect(server).await?;
+            stream.write_all(&(packet.len() as u16).to_be_bytes()).await?;
+            stream.write_all(&packet).await?;
+            let len = stream.read_u16().await? as usize;
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await?;
+            Message::from_vec(&buf)?
+        }
+        Some(socket) => {
+            socket.send(&packet).await?;
+            let mut buf = vec![0u8; 4096];
+            // A late answer to an earlier, timed-out question is skipped.
+            loop {
+                let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await??;
+                let m = Message::from_vec(&buf[..n])?;
+                if m.metadata.id == id {
+                    break m;
+                }
+            }
+        }
     };
-    let msg = Message::from_vec(&answer)?;
     ensure!(msg.metadata.id == id, "answer to another question");
     Ok(msg.answers.iter().filter(|r| matches!(r.data, RData::SRV(_))).count())
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::acl::{Access, Resource};
 use crate::api::{CatalogNode, ServiceEntry};
 use crate::app::App;
+use crate::dns::answer::{self, Want};
 
 pub struct StateCatalog(pub Arc<App>);
 
@@ -15,19 +16,24 @@ impl crate::dns::Catalog for StateCatalog {
         self.0.config.datacenter.clone()
     }
 
-    async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String> {
+    /// Picks while the state is borrowed and copies only the instances answered.
+    async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
         let app = &self.0;
         let token = app.agent.token("default");
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
-            Ok(s.health_service(name)
+            let healthy = s
+                .health_service_refs(name)
                 .1
                 .into_iter()
                 .filter(|e| {
-                    a.allows(Resource::Service, &e.service.service, Access::Read)
+                    answer::healthy_ref(e, want)
+                        && a.allows(Resource::Service, &e.service.service, Access::Read)
                         && a.allows(Resource::Node, &e.node.node, Access::Read)
                 })
-                .collect())
+                .collect();
+            let (picked, more) = answer::pick(healthy, want.limit);
+            Ok((picked.iter().map(|e| e.to_owned_entry()).collect(), more))
         })
     }
 

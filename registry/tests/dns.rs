@@ -269,3 +269,52 @@ async fn recursors_and_the_default_address() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(OTHER_DNS), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// What applications see through a stub resolver: hickory's, pointed at the dev server. A service
+/// wider than a UDP answer comes back whole (the resolver retries over TCP on the truncated answer),
+/// and an unknown name is an error, not an empty success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hickorys_resolver_reads_the_answers() {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    const RES_HTTP: &str = "127.0.0.1:19875";
+    let (_dev, http) = start_dev(RES_HTTP, "127.0.0.1:19876", "127.0.0.1:19877").await;
+    for i in 1..=5 {
+        let reg = serde_json::json!({"Node": format!("w{i}"), "Address": format!("10.2.0.{i}"),
+                                     "Service": {"Service": "wide", "Port": 9000 + i}});
+        register(&http, RES_HTTP, reg).await;
+    }
+    let connection = |mut c: ConnectionConfig| {
+        c.port = 19877;
+        c
+    };
+    let server = NameServerConfig::new(
+        "127.0.0.1".parse().unwrap(),
+        true,
+        vec![connection(ConnectionConfig::udp()), connection(ConnectionConfig::tcp())],
+    );
+    let mut opts = ResolverOpts::default();
+    opts.cache_size = 0;
+    let resolver = hickory_resolver::Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![server]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .expect("resolver");
+
+    let srv = resolver.srv_lookup("wide.service.consul.").await.expect("SRV");
+    let mut ports: Vec<u16> = srv
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_resolver::proto::rr::RData::SRV(s) => Some(s.port),
+            _ => None,
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(ports, [9001, 9002, 9003, 9004, 9005], "all 5, past the UDP limit of 3");
+    let ips = resolver.lookup_ip("w2.node.consul.").await.expect("A");
+    assert_eq!(ips.iter().collect::<Vec<_>>(), vec!["10.2.0.2".parse::<IpAddr>().unwrap()]);
+    assert!(resolver.lookup_ip("nope.service.consul.").await.is_err(), "NXDOMAIN is an error");
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use registry::agent::Agent;
 use registry::api::{CatalogNode, ServiceEntry};
 use registry::client::Client;
+use registry::dns::answer::{self, Want};
 
 pub struct ServersCatalog {
     pub client: Client,
@@ -34,11 +35,12 @@ impl registry::dns::Catalog for ServersCatalog {
         self.datacenter.clone()
     }
 
-    async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String> {
+    async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
         if !plain(name) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
-        self.client().health_service(name, false).await.map(|i| i.value).map_err(|e| e.to_string())
+        let all = self.client().health_service(name, false).await.map(|i| i.value).map_err(|e| e.to_string())?;
+        Ok(answer::pick(answer::healthy(all, want), want.limit))
     }
 
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {

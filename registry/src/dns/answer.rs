@@ -8,7 +8,9 @@
 
 use std::net::IpAddr;
 
-use crate::api::{CatalogNode, HealthStatus, ServiceEntry};
+use rand::seq::SliceRandom;
+
+use crate::api::{CatalogNode, HealthStatus, ServiceEntry, ServiceEntryRef};
 
 /// What a query name asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,20 +75,48 @@ fn decode_addr(hex: &str) -> Option<IpAddr> {
     }
 }
 
-/// Instances DNS hands out: none of their checks critical (with `only_passing`, all passing), and
-/// with the tag when one is asked for (case-insensitively, as Consul's DNS matches tags).
-pub fn healthy(entries: Vec<ServiceEntry>, tag: Option<&str>, only_passing: bool) -> Vec<ServiceEntry> {
-    entries
-        .into_iter()
-        .filter(|e| tag.is_none_or(|t| e.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t))))
-        .filter(|e| {
-            e.checks.iter().all(|c| match c.status {
-                HealthStatus::Critical => false,
-                HealthStatus::Warning => !only_passing,
-                _ => true,
-            })
+/// What a service lookup asks of the catalog.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want<'a> {
+    pub tag: Option<&'a str>,
+    /// Leave out instances with a warning check too.
+    pub only_passing: bool,
+    /// At most this many instances (a UDP answer's limit); None: all.
+    pub limit: Option<usize>,
+}
+
+/// Whether DNS hands an instance out: none of its checks critical (with `only_passing`, all
+/// passing), and the tag when one is asked for (case-insensitively, as Consul's DNS matches tags).
+fn wanted<'a>(tags: &[String], mut statuses: impl Iterator<Item = &'a HealthStatus>, want: &Want<'_>) -> bool {
+    want.tag.is_none_or(|t| tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+        && statuses.all(|s| match s {
+            HealthStatus::Critical => false,
+            HealthStatus::Warning => !want.only_passing,
+            _ => true,
         })
-        .collect()
+}
+
+pub fn healthy_ref(e: &ServiceEntryRef<'_>, want: &Want<'_>) -> bool {
+    wanted(&e.service.tags, e.checks.iter().map(|c| &c.status), want)
+}
+
+/// The instances DNS hands out, of a whole list.
+pub fn healthy(entries: Vec<ServiceEntry>, want: &Want<'_>) -> Vec<ServiceEntry> {
+    entries.into_iter().filter(|e| wanted(&e.service.tags, e.checks.iter().map(|c| &c.status), want)).collect()
+}
+
+/// Shuffles `items` (every answer a different order, as Consul's) and keeps at most `limit`;
+/// says whether some were left out. Picking before copying lets a server copy only what a UDP
+/// answer can hold.
+pub fn pick<T>(mut items: Vec<T>, limit: Option<usize>) -> (Vec<T>, bool) {
+    items.shuffle(&mut rand::rng());
+    match limit {
+        Some(n) if items.len() > n => {
+            items.truncate(n);
+            (items, true)
+        }
+        _ => (items, false),
+    }
 }
 
 /// One answer record, before it becomes wire format.
@@ -246,9 +276,21 @@ mod tests {
             entry("c", "10.0.0.3", "", &["v1"], HealthStatus::Critical),
         ];
         let names = |v: Vec<ServiceEntry>| v.into_iter().map(|e| e.node.node).collect::<Vec<_>>();
-        assert_eq!(names(healthy(all.clone(), None, false)), ["a", "b"]);
-        assert_eq!(names(healthy(all.clone(), None, true)), ["a"]);
-        assert_eq!(names(healthy(all.clone(), Some("v2"), false)), ["b"]);
+        let want = |tag, only_passing| Want { tag, only_passing, limit: None };
+        assert_eq!(names(healthy(all.clone(), &want(None, false))), ["a", "b"]);
+        assert_eq!(names(healthy(all.clone(), &want(None, true))), ["a"]);
+        assert_eq!(names(healthy(all.clone(), &want(Some("v2"), false))), ["b"]);
+        let refs: Vec<ServiceEntryRef<'_>> = all
+            .iter()
+            .map(|e| ServiceEntryRef { node: &e.node, service: &e.service, checks: e.checks.iter().collect() })
+            .collect();
+        let kept: Vec<&str> =
+            refs.iter().filter(|e| healthy_ref(e, &want(None, false))).map(|e| e.node.node.as_str()).collect();
+        assert_eq!(kept, ["a", "b"], "the same reading on borrowed entries");
+        let (three, more) = pick((0..10).collect::<Vec<_>>(), Some(3));
+        assert_eq!((three.len(), more), (3, true));
+        let (all_of_them, more) = pick((0..3).collect::<Vec<_>>(), Some(3));
+        assert_eq!((all_of_them.len(), more), (3, false));
     }
 
     #[test]

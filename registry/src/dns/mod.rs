@@ -23,10 +23,9 @@ use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use self::answer::{Lookup, NotFound, Rec};
+use self::answer::{Lookup, NotFound, Rec, Want};
 use crate::api::{CatalogNode, ServiceEntry};
 
 /// Consul's `dns_config` settings that Roster honours.
@@ -77,8 +76,9 @@ pub fn normalize_domain(text: &str) -> Result<String, String> {
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync + 'static {
     fn datacenter(&self) -> String;
-    /// A service's instances with their node and checks.
-    async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String>;
+    /// A service's instances as `want` asks (healthy, with the tag), shuffled, at most
+    /// `want.limit` of them; and whether some were left out.
+    async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String>;
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String>;
 }
 
@@ -96,8 +96,9 @@ impl Catalog for FixedCatalog {
         self.datacenter.clone()
     }
 
-    async fn service(&self, name: &str) -> Result<Vec<ServiceEntry>, String> {
-        Ok(self.instances.iter().filter(|e| e.service.service.eq_ignore_ascii_case(name)).cloned().collect())
+    async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
+        let all = self.instances.iter().filter(|e| e.service.service.eq_ignore_ascii_case(name)).cloned().collect();
+        Ok(answer::pick(answer::healthy(all, want), want.limit))
     }
 
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
@@ -139,25 +140,29 @@ impl<C: Catalog> Handler<C> {
             Err(NotFound::OutsideDomain) => return Outcome::code(ResponseCode::Refused),
             Err(NotFound::NoSuchName) => return Outcome::code(ResponseCode::NXDomain),
         };
-        let (mut answers, mut additionals, ttl) = match lookup {
+        let (mut answers, mut additionals, ttl, mut truncated) = match lookup {
             Lookup::Service { service, tag } => {
-                let entries = match self.catalog.service(&service).await {
+                // Over UDP only `udp_answer_limit` instances fit: the catalog copies no more.
+                let want = Want {
+                    tag: tag.as_deref(),
+                    only_passing: self.settings.only_passing,
+                    limit: udp.then_some(self.settings.udp_answer_limit),
+                };
+                let (entries, more) = match self.catalog.service(&service, &want).await {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(error = %e, "DNS: the catalog did not answer");
                         return Outcome::code(ResponseCode::ServFail);
                     }
                 };
-                let mut entries = answer::healthy(entries, tag.as_deref(), self.settings.only_passing);
                 if entries.is_empty() {
                     return Outcome::code(ResponseCode::NXDomain);
                 }
-                entries.shuffle(&mut rand::rng());
                 let (a, x) = answer::service_records(qname, qtype, &entries, &dc, domain);
-                (a, x, self.settings.service_ttl_secs)
+                (a, x, self.settings.service_ttl_secs, more)
             }
             Lookup::Node { node } => match self.catalog.node(&node).await {
-                Ok(Some(n)) => (answer::node_records(qname, qtype, &n), Vec::new(), self.settings.node_ttl_secs),
+                Ok(Some(n)) => (answer::node_records(qname, qtype, &n), Vec::new(), self.settings.node_ttl_secs, false),
                 Ok(None) => return Outcome::code(ResponseCode::NXDomain),
                 Err(e) => {
                     tracing::warn!(error = %e, "DNS: the catalog did not answer");
@@ -167,10 +172,12 @@ impl<C: Catalog> Handler<C> {
             Lookup::Addr { ip } => {
                 let wanted = qtype == "ANY" || (qtype == "A") == ip.is_ipv4() && (qtype == "A" || qtype == "AAAA");
                 let recs = if wanted { vec![Rec::Ip { name: qname.to_string(), ip }] } else { Vec::new() };
-                (recs, Vec::new(), self.settings.node_ttl_secs)
+                (recs, Vec::new(), self.settings.node_ttl_secs, false)
             }
         };
-        let truncated = udp && answer::limit_answers(&mut answers, &mut additionals, self.settings.udp_answer_limit);
+        if udp && answer::limit_answers(&mut answers, &mut additionals, self.settings.udp_answer_limit) {
+            truncated = true;
+        }
         Outcome { code: ResponseCode::NoError, answers, additionals, ttl, truncated }
     }
 }
