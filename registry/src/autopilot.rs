@@ -102,6 +102,13 @@ pub async fn run(app: Arc<App>, gossip: Option<Arc<crate::gossip::Membership>>) 
             down_since.clear();
             continue;
         }
+        if app.sm.read(|s| s.cluster_id().is_none()) {
+            let id = uuid::Uuid::new_v4().to_string();
+            match app.proposer.propose(crate::state::Command::ClusterIdSet { id: id.clone() }).await {
+                Ok(_) => tracing::info!(cluster_id = %id, "this cluster's identity is made"),
+                Err(e) => tracing::warn!(error = %e, "could not store the cluster's identity"),
+            }
+        }
         let (voters, learners) = {
             let m = app.raft.metrics().borrow().clone();
             let membership = m.membership_config.membership();

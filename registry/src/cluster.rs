@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use warp::Filter;
 
 use crate::app::App;
-use crate::raft::network::{RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
+use crate::raft::network::{CLUSTER_HEADER, RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
 use crate::raft::{decode, encode, NodeId, ServerNode};
 use crate::state::{Command, CommandResult};
 
@@ -23,12 +23,43 @@ pub struct ServerInfo {
     pub initialized: bool,
     pub leader: Option<(NodeId, ServerNode)>,
     pub voters: Vec<NodeId>,
+    /// The cluster's identity, once made (last, with a default: older servers leave it out).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub id: NodeId,
     pub node: ServerNode,
+    /// The joiner's cluster identity, if its state has one (a server that belonged to a cluster).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+}
+
+/// Why a request from a server of another cluster is refused, if it is: only when both sides know
+/// their identity and they differ (a new server knows none until it has caught up).
+pub fn cluster_mismatch(ours: Option<&str>, theirs: Option<&str>) -> Option<String> {
+    match (ours, theirs) {
+        (Some(o), Some(t)) if o != t => {
+            Some(format!("refused: the sender belongs to cluster {t}; this server belongs to cluster {o}"))
+        }
+        _ => None,
+    }
+}
+
+/// Logs a refusal at most once a minute (a stray server retries many times a second).
+fn log_refusal(reason: &str) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last + 60
+        && LAST
+            .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!("server RPC {reason} (logged once a minute)");
+    }
 }
 
 /// Answer to a forwarded command: `None` when the receiver is not the leader.
@@ -56,6 +87,7 @@ fn info(app: &App) -> ServerInfo {
         initialized: m.membership_config.log_id().is_some(),
         leader: m.current_leader.and_then(|id| membership.get_node(&id).map(|n| (id, n.clone()))),
         voters: membership.voter_ids().collect(),
+        cluster_id: app.sm.read(|s| s.cluster_id().map(str::to_string)),
     }
 }
 
@@ -82,43 +114,53 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
     // Peers only (the RPC port is not for clients); bodies may be empty (`elect`).
     let body = warp::body::bytes();
     let rpc = warp::post().and(warp::path("raft")).and(warp::path::param::<String>()).and(warp::path::end());
-    let calls = rpc.and(with_app.clone()).and(body).then(|call: String, app: Arc<App>, body: Bytes| async move {
-        match call.as_str() {
-            RPC_APPEND => match decode(&body) {
-                Ok(req) => {
-                    *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                    msgpack(&app.raft.append_entries(req).await)
-                }
-                Err(e) => bad_body(e),
-            },
-            RPC_VOTE => match decode(&body) {
-                Ok(req) => msgpack(&app.raft.vote(req).await),
-                Err(e) => bad_body(e),
-            },
-            RPC_SNAPSHOT => match decode(&body) {
-                Ok(req) => {
-                    *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                    msgpack(&app.raft.install_snapshot(req).await)
-                }
-                Err(e) => bad_body(e),
-            },
-            "write" => match decode::<Command>(&body) {
-                Ok(cmd) => msgpack(&handle_forwarded_write(&app, cmd).await),
-                Err(e) => bad_body(e),
-            },
-            // The leader is handing off before it stops: campaign now, its lease has run out.
-            "elect" => msgpack(&app.raft.trigger().elect().await.map_err(|e| e.to_string())),
-            "join" => match decode::<JoinRequest>(&body) {
-                Ok(req) => msgpack(&handle_join(&app, req).await),
-                Err(e) => bad_body(e),
-            },
-            _ => {
-                let mut r = warp::http::Response::new(Bytes::from("unknown RPC").into());
-                *r.status_mut() = warp::http::StatusCode::NOT_FOUND;
-                r
+    let cluster = warp::header::optional::<String>(CLUSTER_HEADER);
+    let calls = rpc.and(cluster).and(with_app.clone()).and(body).then(
+        |call: String, cluster: Option<String>, app: Arc<App>, body: Bytes| async move {
+            let ours = app.sm.read(|s| s.cluster_id().map(str::to_string));
+            if let Some(reason) = cluster_mismatch(ours.as_deref(), cluster.as_deref()) {
+                log_refusal(&reason);
+                let mut r = warp::http::Response::new(Bytes::from(reason).into());
+                *r.status_mut() = warp::http::StatusCode::FORBIDDEN;
+                return r;
             }
-        }
-    });
+            match call.as_str() {
+                RPC_APPEND => match decode(&body) {
+                    Ok(req) => {
+                        *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                        msgpack(&app.raft.append_entries(req).await)
+                    }
+                    Err(e) => bad_body(e),
+                },
+                RPC_VOTE => match decode(&body) {
+                    Ok(req) => msgpack(&app.raft.vote(req).await),
+                    Err(e) => bad_body(e),
+                },
+                RPC_SNAPSHOT => match decode(&body) {
+                    Ok(req) => {
+                        *app.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                        msgpack(&app.raft.install_snapshot(req).await)
+                    }
+                    Err(e) => bad_body(e),
+                },
+                "write" => match decode::<Command>(&body) {
+                    Ok(cmd) => msgpack(&handle_forwarded_write(&app, cmd).await),
+                    Err(e) => bad_body(e),
+                },
+                // The leader is handing off before it stops: campaign now, its lease has run out.
+                "elect" => msgpack(&app.raft.trigger().elect().await.map_err(|e| e.to_string())),
+                "join" => match decode::<JoinRequest>(&body) {
+                    Ok(req) => msgpack(&handle_join(&app, req).await),
+                    Err(e) => bad_body(e),
+                },
+                _ => {
+                    let mut r = warp::http::Response::new(Bytes::from("unknown RPC").into());
+                    *r.status_mut() = warp::http::StatusCode::NOT_FOUND;
+                    r
+                }
+            }
+        },
+    );
     let info_route =
         warp::get().and(warp::path!("raft" / "info")).and(with_app).map(|app: Arc<App>| msgpack(&info(&app)));
     info_route.or(calls).unify()
@@ -150,6 +192,11 @@ pub async fn forward_command(client: &reqwest::Client, rpc_addr: &str, cmd: &Com
 async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
     if !app.is_leader() {
         return Err("not the leader".into());
+    }
+    let ours = app.sm.read(|s| s.cluster_id().map(str::to_string));
+    if let Some(reason) = cluster_mismatch(ours.as_deref(), req.cluster_id.as_deref()) {
+        tracing::warn!(node = %req.node.name, "join {reason}");
+        return Err(format!("join of {} {reason}", req.node.name));
     }
     let voters: BTreeSet<NodeId> = app.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
     if voters.contains(&req.id) {
@@ -263,7 +310,9 @@ async fn try_join_or_bootstrap(app: &App, expect: usize) -> Result<(), String> {
         if peer.initialized {
             // An existing cluster: ask its leader to add us.
             let Some((_, leader)) = peer.leader else { return Err("peer has no leader yet".into()) };
-            let body = encode(&JoinRequest { id: app.id, node: app.me.clone() }).map_err(|e| e.to_string())?;
+            let cluster_id = app.sm.read(|s| s.cluster_id().map(str::to_string));
+            let body =
+                encode(&JoinRequest { id: app.id, node: app.me.clone(), cluster_id }).map_err(|e| e.to_string())?;
             let resp = app
                 .http
                 .post(format!("http://{}/raft/join", leader.rpc_addr))

@@ -236,7 +236,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         ..Default::default()
     }
     .validate()?;
-    let network = Network::new()?;
+    let network = Network::new(sm.clone())?;
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, sm.clone()).await?;
     let me = ServerNode {
         name: config.node_name.clone(),

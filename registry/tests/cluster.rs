@@ -639,3 +639,65 @@ async fn eventually_members(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The cluster's identity (`/raft/info`), once its first leader made it.
+async fn cluster_id(c: &Cluster, i: usize) -> Option<String> {
+    let r = c.http.get(format!("http://{}/raft/info", c.servers[i].rpc)).send().await.ok()?;
+    let info: registry::cluster::ServerInfo = registry::raft::decode(&r.bytes().await.ok()?).ok()?;
+    info.cluster_id
+}
+
+async fn eventually_cluster_id(c: &Cluster, i: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(id) = cluster_id(c, i).await {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no cluster identity within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every cluster makes its own identity and keeps it across restarts; Raft RPCs and joins that
+/// carry another cluster's are refused with a message naming both, while its own pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_of_another_cluster_are_refused() {
+    let mut a = Cluster::new(1, 19700, 10_000);
+    let b = Cluster::new(1, 19710, 10_000);
+    a.wait_leader(Duration::from_secs(20)).await;
+    b.wait_leader(Duration::from_secs(20)).await;
+    let (ours, theirs) = (eventually_cluster_id(&a, 0).await, eventually_cluster_id(&b, 0).await);
+    assert_ne!(ours, theirs, "two clusters, two identities");
+
+    let rpc = |call: &str| format!("http://{}/raft/{call}", a.servers[0].rpc);
+    let vote = a.http.post(rpc("vote")).header("x-roster-cluster", &theirs).body("x").send().await.expect("rpc");
+    assert_eq!(vote.status(), 403);
+    let text = vote.text().await.expect("body");
+    assert!(text.contains(&ours) && text.contains(&theirs), "{text}");
+    // Its own identity passes the check (the body is then read, and this one is no vote).
+    let own = a.http.post(rpc("vote")).header("x-roster-cluster", &ours).body("x").send().await.expect("rpc");
+    assert_eq!(own.status(), 400);
+
+    let join = registry::cluster::JoinRequest {
+        id: 42,
+        node: registry::raft::ServerNode {
+            name: "intruder".into(),
+            rpc_addr: b.servers[0].rpc.clone(),
+            http_addr: b.servers[0].http.clone(),
+        },
+        cluster_id: Some(theirs.clone()),
+    };
+    let body = registry::raft::encode(&join).expect("encode");
+    let reply = a.http.post(rpc("join")).body(body).send().await.expect("join");
+    let reply: Result<(), String> = registry::raft::decode(&reply.bytes().await.expect("body")).expect("decode");
+    let refused = reply.expect_err("a server of another cluster must not join");
+    assert!(refused.contains(&theirs), "{refused}");
+    assert_eq!(a.raft_servers(0).await.len(), 1, "the intruder is not a member");
+    assert!(a.servers[0].log().contains("refused"), "the refusal is logged");
+
+    // The identity is kept with the data.
+    a.servers[0].kill();
+    a.servers[0].start(&a.join, 1, 10_000);
+    a.wait_leader(Duration::from_secs(20)).await;
+    assert_eq!(eventually_cluster_id(&a, 0).await, ours);
+}

@@ -14,7 +14,11 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::state_machine::StateMachineStore;
 use super::{decode, encode, NodeId, ServerNode, TypeConfig};
+
+/// The header every server RPC carries once the sender knows its cluster's identity.
+pub const CLUSTER_HEADER: &str = "x-roster-cluster";
 
 /// Paths of the server RPC API.
 pub const RPC_APPEND: &str = "append";
@@ -24,16 +28,18 @@ pub const RPC_SNAPSHOT: &str = "snapshot";
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
+    /// Where this server's cluster identity is read from (its state).
+    sm: StateMachineStore,
 }
 
 impl Network {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    pub fn new(sm: StateMachineStore) -> Result<Self, reqwest::Error> {
         let client = crate::client::http_builder()
             .pool_max_idle_per_host(8)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .build()?;
-        Ok(Network { client })
+        Ok(Network { client, sm })
     }
 }
 
@@ -41,13 +47,19 @@ pub struct Connection {
     client: reqwest::Client,
     target: NodeId,
     base: String,
+    sm: StateMachineStore,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Connection {
-        Connection { client: self.client.clone(), target, base: format!("http://{}/raft", node.rpc_addr) }
+        Connection {
+            client: self.client.clone(),
+            target,
+            base: format!("http://{}/raft", node.rpc_addr),
+            sm: self.sm.clone(),
+        }
     }
 }
 
@@ -64,20 +76,17 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let resp = self
-            .client
-            .post(format!("{}/{path}", self.base))
-            .timeout(option.hard_ttl())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
+        let mut request = self.client.post(format!("{}/{path}", self.base)).timeout(option.hard_ttl()).body(body);
+        if let Some(id) = self.sm.read(|s| s.cluster_id().map(str::to_string)) {
+            request = request.header(CLUSTER_HEADER, id);
+        }
+        let resp = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
         let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

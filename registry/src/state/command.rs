@@ -117,6 +117,10 @@ pub enum Command {
     CoordinateUpdate {
         updates: Vec<crate::api::CoordinateEntry>,
     },
+    /// The cluster's identity; applied only while there is none.
+    ClusterIdSet {
+        id: String,
+    },
     /// Replaces the whole state with a snapshot archive's (`state::archive`).
     Restore {
         #[serde(with = "serde_bytes")]
@@ -155,6 +159,7 @@ impl Command {
             Command::AutopilotSet { .. } => "autopilot_set",
             Command::Restore { .. } => "restore",
             Command::CoordinateUpdate { .. } => "coordinate_update",
+            Command::ClusterIdSet { .. } => "cluster_id_set",
             Command::Batch(_) => "batch",
         }
     }

@@ -64,6 +64,10 @@ pub struct State {
     /// Network coordinates by node (segment "" only).
     #[serde(default)]
     coordinates: BTreeMap<String, crate::api::Coordinate>,
+    /// The cluster's identity, made once by its first leader; Raft RPCs and joins carry it, so a
+    /// server of another cluster is refused.
+    #[serde(default)]
+    cluster_id: Option<String>,
     /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
     #[serde(skip)]
     by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -144,6 +148,11 @@ impl State {
             Command::AutopilotSet { config, cas } => self.autopilot_set(index, config, cas),
             Command::Restore { archive } => self.restore(index, &archive, touched),
             Command::CoordinateUpdate { updates } => self.coordinate_update(index, updates, touched),
+            Command::ClusterIdSet { id } => {
+                // The first one applied stays: every member applies the same one.
+                self.cluster_id.get_or_insert(id);
+                CommandResult::None
+            }
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.into_iter().map(|c| self.apply(index, c, touched)).collect())
             }
@@ -152,6 +161,11 @@ impl State {
 }
 
 impl State {
+    /// The cluster's identity, once its first leader made one.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
     /// The autopilot configuration; Consul's defaults (index 0) until one was written.
     pub fn autopilot(&self) -> crate::api::AutopilotConfiguration {
         self.autopilot.clone().unwrap_or_else(crate::api::AutopilotConfiguration::consul_defaults)
@@ -199,6 +213,8 @@ impl State {
         match archive::decode(archive) {
             Ok((_, mut restored)) => {
                 restored.datacenter = std::mem::take(&mut self.datacenter);
+                // A snapshot of another cluster brings its data, not its identity.
+                restored.cluster_id = self.cluster_id.take();
                 restored.indexes = TableIndexes {
                     kvs: index,
                     nodes: index,

@@ -1652,3 +1652,23 @@ fn expired_tokens_are_refused_then_reaped_and_auth_methods_take_their_logins_alo
     assert!(h.st.acl_binding_rules().1.is_empty());
     assert!(h.st.acl_token("a-2").1.is_some());
 }
+
+#[test]
+fn the_first_cluster_identity_stays_and_a_restored_snapshot_does_not_bring_its_own() {
+    let mut h = Harness::new();
+    assert_eq!(h.st.cluster_id(), None);
+    h.apply(Command::ClusterIdSet { id: "ours".into() });
+    // A second leader that raced the first proposes another: every member keeps the first.
+    h.apply(Command::ClusterIdSet { id: "late".into() });
+    assert_eq!(h.st.cluster_id(), Some("ours"));
+    let mut other = State::new("dc1");
+    other.apply(1, Command::ClusterIdSet { id: "theirs".into() }, &mut Touched::default());
+    other.apply(
+        2,
+        Command::KvSet { key: "k".into(), value: b"v".to_vec(), flags: 0, mode: KvSetMode::Plain, now_ms: 0 },
+        &mut Touched::default(),
+    );
+    let archive = archive::encode(&other, 2).expect("archive");
+    h.apply(Command::Restore { archive });
+    assert_eq!(h.st.cluster_id(), Some("ours"), "the data is restored, the identity kept");
+}
