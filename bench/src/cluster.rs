@@ -166,6 +166,8 @@ impl RosterCluster {
                 .args(["--http-addr", &m.http.to_string(), "--rpc-addr", &m.peer.to_string()])
                 .args(["--bootstrap-expect", "3", "--retry-join", &join])
                 .args(["--dns-addr", &dns_addr(m).to_string()])
+                // The load generator is one client IP with up to 10,000 connections: no per-client cap.
+                .args(["--http-max-conns-per-client", "0"])
                 .env("RUST_LOG", "warn");
             let log = dir.path().join(format!("s{n}.log"));
             procs.push(Proc::spawn(&format!("roster server bench-{n}"), &mut cmd, "ROSTER_", log)?);

@@ -68,6 +68,11 @@ pub struct Config {
     /// `dns_addr` is the default one, not asked for: if taken, serve without DNS.
     #[serde(skip)]
     pub dns_addr_optional: bool,
+    /// Open HTTP connections one client IP may hold (Consul's `limits.http_max_conns_per_client`,
+    /// 200); 0: no limit.
+    pub http_max_conns_per_client: usize,
+    /// How long a client has to send a request's headers (against slowloris), in ms.
+    pub http_read_header_timeout_ms: u64,
     /// How DNS answers (Consul's `domain` and `dns_config`).
     pub dns: crate::dns::DnsSettings,
 }
@@ -104,6 +109,8 @@ impl Default for Config {
             enable_script_checks: false,
             dns_addr: None,
             dns_addr_optional: false,
+            http_max_conns_per_client: 200,
+            http_read_header_timeout_ms: 30_000,
             dns: Default::default(),
         }
     }
@@ -232,6 +239,12 @@ pub struct ServerArgs {
     /// comma-separated in ROSTER_RECURSOR.
     #[arg(long = "recursor", env = "ROSTER_RECURSOR", value_delimiter = ',')]
     pub recursors: Vec<String>,
+    /// Open HTTP connections one client IP may hold (default 200; 0: no limit).
+    #[arg(long, env = "ROSTER_HTTP_MAX_CONNS_PER_CLIENT")]
+    pub http_max_conns_per_client: Option<usize>,
+    /// How long a client has to send a request's headers, in ms (default 30000).
+    #[arg(long, env = "ROSTER_HTTP_READ_HEADER_TIMEOUT_MS")]
+    pub http_read_header_timeout_ms: Option<u64>,
 }
 
 /// A domain as DNS names it (see [`crate::dns::normalize_domain`]).
@@ -261,7 +274,9 @@ impl ServerArgs {
             acl_default_policy,
             gossip_interval_ms,
             reap_after_secs,
-            enable_script_checks
+            enable_script_checks,
+            http_max_conns_per_client,
+            http_read_header_timeout_ms
         );
         if self.gossip_key.is_some() {
             c.gossip_key = self.gossip_key;

@@ -293,9 +293,16 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
             .graceful(graceful(stop_rx.clone()))
             .run(),
     ));
-    handles.push(tokio::spawn(
-        warp::serve(crate::http::routes(app.clone())).incoming(http_listener).graceful(graceful(stop_rx)).run(),
-    ));
+    let limits = crate::http::serve::Limits {
+        max_conns_per_client: app.config.http_max_conns_per_client,
+        header_read_timeout: Duration::from_millis(app.config.http_read_header_timeout_ms.max(1)),
+    };
+    handles.push(tokio::spawn(crate::http::serve::serve(
+        http_listener,
+        crate::http::routes(app.clone()),
+        limits,
+        graceful(stop_rx),
+    )));
     handles.push(tokio::spawn(crate::cluster::bootstrap(app.clone())));
     handles.push(tokio::spawn(leader_loop(app.clone())));
     handles.push(tokio::spawn(app.agent.clone().run(check_updates, app.shutdown.subscribe())));

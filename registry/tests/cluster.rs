@@ -701,3 +701,66 @@ async fn servers_of_another_cluster_are_refused() {
     a.wait_leader(Duration::from_secs(20)).await;
     assert_eq!(eventually_cluster_id(&a, 0).await, ours);
 }
+
+/// One raw HTTP/1.1 request on `stream`; the status line of the answer (the connection stays open).
+async fn raw_get(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"GET /v1/status/leader HTTP/1.1\r\nHost: roster\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("an answer").expect("read");
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// A connection from 127.0.0.2: a client of its own, apart from the harness's pooled connections.
+async fn connect_from_elsewhere(addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    socket.connect(addr.parse().expect("addr")).await.expect("connect")
+}
+
+/// Consul's `http_max_conns_per_client`: a client holding the limit gets 429 on its next connection
+/// until one of its own closes; and a client that trickles its headers is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_over_its_connection_limit_gets_429_and_a_slow_one_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let flags = ["--http-max-conns-per-client", "3", "--http-read-header-timeout-ms", "1000"];
+    let c = Cluster::with_flags(1, 19720, 10_000, &flags);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let addr = c.servers[0].http.clone();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from_elsewhere(&addr).await;
+        let answer = raw_get(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(s);
+    }
+    let mut fourth = connect_from_elsewhere(&addr).await;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), fourth.read_to_string(&mut answer))
+        .await
+        .expect("closed")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("too many concurrent connections"), "{answer}");
+    // One of its connections closes: the next one is served.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect_from_elsewhere(&addr).await;
+        if raw_get(&mut s).await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    // Slowloris: headers started, never finished; the server hangs up after the timeout.
+    let mut slow = connect_from_elsewhere(&addr).await;
+    slow.write_all(b"GET /v1/status/leader HTTP/1.1\r\nHost: roster\r\n").await.expect("write");
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.expect("the server hangs up");
+    assert!(matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off after the timeout, not before");
+}

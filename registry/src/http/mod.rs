@@ -14,6 +14,7 @@ mod catalog;
 mod coordinate;
 mod event;
 mod kv;
+pub mod serve;
 mod session;
 mod snapshot;
 mod status;

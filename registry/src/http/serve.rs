@@ -1,0 +1,149 @@
+//! The HTTP API's listener: warp's routes served by hyper, with Consul's limits against a client
+//! that takes too much: at most `http_max_conns_per_client` open connections per client IP (Consul's
+//! default 200; a connection over it gets 429 and is closed, as Consul's connlimit answers), and a
+//! header read timeout, so a client that trickles its request headers (slowloris) is cut off.
+//! Stops gracefully: open requests finish, then their connections close.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use warp::Filter;
+
+/// Consul's answer on a connection over the limit.
+const TOO_MANY: &str = "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections one client IP may hold; 0: no limit.
+    pub max_conns_per_client: usize,
+    /// How long a client has to send a request's headers once it started one.
+    pub header_read_timeout: Duration,
+}
+
+/// Open connections by client IP.
+#[derive(Debug, Clone, Default)]
+pub struct ConnCounter(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One counted connection; uncounted when dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    counter: ConnCounter,
+    ip: IpAddr,
+}
+
+impl ConnCounter {
+    /// Counts a new connection from `ip`, or None when it already holds `max` (0: no limit).
+    pub fn acquire(&self, ip: IpAddr, max: usize) -> Option<ConnGuard> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnGuard { counter: self.clone(), ip })
+    }
+
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut open = self.counter.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Says a client went over the limit at most once a minute (it may retry in a tight loop).
+fn log_refusal(ip: IpAddr, max: usize) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    let swapped =
+        LAST.compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
+    if now >= last + 60 && swapped.is_ok() {
+        tracing::warn!(%ip, max, "a client holds http_max_conns_per_client connections: its new ones get 429 (logged once a minute)");
+    }
+}
+
+/// Serves `filter` on `listener` until `stop` completes.
+pub async fn serve<F>(listener: tokio::net::TcpListener, filter: F, limits: Limits, stop: impl Future<Output = ()>)
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let counter = ConnCounter::default();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Some(guard) = counter.acquire(peer.ip(), limits.max_conns_per_client) else {
+            log_refusal(peer.ip(), limits.max_conns_per_client);
+            tokio::spawn(async move {
+                let reply = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{TOO_MANY}",
+                    TOO_MANY.len()
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+        let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_per_client_and_released() {
+        let c = ConnCounter::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = c.acquire(a, 2).expect("1 of 2");
+        let second = c.acquire(a, 2).expect("2 of 2");
+        assert!(c.acquire(a, 2).is_none(), "a third from the same client");
+        let other = c.acquire(b, 2).expect("another client has its own count");
+        drop(first);
+        let again = c.acquire(a, 2).expect("a slot came free");
+        drop((second, again, other));
+        assert_eq!((c.open(a), c.open(b)), (0, 0));
+        let unlimited: Vec<ConnGuard> = (0..500).filter_map(|_| c.acquire(a, 0)).collect();
+        assert_eq!(unlimited.len(), 500, "0 means no limit");
+    }
+}
