@@ -33,6 +33,9 @@ pub struct Plan {
     pub catalog_instances: u64,
     pub catalog_clients: usize,
     pub catalog_read_clients: usize,
+    /// Clients of the 100-instance read over HTTP and DNS (resolvers are many: enough in flight to
+    /// load the server rather than wait on round trips).
+    pub dns_clients: usize,
     #[serde(serialize_with = "secs")]
     pub catalog_read_duration: Duration,
     pub watchers: Vec<usize>,
@@ -70,6 +73,7 @@ impl Plan {
             catalog_instances: 10_000,
             catalog_clients: 64,
             catalog_read_clients: 16,
+            dns_clients: 64,
             catalog_read_duration: Duration::from_secs(10),
             watchers: vec![1_000, 10_000],
             service_watchers: 1_000,
@@ -92,6 +96,7 @@ impl Plan {
             catalog_instances: 200,
             catalog_clients: 16,
             catalog_read_clients: 4,
+            dns_clients: 4,
             catalog_read_duration: Duration::from_secs(1),
             watchers: vec![50],
             service_watchers: 50,
@@ -341,7 +346,7 @@ async fn dns_vs_http(plan: &Plan, ctl: &reqwest::Client, leader: &str, s: &mut S
         let http: SocketAddr = leader.parse().context("the leader's HTTP address")?;
         crate::cluster::dns_addr(&crate::cluster::Member { http, peer: http })
     };
-    let clients = plan.catalog_read_clients;
+    let clients = plan.dns_clients;
     let spec = || LoadSpec { clients, duration: plan.catalog_read_duration, max_ops: u64::MAX, warmup: true };
     let addr = leader.to_string();
     let r = load::run(spec(), move |http, _, _| {

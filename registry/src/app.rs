@@ -134,7 +134,8 @@ impl App {
                     other => return other,
                 }
             }
-            match crate::cluster::forward_command(&self.http, &leader.rpc_addr, &cmd).await {
+            let cluster = self.sm.read(|s| s.cluster_id().map(str::to_string));
+            match crate::cluster::forward_command(&self.http, &leader.rpc_addr, cluster.as_deref(), &cmd).await {
                 Ok(Some(r)) => {
                     // Read-your-writes: do not answer before this server has applied the write.
                     let _ = tokio::time::timeout(Duration::from_secs(5), self.sm.wait_applied(r.0)).await;

@@ -174,16 +174,19 @@ async fn handle_forwarded_write(app: &App, cmd: Command) -> ForwardReply {
     }
 }
 
-/// Sends a command to the leader's RPC port.
-pub async fn forward_command(client: &reqwest::Client, rpc_addr: &str, cmd: &Command) -> ForwardReply {
+/// Sends a command to the leader's RPC port, with this server's cluster identity.
+pub async fn forward_command(
+    client: &reqwest::Client,
+    rpc_addr: &str,
+    cluster: Option<&str>,
+    cmd: &Command,
+) -> ForwardReply {
     let body = encode(cmd).map_err(|e| e.to_string())?;
-    let resp = client
-        .post(format!("http://{rpc_addr}/raft/write"))
-        .timeout(Duration::from_secs(30))
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("forwarding to leader {rpc_addr}: {e}"))?;
+    let mut request = client.post(format!("http://{rpc_addr}/raft/write")).timeout(Duration::from_secs(30)).body(body);
+    if let Some(id) = cluster {
+        request = request.header(CLUSTER_HEADER, id);
+    }
+    let resp = request.send().await.map_err(|e| format!("forwarding to leader {rpc_addr}: {e}"))?;
     let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
     decode::<ForwardReply>(&bytes).map_err(|e| e.to_string())?
 }
