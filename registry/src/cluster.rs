@@ -51,13 +51,7 @@ pub fn cluster_mismatch(ours: Option<&str>, theirs: Option<&str>) -> Option<Stri
 /// Logs a refusal at most once a minute (a stray server retries many times a second).
 fn log_refusal(reason: &str) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    if now >= last + 60
-        && LAST
-            .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
-            .is_ok()
-    {
+    if crate::telemetry::once_a_minute(&LAST) {
         tracing::warn!("server RPC {reason} (logged once a minute)");
     }
 }

@@ -142,11 +142,13 @@ impl<C: Catalog> Handler<C> {
         };
         let (mut answers, mut additionals, ttl, mut truncated) = match lookup {
             Lookup::Service { service, tag } => {
-                // Over UDP only `udp_answer_limit` instances fit: the catalog copies no more.
+                // Over UDP only `udp_answer_limit` SRV records fit, one per instance: the catalog
+                // copies no more. Address records are not one per instance (an IPv4 instance has no
+                // AAAA, and addresses are deduplicated), so those lookups take every instance.
                 let want = Want {
                     tag: tag.as_deref(),
                     only_passing: self.settings.only_passing,
-                    limit: udp.then_some(self.settings.udp_answer_limit),
+                    limit: (udp && qtype == "SRV").then_some(self.settings.udp_answer_limit),
                 };
                 let (entries, more) = match self.catalog.service(&service, &want).await {
                     Ok(e) => e,
@@ -446,6 +448,26 @@ mod tests {
         let node = answer_packet(&h, &query("n2.node.consul.", RecordType::A), true).await.unwrap();
         assert_eq!(Message::from_vec(&node).unwrap().answers.len(), 1);
         assert_eq!(answer_packet(&h, b"\x00\x01", true).await, None, "no header: dropped");
+    }
+
+    /// Found by CI: instances were picked for a UDP answer before knowing which ones have an
+    /// address of the asked type, so an IPv6 instance among more IPv4 ones than the UDP limit was
+    /// sometimes left out of an AAAA answer. Each try below failed with odds 1 in 2 before the fix.
+    #[tokio::test]
+    async fn an_address_lookup_over_udp_finds_the_one_instance_of_its_family() {
+        let instance = |node: &str, addr: &str| ServiceEntry {
+            node: Node { node: node.into(), address: addr.into(), ..Default::default() },
+            service: NodeService { id: format!("web-{node}"), service: "web".into(), port: 80, ..Default::default() },
+            checks: vec![HealthCheck { status: HealthStatus::Passing, ..Default::default() }],
+        };
+        let mut instances: Vec<ServiceEntry> =
+            (1..=5).map(|i| instance(&format!("v4-{i}"), &format!("10.0.0.{i}"))).collect();
+        instances.push(instance("v6", "fd00::6"));
+        let h = Handler::new(Arc::new(FixedCatalog { datacenter: "dc1".into(), instances }), DnsSettings::default());
+        for _ in 0..20 {
+            let answer = answer_packet(&h, &query("web.service.consul.", RecordType::AAAA), true).await.unwrap();
+            assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 1);
+        }
     }
 
     /// What the fuzz target does, briefly and deterministically: mangled queries never panic, and

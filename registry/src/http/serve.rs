@@ -67,11 +67,7 @@ impl Drop for ConnGuard {
 /// Says a client went over the limit at most once a minute (it may retry in a tight loop).
 fn log_refusal(ip: IpAddr, max: usize) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    let swapped =
-        LAST.compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
-    if now >= last + 60 && swapped.is_ok() {
+    if crate::telemetry::once_a_minute(&LAST) {
         tracing::warn!(%ip, max, "a client holds http_max_conns_per_client connections: its new ones get 429 (logged once a minute)");
     }
 }
