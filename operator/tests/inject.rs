@@ -136,8 +136,9 @@ async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
     // Only the issued CA is trusted: the handshake proves the chain and the name.
     let ca = reqwest::Certificate::from_pem(issued.ca_pem.as_bytes()).expect("ca");
     let https = reqwest::Client::builder().tls_certs_only([ca]).build().expect("client");
+    let sent = review.clone();
     let call = tokio::spawn(async move {
-        let r = https.post(format!("https://localhost:{port}/inject")).json(&review).send().await.expect("https");
+        let r = https.post(format!("https://localhost:{port}/inject")).json(&sent).send().await.expect("https");
         (r.status().as_u16(), r.json::<Value>().await.expect("json"))
     });
     serve(&mut api, Method::GET, "/api/v1/namespaces/roster/configmaps/roster-sidecar", |_| {
@@ -180,12 +181,26 @@ async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
         let r = https.post(format!("https://localhost:{port}/inject")).body("{}").send().await.expect("https");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     });
-    serve(&mut api, Method::GET, "/api/v1/namespaces/roster/configmaps/roster-sidecar", |_| {
-        (200, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "roster-sidecar"}}))
-    })
-    .await;
     let (status, text) = call.await.expect("join");
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("AdmissionReview"), "{text}");
+    // A pod that wants no sidecar is let through without reading the settings.
+    let plain = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "shop"},
+                       "spec": {"containers": [{"name": "db", "image": "db:1"}]}});
+    let mut no_sidecar = review.clone();
+    no_sidecar["request"]["object"] = plain;
+    let ca = reqwest::Certificate::from_pem(issued.ca_pem.as_bytes()).expect("ca");
+    let https = reqwest::Client::builder().tls_certs_only([ca]).build().expect("client");
+    // Nobody answers the mock API server here: a settings read would time this out.
+    let r = https
+        .post(format!("https://localhost:{port}/inject"))
+        .timeout(std::time::Duration::from_secs(5))
+        .json(&no_sidecar)
+        .send()
+        .await
+        .expect("answered without reading the settings");
+    let answer: Value = r.json().await.expect("json");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
     server.abort();
 }

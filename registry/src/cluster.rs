@@ -111,8 +111,8 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
     let cluster = warp::header::optional::<String>(CLUSTER_HEADER);
     let calls = rpc.and(cluster).and(with_app.clone()).and(body).then(
         |call: String, cluster: Option<String>, app: Arc<App>, body: Bytes| async move {
-            let ours = app.sm.read(|s| s.cluster_id().map(str::to_string));
-            if let Some(reason) = cluster_mismatch(ours.as_deref(), cluster.as_deref()) {
+            // On every append: compared under the read lock, nothing copied.
+            if let Some(reason) = app.sm.read(|s| cluster_mismatch(s.cluster_id(), cluster.as_deref())) {
                 log_refusal(&reason);
                 let mut r = warp::http::Response::new(Bytes::from(reason).into());
                 *r.status_mut() = warp::http::StatusCode::FORBIDDEN;
@@ -190,8 +190,7 @@ async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
     if !app.is_leader() {
         return Err("not the leader".into());
     }
-    let ours = app.sm.read(|s| s.cluster_id().map(str::to_string));
-    if let Some(reason) = cluster_mismatch(ours.as_deref(), req.cluster_id.as_deref()) {
+    if let Some(reason) = app.sm.read(|s| cluster_mismatch(s.cluster_id(), req.cluster_id.as_deref())) {
         tracing::warn!(node = %req.node.name, "join {reason}");
         return Err(format!("join of {} {reason}", req.node.name));
     }

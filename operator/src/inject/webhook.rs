@@ -17,10 +17,17 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::{DynamicObject, ObjectMeta};
 
 use super::certs::CertStore;
-use super::{patch_for, InjectSettings};
+use super::{patch_for, wants_sidecar, InjectSettings};
 
 /// Largest AdmissionReview read (a pod spec is far smaller; the API server caps objects at 3 MiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The request of an AdmissionReview of a pod; Err (answered 400) when the body is none.
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest<Pod>, String> {
+    let review: AdmissionReview<Pod> =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview of a pod: {e}"))?;
+    review.try_into().map_err(|_| "the AdmissionReview holds no request".to_string())
+}
 
 /// The AdmissionReview answering `body`: the pod's patch, or a denial naming the annotation that
 /// cannot be read; Err when the body is no AdmissionReview of a pod (answered 400).
@@ -29,11 +36,16 @@ pub fn review(
     in_labelled_namespace: bool,
     settings: &InjectSettings,
 ) -> Result<AdmissionReview<DynamicObject>, String> {
-    let review: AdmissionReview<Pod> =
-        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview of a pod: {e}"))?;
-    let request: AdmissionRequest<Pod> =
-        review.try_into().map_err(|_| "the AdmissionReview holds no request".to_string())?;
-    let response = AdmissionResponse::from(&request);
+    answer(&parse(body)?, in_labelled_namespace, settings)
+}
+
+/// The answer to one admission request.
+pub fn answer(
+    request: &AdmissionRequest<Pod>,
+    in_labelled_namespace: bool,
+    settings: &InjectSettings,
+) -> Result<AdmissionReview<DynamicObject>, String> {
+    let response = AdmissionResponse::from(request);
     let Some(pod) = &request.object else {
         return Ok(response.into_review());
     };
@@ -106,13 +118,6 @@ impl Source {
     }
 }
 
-/// The namespace and dry-run flag of a review, to prepare what its answer needs.
-fn peek(body: &[u8]) -> Option<(String, bool)> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let r = v.get("request")?;
-    Some((r.get("namespace")?.as_str()?.to_string(), r.get("dryRun").and_then(|d| d.as_bool()).unwrap_or(false)))
-}
-
 async fn handle(
     req: Request<Incoming>,
     base: Arc<InjectSettings>,
@@ -133,24 +138,38 @@ async fn handle(
             ))
         }
     };
-    let settings = match source.settings(&base).await {
-        Ok(s) => s,
-        // The API server then applies the webhook's failurePolicy.
-        Err(e) => {
-            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e}).to_string().into_bytes()))
-        }
+    let request = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": e}).to_string().into_bytes())),
     };
-    let answer = review(&body, labelled, &settings);
-    let patched = answer.as_ref().is_ok_and(|a| a.response.as_ref().is_some_and(|r| r.allowed && r.patch.is_some()));
-    if let (true, Some(secret), Some((namespace, false))) = (patched, &settings.gossip_key_secret, peek(&body)) {
-        if let Err(e) = source.copy_secret(secret, &namespace).await {
+    // Most pods get no sidecar: only those that do cost a read of the settings.
+    let wanted = request.object.as_ref().is_some_and(|p| wants_sidecar(p, labelled));
+    let settings = if wanted {
+        match source.settings(&base).await {
+            Ok(s) => s,
+            // The API server then applies the webhook's failurePolicy.
+            Err(e) => {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e}).to_string().into_bytes(),
+                ))
+            }
+        }
+    } else {
+        (*base).clone()
+    };
+    let reviewed = answer(&request, labelled, &settings);
+    let patched = reviewed.as_ref().is_ok_and(|a| a.response.as_ref().is_some_and(|r| r.allowed && r.patch.is_some()));
+    let namespace = request.namespace.as_deref().filter(|_| !request.dry_run);
+    if let (true, Some(secret), Some(namespace)) = (patched, &settings.gossip_key_secret, namespace) {
+        if let Err(e) = source.copy_secret(secret, namespace).await {
             return Ok(reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": e}).to_string().into_bytes(),
             ));
         }
     }
-    Ok(match answer {
+    Ok(match reviewed {
         Ok(answer) => reply(StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default()),
         Err(e) => reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": e}).to_string().into_bytes()),
     })
