@@ -2,19 +2,24 @@
 # The project's test command (the README's and CI's): lint, unit and integration tests (server
 # clusters, and servers with sidecars), then the Consul-client compatibility suite against a dev
 # server, an ACL-enabled one, a sidecar and a 3-server cluster, the Helm chart checks (helm and
-# kubernetes-validate from PyPI), the benchmark harnesses in smoke mode, and 90 s of fuzzing (two targets).
+# kubernetes-validate from PyPI), the web UI in headless Chromium, the benchmark harnesses in smoke mode,
+# and 90 s of fuzzing (two targets).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Prerequisites, installed once (Debian; as root, or with sudo available):
 # python3-venv for the Consul-client suite, etcd 3.4 for the benchmark harness, dnsutils (dig) for
-# the DNS tests, cargo-fuzz.
+# the DNS tests, Chromium and Node.js for the UI's browser tests, cargo-fuzz.
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # dig, for the DNS interface's tests (as resolvers' users check it).
 command -v dig >/dev/null 2>&1 || missing+=(dnsutils)
+# Chromium, Node.js and npm, for the web UI's browser tests (e2e/ui).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     sudo_if_needed apt-get update -qq
@@ -126,6 +131,11 @@ else
     echo "(skipped: ../shared/consul-compat is not beside this checkout; not counted as passed)"
     skipped=$((skipped + 1)); stages=$((stages - 1))
 fi
+
+stage "Web UI in headless Chromium against roster dev servers and a sidecar (e2e/ui)"
+# playwright-core drives Debian's Chromium; its exact version is in e2e/ui/package-lock.json.
+(cd e2e/ui && npm ci --no-audit --no-fund --loglevel=error)
+node --test e2e/ui/test.mjs
 
 stage "Helm chart: lint --strict (helm 3 and 4), values schema, kubernetes-validate --strict of every rendered object"
 bash e2e/chart/check.sh

@@ -59,3 +59,5 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "agent")]
 pub mod web;
+#[cfg(feature = "ui")]
+pub mod ui;

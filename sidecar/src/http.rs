@@ -49,7 +49,9 @@ pub fn routes(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     use warp::Reply;
     let monitor = registry::agent::api::monitor_route(ctx.clone());
-    monitor.or(api_routes(ctx).map(|r: Resp| r.into_response())).unify()
+    // The web UI's paths first: they are GETs of `/` and `/ui/...`, which the API does not serve.
+    let ui = registry::ui::routes().map(|r: Resp| r.into_response());
+    ui.or(monitor).unify().or(api_routes(ctx).map(|r: Resp| r.into_response())).unify()
 }
 
 /// Every route but the streamed `/v1/agent/monitor`.

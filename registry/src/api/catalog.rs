@@ -296,3 +296,20 @@ pub struct DeregisterRequest {
     #[serde(rename = "CheckID")]
     pub check_id: Option<String>,
 }
+
+/// One line of `/v1/internal/ui/services`: a service with its instance and check counts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceSummary {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    pub name: String,
+    pub datacenter: String,
+    pub tags: Vec<String>,
+    pub nodes: Vec<String>,
+    pub external_sources: Vec<String>,
+    pub instance_count: usize,
+    pub checks_passing: usize,
+    pub checks_warning: usize,
+    pub checks_critical: usize,
+}

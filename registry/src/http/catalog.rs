@@ -13,7 +13,7 @@ use crate::app::{now_ms, App};
 use crate::filter::Filter;
 use crate::state::{Command, CommandResult, State, Table, WatchKey};
 
-fn get_only(req: &Req) -> Result<(), ApiError> {
+pub(super) fn get_only(req: &Req) -> Result<(), ApiError> {
     if req.method == Method::GET {
         Ok(())
     } else {
@@ -31,7 +31,7 @@ fn has_tags(tags: &[String], wanted: &[String]) -> bool {
 
 /// Runs a (possibly blocking) read and answers it with the query headers. The query gets the
 /// caller's authorizer, resolved again on every wake, and says whether it dropped anything.
-async fn read<T: Body>(
+pub(super) async fn read<T: Body>(
     app: &Arc<App>,
     req: &Req,
     keys: impl Fn() -> Vec<WatchKey>,
@@ -53,7 +53,7 @@ async fn read<T: Body>(
 }
 
 /// An answer body: any serializable value, or JSON already encoded under the state's read lock.
-trait Body {
+pub(super) trait Body {
     fn into_response(self) -> super::Resp;
 }
 

@@ -13,6 +13,7 @@ mod blocking;
 mod catalog;
 mod coordinate;
 mod event;
+mod internal_ui;
 mod kv;
 pub mod serve;
 mod session;
@@ -123,6 +124,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/event/fire",
         "/v1/event/list",
         "/v1/coordinate",
+        "/v1/internal/ui/services",
         "/v1/agent/maintenance",
         "/readyz",
     ];
@@ -156,6 +158,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "operator" => status::handle_operator(app, req, tail).await,
         "acl" => acl::handle(app, req, tail).await,
         "internal" if tail == "acl/rules" && req.method == Method::GET => acl::effective_rules(app, req),
+        "internal" if tail.starts_with("ui/") => internal_ui::handle(app, req, &tail["ui/".len()..]).await,
         "snapshot" if tail.is_empty() => snapshot::handle(app, req).await,
         "event" => event::handle(app, req, tail).await,
         "coordinate" => coordinate::handle(app, req, tail).await,
@@ -254,7 +257,9 @@ pub fn routes(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     use warp::Reply;
     let monitor = crate::agent::api::monitor_route(Arc::new(agent::ServerHost(app.clone())));
-    monitor.or(api_routes(app).map(|r: Resp| r.into_response())).unify()
+    // The web UI's paths first: they are GETs of `/` and `/ui/...`, which the API does not serve.
+    let ui = crate::ui::routes().map(|r: Resp| r.into_response());
+    ui.or(monitor).unify().or(api_routes(app).map(|r: Resp| r.into_response())).unify()
 }
 
 /// Every route but the streamed `/v1/agent/monitor`.

@@ -1,11 +1,11 @@
 //! Catalog: nodes, service instances and health checks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{CommandResult, State, Table, Touched, WatchKey};
 use crate::api::{
     CatalogNode, CatalogService, DeregisterRequest, HealthCheck, HealthStatus, Node, NodeService, RegisterRequest,
-    ServiceEntry, ServiceEntryRef,
+    ServiceEntry, ServiceEntryRef, ServiceSummary,
 };
 
 impl State {
@@ -415,6 +415,48 @@ impl State {
     }
 
     /// `/v1/health/state/:state`; `any` lists every check.
+    /// Every service's summary, by name. A check is counted once per service even when several of the
+    /// service's instances share it (a node-level check of a node running two instances), as Consul counts.
+    pub fn service_summaries(&self, datacenter: &str) -> Vec<ServiceSummary> {
+        let (_, names) = self.catalog_services();
+        names
+            .into_keys()
+            .map(|name| {
+                let (_, instances) = self.health_service_refs(&name);
+                let mut tags = BTreeSet::new();
+                let mut nodes = BTreeSet::new();
+                let mut sources = BTreeSet::new();
+                let mut checks: BTreeMap<(&str, &str), HealthStatus> = BTreeMap::new();
+                let mut kind = String::new();
+                for e in &instances {
+                    tags.extend(e.service.tags.iter().cloned());
+                    nodes.insert(e.node.node.clone());
+                    if let Some(src) = e.service.meta.as_ref().and_then(|m| m.get("external-source")) {
+                        sources.insert(src.clone());
+                    }
+                    kind.clone_from(&e.service.kind);
+                    for c in &e.checks {
+                        checks.insert((c.node.as_str(), c.check_id.as_str()), c.status);
+                    }
+                }
+                let count = |want: &[HealthStatus]| checks.values().filter(|s| want.contains(s)).count();
+                ServiceSummary {
+                    kind,
+                    name,
+                    datacenter: datacenter.to_string(),
+                    tags: tags.into_iter().collect(),
+                    nodes: nodes.into_iter().collect(),
+                    external_sources: sources.into_iter().collect(),
+                    instance_count: instances.len(),
+                    checks_passing: count(&[HealthStatus::Passing]),
+                    checks_warning: count(&[HealthStatus::Warning]),
+                    // Maintenance is critical to every reader of health.
+                    checks_critical: count(&[HealthStatus::Critical, HealthStatus::Maintenance]),
+                }
+            })
+            .collect()
+    }
+
     pub fn checks_in_state(&self, state: Option<HealthStatus>) -> (u64, Vec<HealthCheck>) {
         let list = self
             .checks

@@ -1672,3 +1672,33 @@ fn the_first_cluster_identity_stays_and_a_restored_snapshot_does_not_bring_its_o
     h.apply(Command::Restore { archive });
     assert_eq!(h.st.cluster_id(), Some("ours"), "the data is restored, the identity kept");
 }
+
+/// The UI's services page: instances, nodes and tags per service, and each check counted once even
+/// when two instances on one node share its node-level check (as Consul's `internal/ui/services`).
+#[test]
+fn service_summaries_count_instances_and_each_check_once() {
+    let mut h = Harness::new();
+    h.node("n1", "10.0.0.1");
+    h.node("n2", "10.0.0.2");
+    for (node, addr, id, tags, status) in [
+        ("n1", "10.0.0.1", "web-1", &["v1"][..], HealthStatus::Passing),
+        ("n1", "10.0.0.1", "web-2", &["v2"][..], HealthStatus::Warning),
+        ("n2", "10.0.0.2", "web-3", &["v1"][..], HealthStatus::Critical),
+        ("n2", "10.0.0.2", "db-1", &[][..], HealthStatus::Passing),
+    ] {
+        let name = id.split('-').next().unwrap_or_default();
+        assert_eq!(h.register(svc_req(node, addr, id, name, tags, status)), CommandResult::Bool(true));
+    }
+    let all = h.st.service_summaries("dc1");
+    let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["db", "web"]);
+    let web = &all[1];
+    assert_eq!(web.instance_count, 3);
+    assert_eq!(web.nodes, ["n1", "n2"]);
+    assert_eq!(web.tags, ["v1", "v2"]);
+    assert_eq!(web.datacenter, "dc1");
+    // serfHealth of n1 and of n2 once each, web-1's check: 3 passing; web-2's: warning; web-3's: critical.
+    assert_eq!((web.checks_passing, web.checks_warning, web.checks_critical), (3, 1, 1));
+    let db = &all[0];
+    assert_eq!((db.instance_count, db.checks_passing, db.checks_warning, db.checks_critical), (1, 2, 0, 0));
+}
