@@ -22,6 +22,7 @@ const DEV = "127.0.0.1:17850";
 const SIDECAR = "127.0.0.1:17854";
 const ACL = "127.0.0.1:17860";
 const FLAKY = "127.0.0.1:17870";
+const DC2 = "127.0.0.1:17880";
 const MANAGEMENT = randomUUID();
 
 const children = [];
@@ -97,10 +98,15 @@ async function seed(addr, token) {
 }
 
 before(async () => {
-  const dev = devServer(DEV, "127.0.0.1:17851", ["--gossip-addr", "127.0.0.1:17852"]);
+  const dev = devServer(DEV, "127.0.0.1:17851", ["--gossip-addr", "127.0.0.1:17852", "--wan-addr", "127.0.0.1:17855"]);
+  // A second datacenter, joined to the first over the WAN pool: the datacenter switcher.
+  const dc2 = devServer(DC2, "127.0.0.1:17881", ["--gossip-addr", "off", "--datacenter", "dc2", "--wan-addr", "127.0.0.1:17882", "--retry-join-wan", "127.0.0.1:17855"]);
   const acl = devServer(ACL, "127.0.0.1:17861", ["--gossip-addr", "off", "--acl-enabled", "--acl-default-policy", "deny", "--acl-initial-management", MANAGEMENT]);
   await ready(DEV, dev);
   await ready(ACL, acl, MANAGEMENT);
+  await ready(DC2, dc2);
+  await api(DC2, "/v1/agent/service/register", { method: "PUT", body: { Name: "only-in-dc2", Port: 2 } });
+  await eventually("dc2 in dc1's list of datacenters", async () => (await api(DEV, "/v1/catalog/datacenters")).data.length === 2);
   const sidecar = start(SIDECAR_BIN, ["--node-name", "pod-ui", "--address", "127.0.0.1", "--servers", DEV, "--gossip-addr", "127.0.0.1:17853", "--gossip-seeds", "127.0.0.1:17852", "--http-addr", SIDECAR, "--dns-addr", "off"]);
   await seed(DEV);
   await seed(ACL, MANAGEMENT);
@@ -358,6 +364,25 @@ test("with ACLs: a denied read asks for a token, a token shows only what it may 
   // The token the page made reads what its policy allows, and nothing else.
   assert.equal((await api(ACL, "/v1/kv/app/config.json", { token: secret })).status, 200);
   assert.equal((await api(ACL, "/v1/kv/team/owner", { token: secret })).status, 403);
+  await close(page);
+});
+
+test("the datacenter switcher shows another datacenter's catalog through this server", async () => {
+  const page = await open("/ui/dc1/services");
+  await page.getByRole("link", { name: "cache", exact: true }).waitFor();
+  const select = page.getByLabel("Datacenter");
+  assert.equal(await select.isEnabled(), true);
+  assert.deepEqual(await select.locator("option").allTextContents(), ["dc1", "dc2"]);
+  await select.selectOption("dc2");
+  await page.waitForURL("**/ui/dc2/services");
+  await page.getByRole("link", { name: "only-in-dc2" }).waitFor();
+  assert.equal(await page.getByRole("link", { name: "cache", exact: true }).count(), 0);
+  // Live there too: a registration in dc2 shows up through dc1's server.
+  await api(DC2, "/v1/agent/service/register", { method: "PUT", body: { Name: "new-in-dc2", Port: 3 } });
+  await page.getByRole("link", { name: "new-in-dc2" }).waitFor({ timeout: 10000 });
+  await page.getByRole("link", { name: "Key/Value" }).click();
+  await page.waitForURL("**/ui/dc2/kv");
+  await page.getByText("The store is empty.").waitFor();
   await close(page);
 });
 

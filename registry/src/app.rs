@@ -59,6 +59,8 @@ pub struct App {
     pub removed_servers: Mutex<std::collections::BTreeSet<String>>,
     /// This server's place in the LAN gossip pool, when gossip is on.
     pub gossip: Option<Arc<crate::gossip::Membership>>,
+    /// This server's place in the WAN pool of every datacenter's servers, when it has one.
+    pub wan: Option<Arc<crate::wan::Wan>>,
     pub shutdown: watch::Sender<bool>,
     /// `/v1/agent/leave` asks the process to leave and stop, as a signal would.
     pub leave: tokio::sync::Notify,

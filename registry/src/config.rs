@@ -58,6 +58,14 @@ pub struct Config {
     /// The pool's gossip encryption key (Consul's `encrypt`: 32 bytes, base64; `roster keygen` makes
     /// one). Every member of a pool needs the same key; None: plaintext gossip.
     pub gossip_key: Option<String>,
+    /// WAN gossip listener (UDP; Consul's serf_wan port is 8302): the pool of every datacenter's
+    /// servers. None: this datacenter alone.
+    pub wan_addr: Option<SocketAddr>,
+    /// WAN address other datacenters' servers dial (when listening on 0.0.0.0).
+    pub wan_advertise: Option<SocketAddr>,
+    /// WAN addresses (host:port, DNS names allowed) of servers of other datacenters (Consul's
+    /// `retry_join_wan`).
+    pub retry_join_wan: Vec<String>,
     /// A member failed this long is removed from the catalog (Consul's `reconnect_timeout`, 72 h).
     pub reap_after_secs: u64,
     /// Lets the agent API register script (`Args`) checks, which run commands on this server
@@ -105,6 +113,9 @@ impl Default for Config {
             gossip_interval_ms: crate::gossip::DEFAULT_INTERVAL_MS,
             gossip_phi_threshold: crate::gossip::DEFAULT_PHI_THRESHOLD,
             gossip_key: None,
+            wan_addr: None,
+            wan_advertise: None,
+            retry_join_wan: Vec::new(),
             reap_after_secs: 72 * 3600,
             enable_script_checks: false,
             dns_addr: None,
@@ -151,6 +162,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(key) = &self.gossip_key {
             crate::gossip::GossipKey::parse(key)?;
+        }
+        // Consul's rule: datacenter names go into DNS names (`web.service.dc2.consul`).
+        if self.datacenter.is_empty()
+            || !self.datacenter.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "datacenter {:?}: use lowercase letters, digits, - and _ (it is part of DNS names)",
+                self.datacenter
+            ));
+        }
+        if !self.retry_join_wan.is_empty() && self.wan_addr.is_none() {
+            return Err("retry_join_wan needs wan_addr: the WAN pool is joined from this server's WAN address".into());
         }
         if self.node_name.is_empty() {
             return Err("node_name must not be empty".into());
@@ -224,6 +247,14 @@ pub struct ServerArgs {
     /// Gossip encryption key; prefer the environment (from a Kubernetes Secret): flags show in `ps`.
     #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
     pub gossip_key: Option<String>,
+    /// WAN gossip address (UDP; Consul's 8302) for joining other datacenters' servers.
+    #[arg(long, env = "ROSTER_WAN_ADDR")]
+    pub wan_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_WAN_ADVERTISE")]
+    pub wan_advertise: Option<SocketAddr>,
+    /// WAN addresses of other datacenters' servers; repeatable, or comma-separated in ROSTER_RETRY_JOIN_WAN.
+    #[arg(long, env = "ROSTER_RETRY_JOIN_WAN", value_delimiter = ',')]
+    pub retry_join_wan: Vec<String>,
     #[arg(long, env = "ROSTER_REAP_AFTER_SECS")]
     pub reap_after_secs: Option<u64>,
     /// Allow script (`Args`) checks through the agent API (they run commands on this server).
@@ -304,6 +335,15 @@ impl ServerArgs {
         }
         if !self.retry_join.is_empty() {
             c.retry_join = self.retry_join;
+        }
+        if self.wan_addr.is_some() {
+            c.wan_addr = self.wan_addr;
+        }
+        if self.wan_advertise.is_some() {
+            c.wan_advertise = self.wan_advertise;
+        }
+        if !self.retry_join_wan.is_empty() {
+            c.retry_join_wan = self.retry_join_wan;
         }
         (c.dns_addr, c.dns_addr_optional) = crate::dns::choose_addr(self.dns_addr.as_deref(), c.dns_addr, c.http_addr)?;
         if !self.recursors.is_empty() {

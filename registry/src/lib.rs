@@ -61,3 +61,5 @@ pub mod telemetry;
 pub mod web;
 #[cfg(feature = "ui")]
 pub mod ui;
+#[cfg(feature = "server")]
+pub mod wan;

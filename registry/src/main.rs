@@ -31,6 +31,15 @@ struct DevArgs {
     /// LAN gossip address sidecars join ("off" for none).
     #[arg(long, default_value = "127.0.0.1:8301")]
     gossip_addr: String,
+    /// This server's datacenter.
+    #[arg(long, default_value = "dc1")]
+    datacenter: String,
+    /// WAN gossip address, to join other datacenters' servers ("off", the default, for none).
+    #[arg(long, default_value = "off")]
+    wan_addr: String,
+    /// WAN addresses of other datacenters' servers; repeatable or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    retry_join_wan: Vec<String>,
     /// Enforce ACLs (off by default, as in `consul agent -dev`).
     #[arg(long)]
     acl_enabled: bool,
@@ -55,6 +64,14 @@ struct DevArgs {
     recursors: Vec<String>,
 }
 
+/// A listener address, or "off" for none.
+fn address_or_off(flag: &str, value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match value {
+        "off" => Ok(None),
+        a => a.parse().map(Some).map_err(|e| format!("{flag} {a:?}: {e}")),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
@@ -70,6 +87,9 @@ fn main() -> std::process::ExitCode {
                 dns_addr,
                 domain,
                 recursors,
+                datacenter,
+                wan_addr,
+                retry_join_wan,
             } = *dev;
             let dns = registry::dns::choose_addr(dns_addr.as_deref(), None, http_addr).and_then(|a| {
                 Ok((
@@ -85,17 +105,18 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            let gossip_addr = match gossip_addr.as_str() {
-                "off" => None,
-                a => match a.parse() {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        eprintln!("roster: --gossip-addr {a:?}: {e}");
+            let (gossip_addr, wan_addr) =
+                match (address_or_off("--gossip-addr", &gossip_addr), address_or_off("--wan-addr", &wan_addr)) {
+                    (Ok(g), Ok(w)) => (g, w),
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("roster: {e}");
                         return std::process::ExitCode::from(2);
                     }
-                },
-            };
+                };
             let c = Config {
+                datacenter,
+                wan_addr,
+                retry_join_wan,
                 gossip_addr,
                 http_addr,
                 rpc_addr,

@@ -251,6 +251,10 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         }
         None => None,
     };
+    let wan = match config.wan_addr {
+        Some(addr) => Some(Arc::new(crate::wan::Wan::start(&config, &me, addr).await?)),
+        None => None,
+    };
     let http = crate::client::http_builder().build()?;
     let metrics = Metrics::new();
     let node = crate::agent::NodeInfo {
@@ -277,6 +281,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         server_stability: Mutex::new(Default::default()),
         removed_servers: Mutex::new(Default::default()),
         gossip: gossip.clone(),
+        wan,
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
         events: Default::default(),
@@ -338,6 +343,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
 async fn start_gossip(config: &Config, me: &ServerNode, addr: SocketAddr) -> anyhow::Result<crate::gossip::Membership> {
     let host = me.rpc_addr.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(me.rpc_addr.clone());
     crate::gossip::Joining {
+        pool: crate::gossip::Pool::Lan,
         name: me.name.clone(),
         address: host,
         datacenter: config.datacenter.clone(),
@@ -365,6 +371,9 @@ pub async fn stop(app: Arc<App>, tasks: Tasks) {
     let _ = app.shutdown.send(true);
     if let Some(g) = &app.gossip {
         let _ = g.leave().await;
+    }
+    if let Some(w) = &app.wan {
+        let _ = w.membership().leave().await;
     }
     // In-flight blocking queries may wait minutes: give everything 3 s, then cut it off.
     let aborts: Vec<_> = tasks.handles.iter().map(|h| h.abort_handle()).collect();

@@ -71,6 +71,9 @@ pub enum ApiError {
     /// This server is not the leader: forward the request.
     #[error("not the leader")]
     NotLeader,
+    /// The request is for another datacenter: forward it to one of its servers.
+    #[error("No path to datacenter {0:?}")]
+    OtherDatacenter(String),
 }
 
 impl ApiError {
@@ -84,6 +87,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) | ApiError::NoLeader | ApiError::NotLeader => StatusCode::INTERNAL_SERVER_ERROR,
+            // Answered so only where nothing forwards (a server without a WAN pool forwards nowhere).
+            ApiError::OtherDatacenter(_) => StatusCode::BAD_REQUEST,
         }
     }
 

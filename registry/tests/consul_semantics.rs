@@ -212,7 +212,9 @@ async fn maintenance_agent_stats_autopilot_and_foreign_datacenters() {
     assert_eq!(s, 400, "a bad duration is the client's mistake");
 
     let (s, body) = call(&http, "PUT", format!("{b}/catalog/deregister"), r#"{"Node":"n","Datacenter":"dc2"}"#).await;
-    assert_eq!((s, body.as_str()), (400, Some("No path to datacenter \"dc2\"")));
+    // A server in no WAN pool knows no other datacenter: the client's mistake, named.
+    assert_eq!(s, 400);
+    assert!(body.as_str().is_some_and(|b| b.starts_with("No path to datacenter \"dc2\"")), "{body}");
     let (s, _) = call(&http, "GET", format!("{b}/catalog/nodes?dc=dc2"), "").await;
     assert_eq!(s, 400);
 }

@@ -225,6 +225,7 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
 
 async fn start_gossip(config: &Config, addr: SocketAddr) -> anyhow::Result<Membership> {
     registry::gossip::Joining {
+        pool: registry::gossip::Pool::Lan,
         name: config.node_name.clone(),
         address: config.address.clone(),
         datacenter: config.datacenter.clone(),

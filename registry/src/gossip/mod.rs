@@ -38,6 +38,8 @@ pub const KEY_LEFT: &str = "left";
 pub const KEY_COORD: &str = "coord";
 /// A server's Raft RPC address (host:port): how the leader adds it back to the configuration.
 pub const KEY_RPC: &str = "rpc";
+/// A WAN member's HTTP API address, where requests for its datacenter are forwarded.
+pub const KEY_HTTP: &str = "http";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -140,6 +142,17 @@ pub fn cluster_id(datacenter: &str) -> String {
     format!("roster-{datacenter}")
 }
 
+/// Which pool a member joins: its datacenter's LAN pool (servers and sidecars), or the WAN pool of
+/// every datacenter's servers (Consul's serf_wan), whose members are named `node.dc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    Lan,
+    Wan,
+}
+
+/// The WAN pool's chitchat cluster: one for all datacenters.
+pub const WAN_CLUSTER_ID: &str = "roster-wan";
+
 /// Everything the pool knows, by node name: live members, members the failure detector gave up on,
 /// and members that announced a clean leave.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -195,6 +208,7 @@ pub struct MembershipConfig {
 
 /// What a server or sidecar says about itself to join its datacenter's pool over UDP.
 pub struct Joining {
+    pub pool: Pool,
     pub name: String,
     /// The node's address in the catalog (pod IP).
     pub address: String,
@@ -228,7 +242,10 @@ impl Joining {
             gossip_addr: bind,
             advertise_addr: self.advertise,
             seeds: self.seeds,
-            cluster_id: cluster_id(&self.datacenter),
+            cluster_id: match self.pool {
+                Pool::Lan => cluster_id(&self.datacenter),
+                Pool::Wan => WAN_CLUSTER_ID.to_string(),
+            },
             gossip_interval: self.interval,
             failure_detector: failure_detector(self.interval, self.phi_threshold),
         };
@@ -435,9 +452,14 @@ impl Membership {
 
     /// The RPC addresses the live servers announced, by node name.
     pub async fn server_rpc_addrs(&self) -> BTreeMap<String, String> {
+        self.announced(KEY_RPC).await
+    }
+
+    /// What the live members announced under `key`, by node name.
+    pub async fn announced(&self, key: &str) -> BTreeMap<String, String> {
         let guard = self.chitchat.lock().await;
         let live: BTreeMap<ChitchatId, NodeState> = guard.live_nodes_watcher().borrow().clone();
-        live.iter().filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(KEY_RPC)?.to_string()))).collect()
+        live.iter().filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(key)?.to_string()))).collect()
     }
 
     /// This member's network coordinate.

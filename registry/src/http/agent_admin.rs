@@ -25,6 +25,9 @@ fn host_port(addr: &str) -> (&str, u16) {
 /// Consul's LAN members list (`?wan=1`: the WAN pool, whose members are named `node.dc`). The
 /// servers are the Raft members; with gossip on, live clients (sidecars) of the pool join them.
 pub async fn members(app: &App, wan: bool) -> Vec<AgentMember> {
+    if let (true, Some(pool)) = (wan, &app.wan) {
+        return wan_members(app, pool).await;
+    }
     let m = app.raft.metrics().borrow().clone();
     let dc = &app.config.datacenter;
     let mut out: Vec<AgentMember> = m
@@ -163,4 +166,24 @@ pub fn reload(app: &App) -> Result<(), ApiError> {
         tracing::info!(file = %path.display(), "configuration reloaded; addresses and storage apply at the next restart");
     }
     Ok(())
+}
+
+/// `/v1/agent/members?wan=1` with a WAN pool: every datacenter's servers, named `node.dc`, with
+/// Serf's status (alive, left, failed) and their WAN gossip address.
+async fn wan_members(app: &App, pool: &crate::wan::Wan) -> Vec<AgentMember> {
+    pool.members()
+        .await
+        .into_iter()
+        .map(|(m, status)| {
+            let tags = BTreeMap::from([
+                ("acls".to_string(), if app.config.acl_enabled { "1" } else { "0" }.to_string()),
+                ("build".to_string(), format!("{}:roster", m.version)),
+                ("dc".to_string(), m.datacenter.clone()),
+                ("role".to_string(), "consul".to_string()),
+                ("segment".to_string(), String::new()),
+                ("vsn".to_string(), "2".to_string()),
+            ]);
+            AgentMember::new(m.name.clone(), m.gossip_addr.ip().to_string(), m.gossip_addr.port(), tags, status)
+        })
+        .collect()
 }

@@ -115,7 +115,11 @@ pub async fn handle_catalog(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult 
         "deregister" => deregister(app, req).await,
         "datacenters" => {
             get_only(req)?;
-            Ok(ok_json(&[&app.config.datacenter]))
+            let own = &app.config.datacenter;
+            Ok(ok_json(&match &app.wan {
+                Some(wan) => wan.datacenters(own).await,
+                None => vec![own.clone()],
+            }))
         }
         "nodes" => {
             get_only(req)?;

@@ -66,11 +66,11 @@ pub fn with_consistency(mut resp: Resp, opts: &QueryOpts) -> Resp {
     resp
 }
 
-/// A request for another datacenter (`?dc=`, or `Datacenter` in a catalog write's body): Roster
-/// knows only its own yet. Consul answers 500 "No path to datacenter"; a 400 names the mistake.
+/// A request for another datacenter (`?dc=`, or `Datacenter` in a catalog write's body) is
+/// forwarded there by `serve` (see `to_datacenter`).
 pub fn check_datacenter(app: &App, dc: Option<&str>) -> Result<(), ApiError> {
     match dc.filter(|d| !d.is_empty()) {
-        Some(dc) if dc != app.config.datacenter => Err(ApiError::BadRequest(format!("No path to datacenter {dc:?}"))),
+        Some(dc) if dc != app.config.datacenter => Err(ApiError::OtherDatacenter(dc.to_string())),
         _ => Ok(()),
     }
 }
@@ -193,6 +193,10 @@ pub async fn serve(app: Arc<App>, req: Req) -> Resp {
                     break;
                 }
             },
+            Err(ApiError::OtherDatacenter(dc)) => {
+                resp = Some(to_datacenter(&app, &dc, &req).await);
+                break;
+            }
             Err(e) => {
                 resp = Some(e.into_resp());
                 break;
@@ -206,10 +210,52 @@ pub async fn serve(app: Arc<App>, req: Req) -> Resp {
     resp
 }
 
+/// Forwards a request for `dc` to its nearest live server, the next one when a server cannot be
+/// connected to (nothing was sent: safe for writes too). Consul answers an unknown datacenter with
+/// 500 "No path to datacenter"; here the client's mistake is a 400 and an unreachable one a 503.
+async fn to_datacenter(app: &App, dc: &str, req: &Req) -> Resp {
+    let Some(wan) = &app.wan else {
+        return text(StatusCode::BAD_REQUEST, format!("No path to datacenter {dc:?}: this server is in no WAN pool"));
+    };
+    let servers = match wan.route(dc).await {
+        crate::wan::Route::Servers(s) => s,
+        crate::wan::Route::Unknown => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("No path to datacenter {dc:?}: no server of it is in the WAN pool"),
+            )
+        }
+        crate::wan::Route::Unreachable => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("No path to datacenter {dc:?}: none of its servers is reachable"),
+            )
+        }
+    };
+    let mut last = String::new();
+    for addr in &servers {
+        match send(app, addr, req, false).await {
+            Ok(resp) => return resp,
+            Err(e) if e.is_connect() => last = format!("{addr}: {e}"),
+            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("forwarding to datacenter {dc:?} ({addr}): {e}")),
+        }
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, format!("No path to datacenter {dc:?}: no server answered ({last})"))
+}
+
 async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
+    match send(app, leader_http, req, true).await {
+        Ok(resp) => resp,
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding to leader {leader_http}: {e}")),
+    }
+}
+
+/// Sends `req` as it came to the server at `http_addr` and returns its answer with Consul's
+/// headers. `to_leader` marks it forwarded, so that two servers disagreeing on the leader cannot loop.
+async fn send(app: &App, http_addr: &str, req: &Req, to_leader: bool) -> Result<Resp, reqwest::Error> {
     const PATH: &percent_encoding::AsciiSet =
         &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>');
-    let mut url = format!("http://{leader_http}{}", percent_encoding::utf8_percent_encode(&req.path, PATH));
+    let mut url = format!("http://{http_addr}{}", percent_encoding::utf8_percent_encode(&req.path, PATH));
     if !req.raw_query.is_empty() {
         url.push('?');
         url.push_str(&req.raw_query);
@@ -223,28 +269,22 @@ async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
             builder = builder.header(name, value);
         }
     }
-    builder = builder.header(FORWARDED, "1");
-    match builder.send().await {
-        Ok(r) => {
-            let status = r.status();
-            let headers = r.headers().clone();
-            match r.bytes().await {
-                Ok(body) => {
-                    let mut out = warp::http::Response::new(body);
-                    *out.status_mut() = status;
-                    for (name, value) in headers.iter() {
-                        let n = name.as_str();
-                        if n.starts_with("x-consul-") || n == "content-type" {
-                            out.headers_mut().insert(name.clone(), value.clone());
-                        }
-                    }
-                    out
-                }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding to leader: {e}")),
-            }
-        }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding to leader {leader_http}: {e}")),
+    if to_leader {
+        builder = builder.header(FORWARDED, "1");
     }
+    let r = builder.send().await?;
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.bytes().await?;
+    let mut out = warp::http::Response::new(body);
+    *out.status_mut() = status;
+    for (name, value) in headers.iter() {
+        let n = name.as_str();
+        if n.starts_with("x-consul-") || n == "content-type" {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug)]
