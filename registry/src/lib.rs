@@ -50,6 +50,8 @@ pub mod http;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod prepared_query;
+#[cfg(feature = "server")]
 pub mod proposer;
 #[cfg(feature = "server")]
 pub mod reconcile;
@@ -57,9 +59,9 @@ pub mod reconcile;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod telemetry;
-#[cfg(feature = "agent")]
-pub mod web;
 #[cfg(feature = "ui")]
 pub mod ui;
 #[cfg(feature = "server")]
 pub mod wan;
+#[cfg(feature = "agent")]
+pub mod web;

@@ -193,6 +193,29 @@ async fn two_datacenters_see_each_other_and_serve_each_others_requests() {
     assert_eq!(json(&body)[0]["Node"]["Node"], "db-host");
     assert_eq!(json(&f.get(0, "/v1/health/service/db").await.1), serde_json::json!([]));
 
+    // A prepared query fails over: dc1's only db instance is critical, so dc2 answers, and says so.
+    let local = r#"{"Node":"db-local","Address":"10.1.0.1","Service":{"Service":"db","Port":5432},
+        "Check":{"CheckID":"db-alive","Name":"db alive","ServiceID":"db","Status":"critical"}}"#;
+    assert_eq!(f.put(0, "/v1/catalog/register", local).await, (200, "true".into()));
+    let (status, body, _) = f
+        .call(
+            1,
+            reqwest::Method::POST,
+            "/v1/query",
+            r#"{"Name":"db-nearest","Service":{"Service":"db","Failover":{"NearestN":1}}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = json(&f.get(2, "/v1/query/db-nearest/execute").await.1);
+    assert_eq!((answer["Datacenter"].as_str(), answer["Failovers"].as_u64()), (Some("dc2"), Some(1)), "{answer}");
+    assert_eq!(answer["Nodes"][0]["Node"]["Node"], "db-host");
+    // Passing again at home: dc1 answers.
+    let passing = local.replace("critical", "passing");
+    assert_eq!(f.put(0, "/v1/catalog/register", &passing).await, (200, "true".into()));
+    let answer = json(&f.get(2, "/v1/query/db-nearest/execute").await.1);
+    assert_eq!((answer["Datacenter"].as_str(), answer["Failovers"].as_u64()), (Some("dc1"), Some(0)), "{answer}");
+    assert_eq!(answer["Nodes"][0]["Node"]["Node"], "db-local");
+
     // A blocking query across datacenters wakes on the remote write.
     let (_, _, index) = f.get(0, "/v1/kv/where?dc=dc2").await;
     let index = index.expect("an index");

@@ -11,6 +11,7 @@ mod duration;
 mod event;
 pub mod json;
 mod kv;
+mod query;
 mod session;
 
 pub use acl::*;
@@ -20,6 +21,7 @@ pub use coordinate::*;
 pub use duration::{format_go_duration, parse_go_duration};
 pub use event::*;
 pub use kv::*;
+pub use query::*;
 pub use session::*;
 
 use serde::{Deserialize, Serialize};

@@ -85,7 +85,7 @@ fn near_of(app: &App, req: &Req) -> Option<String> {
 
 /// Orders `list` by estimated round trip from `near`'s node, nearest first (stable); nodes without
 /// a coordinate go last, and when the source has none nothing moves, as Consul sorts.
-fn sort_near<T>(s: &State, near: Option<&str>, list: &mut [T], node_of: impl Fn(&T) -> &str) {
+pub(super) fn sort_near<T>(s: &State, near: Option<&str>, list: &mut [T], node_of: impl Fn(&T) -> &str) {
     let Some(from) = near.and_then(|n| s.coordinate_of(n)) else { return };
     let distance = |node: &str| s.coordinate_of(node).map_or(f64::INFINITY, |c| from.distance_to(c));
     list.sort_by(|a, b| distance(node_of(a)).total_cmp(&distance(node_of(b))));

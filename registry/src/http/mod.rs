@@ -15,6 +15,7 @@ mod coordinate;
 mod event;
 mod internal_ui;
 mod kv;
+mod query;
 pub mod serve;
 mod session;
 mod snapshot;
@@ -125,6 +126,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/event/list",
         "/v1/coordinate",
         "/v1/internal/ui/services",
+        "/v1/query",
         "/v1/agent/maintenance",
         "/readyz",
     ];
@@ -162,6 +164,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
         "snapshot" if tail.is_empty() => snapshot::handle(app, req).await,
         "event" => event::handle(app, req, tail).await,
         "coordinate" => coordinate::handle(app, req, tail).await,
+        "query" => query::handle(app, req, tail).await,
         _ => Err(ApiError::NotFound(String::new())),
     }
 }

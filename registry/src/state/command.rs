@@ -129,6 +129,14 @@ pub enum Command {
     /// Several commands in one log entry (one fsync, one replication round), applied in order at
     /// the same index. The leader batches concurrent client writes this way.
     Batch(Vec<Command>),
+    // New variants go last: log entries on disk may name variants by position.
+    /// Creates or replaces a prepared query (validated by the handler; the name's uniqueness here).
+    QuerySet {
+        query: crate::api::PreparedQuery,
+    },
+    QueryDelete {
+        id: String,
+    },
 }
 
 impl Command {
@@ -148,6 +156,8 @@ impl Command {
             Command::AclPolicyDelete { .. } => "acl_policy_delete",
             Command::AclRoleSet { .. } => "acl_role_set",
             Command::AclRoleDelete { .. } => "acl_role_delete",
+            Command::QuerySet { .. } => "query_set",
+            Command::QueryDelete { .. } => "query_delete",
             Command::AclTokenSet { .. } => "acl_token_set",
             Command::AclTokenDelete { .. } => "acl_token_delete",
             Command::AclAuthMethodSet { .. } => "acl_auth_method_set",

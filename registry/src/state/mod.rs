@@ -34,6 +34,8 @@ pub struct TableIndexes {
     pub acl: u64,
     #[serde(default)]
     pub coordinates: u64,
+    #[serde(default)]
+    pub queries: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,6 +70,9 @@ pub struct State {
     /// server of another cluster is refused.
     #[serde(default)]
     cluster_id: Option<String>,
+    /// Prepared queries by ID (`/v1/query`).
+    #[serde(default)]
+    prepared_queries: BTreeMap<String, crate::api::PreparedQuery>,
     /// Derived: service name -> (node, service ID). Rebuilt after a snapshot is loaded.
     #[serde(skip)]
     by_service_name: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -137,6 +142,14 @@ impl State {
             Command::AclPolicyDelete { id } => self.acl_policy_delete(index, &id, touched),
             Command::AclRoleSet { role } => self.acl_role_set(index, role, touched),
             Command::AclRoleDelete { id } => self.acl_role_delete(index, &id, touched),
+            Command::QuerySet { query } => self.query_set(index, query, touched),
+            Command::QueryDelete { id } => {
+                if self.prepared_queries.remove(&id).is_some() {
+                    self.indexes.queries = index;
+                    touched.push(WatchKey::Table(Table::Queries));
+                }
+                CommandResult::None
+            }
             Command::AclTokenSet { token } => self.acl_token_set(index, token, touched),
             Command::AclTokenDelete { accessor } => self.acl_token_delete(index, &accessor, touched),
             Command::AclAuthMethodSet { method } => self.acl_auth_method_set(index, method, touched),
@@ -161,6 +174,33 @@ impl State {
 }
 
 impl State {
+    /// Every prepared query, by ID, with the index of the last change to any.
+    pub fn prepared_queries(&self) -> (u64, Vec<&crate::api::PreparedQuery>) {
+        (self.indexes.queries, self.prepared_queries.values().collect())
+    }
+
+    /// A query's name may be neither another query's name nor any query's ID (they resolve from
+    /// one namespace); one catch-all template (empty name) at most.
+    fn query_set(&mut self, index: u64, mut query: crate::api::PreparedQuery, touched: &mut Touched) -> CommandResult {
+        for other in self.prepared_queries.values().filter(|o| o.id != query.id) {
+            if other.name == query.name && (!query.name.is_empty() || !query.template.kind.is_empty()) {
+                return CommandResult::Rejected(format!("Name {:?} aliases an existing query name", query.name));
+            }
+            if other.id == query.name {
+                return CommandResult::Rejected(format!("Name {:?} aliases an existing query ID", query.name));
+            }
+        }
+        if !query.session.is_empty() && !self.sessions.contains_key(&query.session) {
+            return CommandResult::Rejected(format!("Invalid session {:?}", query.session));
+        }
+        query.create_index = self.prepared_queries.get(&query.id).map_or(index, |q| q.create_index);
+        query.modify_index = index;
+        self.prepared_queries.insert(query.id.clone(), query);
+        self.indexes.queries = index;
+        touched.push(WatchKey::Table(Table::Queries));
+        CommandResult::None
+    }
+
     /// The cluster's identity, once its first leader made one.
     pub fn cluster_id(&self) -> Option<&str> {
         self.cluster_id.as_deref()
@@ -223,6 +263,7 @@ impl State {
                     sessions: index,
                     acl: index,
                     coordinates: index,
+                    queries: index,
                 };
                 *self = restored;
                 touched.push(WatchKey::Any);

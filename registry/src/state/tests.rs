@@ -1136,7 +1136,7 @@ fn register_node_service_and_check() {
 
     assert_eq!(
         h.st.indexes(),
-        &TableIndexes { kvs: 0, nodes: i, services: i, checks: i, sessions: 0, acl: 0, coordinates: 0 }
+        &TableIndexes { kvs: 0, nodes: i, services: i, checks: i, sessions: 0, acl: 0, coordinates: 0, queries: 0 }
     );
     assert_eq!(h.st.checks_in_state(Some(HealthStatus::Critical)).1.len(), 0);
     assert_eq!(h.st.checks_in_state(None).1.len(), 1);
@@ -1701,4 +1701,34 @@ fn service_summaries_count_instances_and_each_check_once() {
     assert_eq!((web.checks_passing, web.checks_warning, web.checks_critical), (3, 1, 1));
     let db = &all[0];
     assert_eq!((db.instance_count, db.checks_passing, db.checks_warning, db.checks_critical), (1, 2, 0, 0));
+}
+
+/// Prepared queries share one namespace of names and IDs; a session a query names must exist.
+#[test]
+fn prepared_query_names_are_unique_and_indexes_move() {
+    let mut h = Harness::new();
+    let q = |id: &str, name: &str| crate::api::PreparedQuery {
+        id: id.into(),
+        name: name.into(),
+        service: crate::api::ServiceQuery { service: "web".into(), ..Default::default() },
+        ..Default::default()
+    };
+    assert_eq!(h.apply(Command::QuerySet { query: q("a", "web") }), CommandResult::None);
+    let created = h.idx();
+    assert!(
+        matches!(h.apply(Command::QuerySet { query: q("b", "web") }), CommandResult::Rejected(m) if m.contains("aliases an existing query name"))
+    );
+    assert!(
+        matches!(h.apply(Command::QuerySet { query: q("c", "a") }), CommandResult::Rejected(m) if m.contains("aliases an existing query ID"))
+    );
+    let mut with_session = q("d", "locked");
+    with_session.session = "nope".into();
+    assert!(matches!(h.apply(Command::QuerySet { query: with_session }), CommandResult::Rejected(_)));
+    // An update keeps its create index.
+    assert_eq!(h.apply(Command::QuerySet { query: q("a", "web-renamed") }), CommandResult::None);
+    let (index, all) = h.st.prepared_queries();
+    assert_eq!(index, h.idx());
+    assert_eq!((all[0].name.as_str(), all[0].create_index, all[0].modify_index), ("web-renamed", created, h.idx()));
+    assert_eq!(h.apply(Command::QueryDelete { id: "a".into() }), CommandResult::None);
+    assert!(h.st.prepared_queries().1.is_empty());
 }

@@ -18,6 +18,7 @@ pub enum Table {
     Sessions,
     Acl,
     Coordinates,
+    Queries,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
