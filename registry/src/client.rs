@@ -380,11 +380,46 @@ impl Client {
 
     /// `GET /v1/health/service/:name[?passing]`.
     pub async fn health_service(&self, name: &str, passing: bool) -> Result<Indexed<Vec<ServiceEntry>>, ClientError> {
-        let path = format!("/v1/health/service/{name}{}", if passing { "?passing" } else { "" });
+        self.health_service_in(name, passing, None).await
+    }
+
+    /// `GET /v1/health/service/:name` in datacenter `dc` (None: the servers' own).
+    pub async fn health_service_in(
+        &self,
+        name: &str,
+        passing: bool,
+        dc: Option<&str>,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, ClientError> {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if passing {
+            pairs.push(("passing", ""));
+        }
+        if let Some(dc) = dc {
+            pairs.push(("dc", dc));
+        }
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        let path = format!("/v1/health/service/{name}{}{query}", if query.is_empty() { "" } else { "?" });
         let (index, status, body) = self.send(reqwest::Method::GET, &path, None).await?;
         Self::check(status, &body)?;
         let value = Self::parse(status, &body)?;
         Ok(Indexed { index, value })
+    }
+
+    /// `GET /v1/query/:name/execute` (in `dc`, None: the servers' own); None when no query has
+    /// that name.
+    pub async fn query_execute(
+        &self,
+        name: &str,
+        dc: Option<&str>,
+    ) -> Result<Option<crate::api::QueryExecuteResponse>, ClientError> {
+        let dc = dc.map(|d| format!("?dc={}", url::form_urlencoded::byte_serialize(d.as_bytes()).collect::<String>()));
+        let path = format!("/v1/query/{name}/execute{}", dc.unwrap_or_default());
+        let (_, status, body) = self.send(reqwest::Method::GET, &path, None).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::check(status, &body)?;
+        Ok(Some(Self::parse(status, &body)?))
     }
 
     /// `PUT /v1/acl/bootstrap`: the initial management token, or None when the ACL system was

@@ -16,10 +16,22 @@ impl crate::dns::Catalog for StateCatalog {
         self.0.config.datacenter.clone()
     }
 
-    /// Picks while the state is borrowed and copies only the instances answered.
+    /// Picks while the state is borrowed and copies only the instances answered; another
+    /// datacenter's through the API's routing.
     async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
         let app = &self.0;
         let token = app.agent.token("default");
+        if let Some(dc) = want.datacenter.filter(|_| crate::dns::plain(name)) {
+            let path = format!("/v1/health/service/{name}");
+            let resp = crate::http::get_as(app, path, vec![("dc".into(), dc.into())], token.as_deref()).await;
+            let all = match resp.status().as_u16() {
+                200 => serde_json::from_slice(resp.body()).map_err(|e| e.to_string())?,
+                // Unknown or unreachable: nothing to answer with.
+                400 | 503 => Vec::new(),
+                s => return Err(format!("datacenter {dc} answered {s}")),
+            };
+            return Ok(answer::pick(answer::healthy(all, want), want.limit));
+        }
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
             let healthy = s
@@ -35,6 +47,27 @@ impl crate::dns::Catalog for StateCatalog {
             let (picked, more) = answer::pick(healthy, want.limit);
             Ok((picked.iter().map(|e| e.to_owned_entry()).collect(), more))
         })
+    }
+
+    /// Executes the query as `/v1/query/<name>/execute` does (failover included).
+    async fn query(&self, name: &str, want: &Want<'_>) -> Result<Option<(Vec<ServiceEntry>, bool)>, String> {
+        let app = &self.0;
+        let token = app.agent.token("default");
+        if !crate::dns::plain(name) {
+            return Ok(None);
+        }
+        let path = format!("/v1/query/{name}/execute");
+        let query = want.datacenter.map(|dc| vec![("dc".to_string(), dc.to_string())]).unwrap_or_default();
+        let resp = crate::http::get_as(app, path, query, token.as_deref()).await;
+        match resp.status().as_u16() {
+            200 => {
+                let r: crate::api::QueryExecuteResponse =
+                    serde_json::from_slice(resp.body()).map_err(|e| e.to_string())?;
+                Ok(Some(answer::pick(answer::healthy(r.nodes, want), want.limit)))
+            }
+            400 | 404 | 503 => Ok(None),
+            s => Err(format!("executing query {name} answered {s}")),
+        }
     }
 
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {

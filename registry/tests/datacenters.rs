@@ -12,6 +12,7 @@ use serde_json::Value;
 const HTTP: u16 = 17900;
 const RPC: u16 = 17901;
 const WAN: u16 = 17902;
+const DNS: u16 = 17903;
 
 struct Server {
     dc: &'static str,
@@ -34,7 +35,14 @@ impl Server {
             .arg(&self.dir)
             .args(["--http-addr", &self.http(), "--rpc-addr", &format!("{}:{RPC}", self.ip)])
             .args(["--wan-addr", &format!("{}:{WAN}", self.ip), "--retry-join-wan", &wan.join(",")])
-            .args(["--bootstrap-expect", "3", "--retry-join", &lan.join(","), "--dns-addr", "off"])
+            .args([
+                "--bootstrap-expect",
+                "3",
+                "--retry-join",
+                &lan.join(","),
+                "--dns-addr",
+                &format!("{}:{DNS}", self.ip),
+            ])
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -139,6 +147,15 @@ impl Federation {
     }
 }
 
+/// `dig +short` against a server's DNS interface (Debian's dnsutils; scripts/test.sh installs it).
+fn dig(server: &str, name: &str, rtype: &str) -> Vec<String> {
+    let out = Command::new("dig")
+        .args([&format!("@{server}"), "-p", &DNS.to_string(), "+short", "+time=3", "+tries=1", name, rtype])
+        .output()
+        .expect("dig runs (apt-get install dnsutils)");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
@@ -209,6 +226,11 @@ async fn two_datacenters_see_each_other_and_serve_each_others_requests() {
     let answer = json(&f.get(2, "/v1/query/db-nearest/execute").await.1);
     assert_eq!((answer["Datacenter"].as_str(), answer["Failovers"].as_u64()), (Some("dc2"), Some(1)), "{answer}");
     assert_eq!(answer["Nodes"][0]["Node"]["Node"], "db-host");
+    // The same through DNS: the query's name, and the service in the other datacenter by name.
+    assert_eq!(dig("127.0.0.1", "db-nearest.query.consul", "A"), ["10.2.0.1"]);
+    assert_eq!(dig("127.0.0.2", "db.service.dc2.consul", "A"), ["10.2.0.1"]);
+    assert_eq!(dig("127.0.0.2", "db.service.consul", "A"), Vec::<String>::new(), "dc1's db is critical");
+    assert_eq!(dig("127.0.0.5", "db-nearest.query.dc1.consul", "A"), ["10.2.0.1"], "executed in dc1, failing over");
     // Passing again at home: dc1 answers.
     let passing = local.replace("critical", "passing");
     assert_eq!(f.put(0, "/v1/catalog/register", &passing).await, (200, "true".into()));

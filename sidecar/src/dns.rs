@@ -8,6 +8,7 @@ use registry::agent::Agent;
 use registry::api::{CatalogNode, ServiceEntry};
 use registry::client::Client;
 use registry::dns::answer::{self, Want};
+use registry::dns::plain;
 
 pub struct ServersCatalog {
     pub client: Client,
@@ -24,11 +25,6 @@ impl ServersCatalog {
     }
 }
 
-/// Only names a catalog can hold go into a URL path (DNS labels can carry escapes).
-fn plain(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 #[async_trait::async_trait]
 impl registry::dns::Catalog for ServersCatalog {
     fn datacenter(&self) -> String {
@@ -39,8 +35,21 @@ impl registry::dns::Catalog for ServersCatalog {
         if !plain(name) {
             return Ok((Vec::new(), false));
         }
-        let all = self.client().health_service(name, false).await.map(|i| i.value).map_err(|e| e.to_string())?;
+        let all = self
+            .client()
+            .health_service_in(name, false, want.datacenter)
+            .await
+            .map(|i| i.value)
+            .map_err(|e| e.to_string())?;
         Ok(answer::pick(answer::healthy(all, want), want.limit))
+    }
+
+    async fn query(&self, name: &str, want: &Want<'_>) -> Result<Option<(Vec<ServiceEntry>, bool)>, String> {
+        if !plain(name) {
+            return Ok(None);
+        }
+        let found = self.client().query_execute(name, want.datacenter).await.map_err(|e| e.to_string())?;
+        Ok(found.map(|r| answer::pick(answer::healthy(r.nodes, want), want.limit)))
     }
 
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {

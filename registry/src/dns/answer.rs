@@ -4,7 +4,9 @@
 //! - `<service>.service`, `<tag>.<service>.service`, RFC 2782 `_<service>._<tag|tcp>.service`;
 //! - `<node>.node`;
 //! - `<hex ip>.addr` (the SRV targets of instances with their own address);
-//! - `<query>.query` (prepared queries: none exist yet, so NXDOMAIN).
+//! - `<query>.query` (prepared queries, executed as `/v1/query/<name>/execute`).
+//!
+//! A service or query name with another datacenter's label is answered by that datacenter.
 
 use std::net::IpAddr;
 
@@ -15,9 +17,22 @@ use crate::api::{CatalogNode, HealthStatus, ServiceEntry, ServiceEntryRef};
 /// What a query name asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Service { service: String, tag: Option<String> },
-    Node { node: String },
-    Addr { ip: IpAddr },
+    /// `dc`: another datacenter's label (None: this one).
+    Service {
+        service: String,
+        tag: Option<String>,
+        dc: Option<String>,
+    },
+    Query {
+        name: String,
+        dc: Option<String>,
+    },
+    Node {
+        node: String,
+    },
+    Addr {
+        ip: IpAddr,
+    },
 }
 
 /// Why a name gets NXDOMAIN.
@@ -36,21 +51,28 @@ pub fn parse(qname: &str, domain: &str, dc: &str) -> Result<Lookup, NotFound> {
     let rest =
         if qname == domain { "" } else { qname.strip_suffix(&format!(".{domain}")).ok_or(NotFound::OutsideDomain)? };
     let mut labels: Vec<&str> = rest.split('.').filter(|l| !l.is_empty()).collect();
-    // An optional datacenter label after the type; only this datacenter is known.
+    // An optional datacenter label after the type.
     let kinds = ["service", "node", "addr", "query"];
     let has_dc =
         labels.len() >= 2 && !kinds.contains(&labels[labels.len() - 1]) && kinds.contains(&labels[labels.len() - 2]);
-    if has_dc && labels.pop() != Some(dc) {
-        return Err(NotFound::NoSuchName);
-    }
+    let other_dc = match has_dc.then(|| labels.pop()).flatten() {
+        Some(d) if d != dc => Some(d.to_string()),
+        _ => None,
+    };
     let kind = labels.pop().ok_or(NotFound::NoSuchName)?;
+    let service = |service: &str, tag: Option<&str>| {
+        Ok(Lookup::Service { service: service.to_string(), tag: tag.map(str::to_string), dc: other_dc.clone() })
+    };
     match (kind, labels.as_slice()) {
-        ("service", [service]) => Ok(Lookup::Service { service: service.to_string(), tag: None }),
+        ("service", [name]) => service(name, None),
         ("service", [first, second]) if first.starts_with('_') && second.starts_with('_') => {
             let tag = &second[1..];
-            Ok(Lookup::Service { service: first[1..].to_string(), tag: (tag != "tcp").then(|| tag.to_string()) })
+            service(&first[1..], (tag != "tcp").then_some(tag))
         }
-        ("service", [tag, service]) => Ok(Lookup::Service { service: service.to_string(), tag: Some(tag.to_string()) }),
+        ("service", [tag, name]) => service(name, Some(tag)),
+        ("query", [name]) => Ok(Lookup::Query { name: name.to_string(), dc: other_dc.clone() }),
+        // Nodes and addresses are answered from this datacenter's catalog only.
+        _ if other_dc.is_some() => Err(NotFound::NoSuchName),
         ("node", parts) if !parts.is_empty() => Ok(Lookup::Node { node: parts.join(".") }),
         ("addr", [hex]) => decode_addr(hex).map(|ip| Lookup::Addr { ip }).ok_or(NotFound::NoSuchName),
         _ => Err(NotFound::NoSuchName),
@@ -79,6 +101,8 @@ fn decode_addr(hex: &str) -> Option<IpAddr> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Want<'a> {
     pub tag: Option<&'a str>,
+    /// Another datacenter's catalog (None: this one).
+    pub datacenter: Option<&'a str>,
     /// Leave out instances with a warning check too.
     pub only_passing: bool,
     /// At most this many instances (a UDP answer's limit); None: all.
@@ -234,7 +258,8 @@ mod tests {
     #[test]
     fn names_as_consul_reads_them() {
         let p = |n: &str| parse(n, "consul.", "dc1");
-        let svc = |s: &str, t: Option<&str>| Ok(Lookup::Service { service: s.into(), tag: t.map(str::to_string) });
+        let svc =
+            |s: &str, t: Option<&str>| Ok(Lookup::Service { service: s.into(), tag: t.map(str::to_string), dc: None });
         assert_eq!(p("web.service.consul."), svc("web", None));
         assert_eq!(p("WEB.Service.Consul"), svc("web", None));
         assert_eq!(p("web.service.dc1.consul."), svc("web", None));
@@ -243,9 +268,12 @@ mod tests {
         assert_eq!(p("_web._v1.service.consul."), svc("web", Some("v1")));
         assert_eq!(p("db-1.node.consul."), Ok(Lookup::Node { node: "db-1".into() }));
         assert_eq!(p("7f000001.addr.dc1.consul."), Ok(Lookup::Addr { ip: "127.0.0.1".parse().unwrap() }));
-        assert_eq!(p("web.service.dc2.consul."), Err(NotFound::NoSuchName), "another datacenter");
+        let in_dc2 = Lookup::Service { service: "web".into(), tag: Some("v1".into()), dc: Some("dc2".into()) };
+        assert_eq!(p("v1.web.service.dc2.consul."), Ok(in_dc2), "another datacenter's");
+        assert_eq!(p("db-1.node.dc2.consul."), Err(NotFound::NoSuchName), "nodes only here");
+        assert_eq!(p("web.query.consul."), Ok(Lookup::Query { name: "web".into(), dc: None }));
+        assert_eq!(p("web.query.dc2.consul."), Ok(Lookup::Query { name: "web".into(), dc: Some("dc2".into()) }));
         assert_eq!(p("a.b.web.service.consul."), Err(NotFound::NoSuchName));
-        assert_eq!(p("web.query.consul."), Err(NotFound::NoSuchName));
         assert_eq!(p("zz.addr.consul."), Err(NotFound::NoSuchName));
         assert_eq!(p("consul."), Err(NotFound::NoSuchName));
         assert_eq!(p("example.com."), Err(NotFound::OutsideDomain));
@@ -276,7 +304,7 @@ mod tests {
             entry("c", "10.0.0.3", "", &["v1"], HealthStatus::Critical),
         ];
         let names = |v: Vec<ServiceEntry>| v.into_iter().map(|e| e.node.node).collect::<Vec<_>>();
-        let want = |tag, only_passing| Want { tag, only_passing, limit: None };
+        let want = |tag, only_passing| Want { tag, only_passing, limit: None, datacenter: None };
         assert_eq!(names(healthy(all.clone(), &want(None, false))), ["a", "b"]);
         assert_eq!(names(healthy(all.clone(), &want(None, true))), ["a"]);
         assert_eq!(names(healthy(all.clone(), &want(Some("v2"), false))), ["b"]);

@@ -80,6 +80,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// `want.limit` of them; and whether some were left out.
     async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String>;
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String>;
+    /// The instances the prepared query `name` answers (`want.datacenter`: executed there),
+    /// picked as `service` picks; None when no query has that name.
+    async fn query(&self, name: &str, want: &Want<'_>) -> Result<Option<(Vec<ServiceEntry>, bool)>, String>;
+}
+
+/// Whether a name from a DNS question can go into an API path as it is: letters, digits, `-`, `_`
+/// and `.` (a label can carry escapes, never a catalog name).
+pub fn plain(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A catalog held in memory: the fuzz target's and the unit tests' (a server asks its state, a
@@ -99,6 +108,10 @@ impl Catalog for FixedCatalog {
     async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
         let all = self.instances.iter().filter(|e| e.service.service.eq_ignore_ascii_case(name)).cloned().collect();
         Ok(answer::pick(answer::healthy(all, want), want.limit))
+    }
+
+    async fn query(&self, _name: &str, _want: &Want<'_>) -> Result<Option<(Vec<ServiceEntry>, bool)>, String> {
+        Ok(None)
     }
 
     async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
@@ -141,27 +154,20 @@ impl<C: Catalog> Handler<C> {
             Err(NotFound::NoSuchName) => return Outcome::code(ResponseCode::NXDomain),
         };
         let (mut answers, mut additionals, ttl, mut truncated) = match lookup {
-            Lookup::Service { service, tag } => {
-                // Over UDP only `udp_answer_limit` SRV records fit, one per instance: the catalog
-                // copies no more. Address records are not one per instance (an IPv4 instance has no
-                // AAAA, and addresses are deduplicated), so those lookups take every instance.
-                let want = Want {
-                    tag: tag.as_deref(),
-                    only_passing: self.settings.only_passing,
-                    limit: (udp && qtype == "SRV").then_some(self.settings.udp_answer_limit),
-                };
-                let (entries, more) = match self.catalog.service(&service, &want).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "DNS: the catalog did not answer");
-                        return Outcome::code(ResponseCode::ServFail);
-                    }
-                };
-                if entries.is_empty() {
-                    return Outcome::code(ResponseCode::NXDomain);
+            Lookup::Service { service, tag, dc: other } => {
+                match self
+                    .instances(qname, qtype, udp, Search::Service(&service, tag.as_deref()), other.as_deref())
+                    .await
+                {
+                    Ok(found) => found,
+                    Err(outcome) => return outcome,
                 }
-                let (a, x) = answer::service_records(qname, qtype, &entries, &dc, domain);
-                (a, x, self.settings.service_ttl_secs, more)
+            }
+            Lookup::Query { name, dc: other } => {
+                match self.instances(qname, qtype, udp, Search::Query(&name), other.as_deref()).await {
+                    Ok(found) => found,
+                    Err(outcome) => return outcome,
+                }
             }
             Lookup::Node { node } => match self.catalog.node(&node).await {
                 Ok(Some(n)) => (answer::node_records(qname, qtype, &n), Vec::new(), self.settings.node_ttl_secs, false),
@@ -181,6 +187,59 @@ impl<C: Catalog> Handler<C> {
             truncated = true;
         }
         Outcome { code: ResponseCode::NoError, answers, additionals, ttl, truncated }
+    }
+}
+
+/// What a name's instances come from: a service (with a tag) or a prepared query.
+enum Search<'a> {
+    Service(&'a str, Option<&'a str>),
+    Query(&'a str),
+}
+
+/// Answer and additional records, their TTL, and whether some instances were left out.
+type Found = (Vec<Rec>, Vec<Rec>, u32, bool);
+
+impl<C: Catalog> Handler<C> {
+    /// The records of a service's or query's instances (`other`: another datacenter's).
+    async fn instances(
+        &self,
+        qname: &str,
+        qtype: &str,
+        udp: bool,
+        search: Search<'_>,
+        other: Option<&str>,
+    ) -> Result<Found, Outcome> {
+        // Over UDP only `udp_answer_limit` SRV records fit, one per instance: the catalog copies no
+        // more. Address records are not one per instance (an IPv4 instance has no AAAA, and
+        // addresses are deduplicated), so those lookups take every instance.
+        let want = Want {
+            tag: match search {
+                Search::Service(_, tag) => tag,
+                Search::Query(_) => None,
+            },
+            datacenter: other,
+            only_passing: self.settings.only_passing,
+            limit: (udp && qtype == "SRV").then_some(self.settings.udp_answer_limit),
+        };
+        let found = match search {
+            Search::Service(name, _) => self.catalog.service(name, &want).await.map(Some),
+            Search::Query(name) => self.catalog.query(name, &want).await,
+        };
+        let (entries, more) = match found {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(Outcome::code(ResponseCode::NXDomain)),
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS: the catalog did not answer");
+                return Err(Outcome::code(ResponseCode::ServFail));
+            }
+        };
+        if entries.is_empty() {
+            return Err(Outcome::code(ResponseCode::NXDomain));
+        }
+        // SRV targets name the instances' own datacenter.
+        let dc = other.map_or_else(|| self.catalog.datacenter(), str::to_string);
+        let (a, x) = answer::service_records(qname, qtype, &entries, &dc, &self.settings.domain);
+        Ok((a, x, self.settings.service_ttl_secs, more))
     }
 }
 

@@ -246,6 +246,19 @@ async fn to_datacenter(app: &App, dc: &str, req: &Req) -> Resp {
     text(StatusCode::SERVICE_UNAVAILABLE, format!("No path to datacenter {dc:?}: no server answered ({last})"))
 }
 
+/// A GET through this server's own API, as a client holding `token` would send it (routed to the
+/// leader or to another datacenter as any request is): the DNS interface's and prepared queries'
+/// reads of other datacenters.
+pub async fn get_as(app: &Arc<App>, path: String, query: Vec<(String, String)>, token: Option<&str>) -> Resp {
+    let raw_query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
+    let mut headers = HeaderMap::new();
+    if let Some(t) = token.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert("x-consul-token", t);
+    }
+    let req = Req { method: Method::GET, path, raw_query, query, headers, body: Bytes::new() };
+    Box::pin(serve(app.clone(), req)).await
+}
+
 async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
     match send(app, leader_http, req, true).await {
         Ok(resp) => resp,

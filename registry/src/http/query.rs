@@ -194,23 +194,9 @@ async fn execute(app: &Arc<App>, req: &Req, name: &str) -> ApiResult {
 /// A service's instances in another datacenter, read through the same routing as `?dc=`
 /// (with the caller's token); none when that datacenter cannot answer.
 async fn remote_instances(app: &Arc<App>, req: &Req, service: &str, dc: &str) -> Vec<ServiceEntry> {
+    let token = super::acl::token_of(app, req);
     let path = format!("/v1/health/service/{service}");
-    let raw_query = url::form_urlencoded::Serializer::new(String::new()).append_pair("dc", dc).finish();
-    let mut headers = warp::http::HeaderMap::new();
-    for (name, value) in req.headers.iter() {
-        if name.as_str() == "x-consul-token" || name.as_str() == "authorization" {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-    let read = Req {
-        method: Method::GET,
-        path,
-        raw_query,
-        query: vec![("dc".into(), dc.into())],
-        headers,
-        body: bytes::Bytes::new(),
-    };
-    let resp = Box::pin(super::serve(app.clone(), read)).await;
+    let resp = super::get_as(app, path, vec![("dc".into(), dc.into())], token.as_deref()).await;
     if resp.status() != StatusCode::OK {
         tracing::debug!(dc, status = %resp.status(), "prepared query failover: no answer");
         return Vec::new();
