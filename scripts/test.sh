@@ -154,6 +154,7 @@ esac
 stage "Benchmark harness, smoke mode (tiny counts: keeps the harness working; not a measurement)"
 target/debug/roster-bench --smoke --roster-bin target/debug/roster --out "$log_dir/bench"
 target/debug/roster-gossip-bench --sizes 20 --quiet-secs 2
+target/debug/roster-wan-bench --roster-bin target/debug/roster --reads 20 --rounds 1
 target/debug/roster-gossip-bench --footprint --footprint-pool 10 --idle-secs 2 \
     --roster-bin target/debug/roster --sidecar-bin target/debug/roster-sidecar
 

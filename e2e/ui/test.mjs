@@ -355,10 +355,19 @@ test("with ACLs: a denied read asks for a token, a token shows only what it may 
   await page.getByRole("button", { name: "Create" }).click();
   await page.getByRole("link", { name: "kv-app" }).waitFor();
 
+  await page.locator("main nav").getByRole("link", { name: "Roles" }).click();
+  await page.getByRole("link", { name: "Create a role" }).click();
+  await page.getByLabel("Name").fill("app-readers");
+  await page.getByLabel("kv-app").check();
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.locator("main table", { hasText: "app-readers" }).waitFor();
+  assert.match(await page.locator("main table").textContent(), /app-readerskv-app/);
+
   await page.locator("main nav").getByRole("link", { name: "Tokens" }).click();
   await page.getByRole("link", { name: "Create a token" }).click();
   await page.getByLabel("Description").fill("app config reader");
-  await page.getByLabel("kv-app").check();
+  // Through the role only: the token gets the policy's rights from it.
+  await page.getByLabel("app-readers").check();
   await page.getByRole("button", { name: "Create" }).click();
   const secret = await page.locator("#new-secret").textContent();
   // The token the page made reads what its policy allows, and nothing else.
@@ -392,6 +401,55 @@ test("a sidecar serves the same UI for its pod", async () => {
   await page.getByRole("link", { name: "cache" }).waitFor();
   await page.getByRole("link", { name: "Nodes" }).click();
   await page.getByRole("link", { name: "pod-ui" }).waitFor();
+  await close(page);
+});
+
+// WCAG's contrast ratio of every visible text against the background it is drawn on (the nearest
+// ancestor with one): at least 4.5:1, disabled controls aside (WCAG exempts them).
+async function lowContrast(page) {
+  return page.evaluate(() => {
+    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const background = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgb(getComputedStyle(e).backgroundColor);
+        if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    const bad = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+      const el = t.parentElement;
+      if (!t.textContent.trim() || !el || el.closest("[disabled], .visually-hidden, noscript, option")) continue;
+      const box = el.getBoundingClientRect();
+      if (!box.width || !box.height || getComputedStyle(el).visibility === "hidden") continue;
+      const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(background(el))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      if (ratio < 4.5) bad.push(`${t.textContent.trim().slice(0, 30)}: ${ratio.toFixed(2)}`);
+    }
+    return bad;
+  });
+}
+
+test("every text is readable: contrast of at least 4.5:1 on every page", async () => {
+  const page = await open("/ui/dc1/services");
+  for (const path of ["services", "services/db", "nodes/node-c", "kv/app/", "kv/app/config.json", "servers", "acl", "login"]) {
+    await page.goto(`http://${DEV}/ui/dc1/${path}`);
+    await page.locator("main h1").waitFor();
+    await page.waitForFunction(() => !document.querySelector("main").textContent.includes("Loading…"));
+    assert.deepEqual(await lowContrast(page), [], `${path}: text below 4.5:1`);
+  }
+  // The connection indicator when lost, and an error message.
+  await page.evaluate(() => { document.getElementById("conn").className = "conn conn-lost"; });
+  await page.goto(`http://${DEV}/ui/dc1/kv/`);
+  await page.getByLabel(/^Name/).fill("/x");
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.locator("main .msg-error").waitFor();
+  assert.deepEqual(await lowContrast(page), [], "an error message");
   await close(page);
 });
 
