@@ -61,6 +61,8 @@ pub struct App {
     pub gossip: Option<Arc<crate::gossip::Membership>>,
     /// This server's place in the WAN pool of every datacenter's servers, when it has one.
     pub wan: Option<Arc<crate::wan::Wan>>,
+    /// Blocking queries open now, against `http_max_blocking_queries`.
+    pub blocking_queries: std::sync::atomic::AtomicUsize,
     pub shutdown: watch::Sender<bool>,
     /// `/v1/agent/leave` asks the process to leave and stop, as a signal would.
     pub leave: tokio::sync::Notify,

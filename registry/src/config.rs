@@ -81,6 +81,9 @@ pub struct Config {
     pub http_max_conns_per_client: usize,
     /// How long a client has to send a request's headers (against slowloris), in ms.
     pub http_read_header_timeout_ms: u64,
+    /// Blocking queries this server holds open at once; more get 429 (each holds a connection and
+    /// a watch). 0: no limit.
+    pub http_max_blocking_queries: usize,
     /// How DNS answers (Consul's `domain` and `dns_config`).
     pub dns: crate::dns::DnsSettings,
 }
@@ -122,6 +125,7 @@ impl Default for Config {
             dns_addr_optional: false,
             http_max_conns_per_client: 200,
             http_read_header_timeout_ms: 30_000,
+            http_max_blocking_queries: 32_768,
             dns: Default::default(),
         }
     }
@@ -276,6 +280,9 @@ pub struct ServerArgs {
     /// How long a client has to send a request's headers, in ms (default 30000).
     #[arg(long, env = "ROSTER_HTTP_READ_HEADER_TIMEOUT_MS")]
     pub http_read_header_timeout_ms: Option<u64>,
+    /// Blocking queries held open at once (default 32768; 0: no limit); more get 429.
+    #[arg(long, env = "ROSTER_HTTP_MAX_BLOCKING_QUERIES")]
+    pub http_max_blocking_queries: Option<usize>,
 }
 
 /// A domain as DNS names it (see [`crate::dns::normalize_domain`]).
@@ -307,7 +314,8 @@ impl ServerArgs {
             reap_after_secs,
             enable_script_checks,
             http_max_conns_per_client,
-            http_read_header_timeout_ms
+            http_read_header_timeout_ms,
+            http_max_blocking_queries
         );
         if self.gossip_key.is_some() {
             c.gossip_key = self.gossip_key;

@@ -282,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         removed_servers: Mutex::new(Default::default()),
         gossip: gossip.clone(),
         wan,
+        blocking_queries: Default::default(),
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
         events: Default::default(),

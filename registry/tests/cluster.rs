@@ -769,3 +769,39 @@ async fn a_client_over_its_connection_limit_gets_429_and_a_slow_one_is_cut_off()
     assert!(matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{read:?}");
     assert!(started.elapsed() >= Duration::from_millis(900), "cut off after the timeout, not before");
 }
+
+/// `http_max_blocking_queries`: past the cap a new blocking query gets 429 at once, a plain read is
+/// still served, and a closed blocking query frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_queries_past_the_cap_get_429_and_places_are_freed() {
+    let c = Cluster::with_flags(1, 19728, 10_000, &["--http-max-blocking-queries", "2"]);
+    c.wait_leader(Duration::from_secs(20)).await;
+    assert!(c.put(0, "k", "v").await.expect("put"));
+    let url = |q: &str| format!("http://{}/v1/kv/k{q}", c.servers[0].http);
+    let index = c.http.get(url("")).send().await.expect("read").headers()["x-consul-index"]
+        .to_str()
+        .expect("index")
+        .to_string();
+    // Two blocking queries park, one after the other (a client that gives up frees its place
+    // at once, so the third must be refused, not time out).
+    let mut blocked = Vec::new();
+    for _ in 0..2 {
+        let (http, u) = (c.http.clone(), url(&format!("?index={index}&wait=30s")));
+        blocked.push(tokio::spawn(async move { http.get(u).send().await.map(|r| r.status().as_u16()) }));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let started = Instant::now();
+    let r = c.http.get(url(&format!("?index={index}&wait=30s"))).send().await.expect("an answer");
+    assert_eq!(r.status(), 429);
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not blocked");
+    let refused = r.text().await.unwrap_or_default();
+    assert!(refused.contains("http_max_blocking_queries"), "{refused}");
+    assert_eq!(c.http.get(url("")).send().await.expect("plain read").status(), 200, "plain reads are not capped");
+    // A write wakes both; their places are free again.
+    assert!(c.put(0, "k", "w").await.expect("put"));
+    for b in blocked {
+        assert_eq!(b.await.expect("task").expect("answer"), 200);
+    }
+    let r = c.http.get(url(&format!("?index={index}&wait=1s"))).send().await.expect("read");
+    assert_eq!(r.status(), 200, "a freed place is taken");
+}

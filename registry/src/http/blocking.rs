@@ -60,6 +60,37 @@ impl QueryOpts {
     }
 }
 
+/// One of the server's `http_max_blocking_queries` places, held while a query blocks.
+struct BlockingSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> BlockingSlot<'a> {
+    fn take(app: &'a App) -> Result<Self, ApiError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let max = app.config.http_max_blocking_queries;
+        let open = app.blocking_queries.fetch_add(1, SeqCst);
+        let slot = BlockingSlot(&app.blocking_queries);
+        if max > 0 && open >= max {
+            static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            if crate::telemetry::once_a_minute(&LAST) {
+                tracing::warn!(
+                    max,
+                    "http_max_blocking_queries reached: new blocking queries get 429 (logged once a minute)"
+                );
+            }
+            return Err(ApiError::TooMany(format!(
+                "Too many blocking queries open on this server (http_max_blocking_queries = {max}): retry later"
+            )));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for BlockingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Decides whether this server may answer the read: `NotLeader` makes the caller forward it.
 pub async fn check_read(app: &App, opts: &QueryOpts) -> Result<(), ApiError> {
     match opts.consistency {
@@ -88,6 +119,7 @@ pub async fn run<T>(
     let Some(min) = opts.index else {
         return Ok(app.sm.read(&query));
     };
+    let _slot = BlockingSlot::take(app)?;
     let jitter = opts.wait.as_millis() as u64 / 16;
     let extra = if jitter > 0 { rand::rng().random_range(0..=jitter) } else { 0 };
     let deadline = tokio::time::Instant::now() + opts.wait + Duration::from_millis(extra);
