@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use warp::Filter;
 
 use crate::app::App;
-use crate::raft::network::{CLUSTER_HEADER, RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE};
+use crate::raft::network::{CLUSTER_HEADER, RPC_APPEND, RPC_SNAPSHOT, RPC_VOTE, TARGET_HEADER};
 use crate::raft::{decode, encode, NodeId, ServerNode};
 use crate::state::{Command, CommandResult};
 
@@ -109,8 +109,18 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
     let body = warp::body::bytes();
     let rpc = warp::post().and(warp::path("raft")).and(warp::path::param::<String>()).and(warp::path::end());
     let cluster = warp::header::optional::<String>(CLUSTER_HEADER);
-    let calls = rpc.and(cluster).and(with_app.clone()).and(body).then(
-        |call: String, cluster: Option<String>, app: Arc<App>, body: Bytes| async move {
+    let target = warp::header::optional::<String>(TARGET_HEADER);
+    let calls = rpc.and(cluster).and(target).and(with_app.clone()).and(body).then(
+        |call: String, cluster: Option<String>, target: Option<String>, app: Arc<App>, body: Bytes| async move {
+            // A Raft RPC meant for another member (this address's previous, wiped, server): refuse it.
+            if let Some(t) = target.filter(|t| *t != app.id.to_string()) {
+                let reason =
+                    format!("meant for node {t}, refused by node {} (a new server at a member's address)", app.id);
+                log_refusal(&reason);
+                let mut r = warp::http::Response::new(Bytes::from(reason).into());
+                *r.status_mut() = warp::http::StatusCode::CONFLICT;
+                return r;
+            }
             // On every append: compared under the read lock, nothing copied.
             if let Some(reason) = app.sm.read(|s| cluster_mismatch(s.cluster_id(), cluster.as_deref())) {
                 log_refusal(&reason);
@@ -194,9 +204,27 @@ async fn handle_join(app: &App, req: JoinRequest) -> Result<(), String> {
         tracing::warn!(node = %req.node.name, "join {reason}");
         return Err(format!("join of {} {reason}", req.node.name));
     }
-    let voters: BTreeSet<NodeId> = app.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    let (voters, stale): (BTreeSet<NodeId>, Vec<(NodeId, ServerNode)>) = {
+        let m = app.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        // Members with the joiner's name or address under another ID: the server it replaces (its
+        // data directory was lost). As Consul's leader does, take the old one out first, so one
+        // process never counts as two members.
+        let stale = membership
+            .nodes()
+            .filter(|(id, n)| {
+                **id != req.id && **id != app.id && (n.name == req.node.name || n.rpc_addr == req.node.rpc_addr)
+            })
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        (membership.voter_ids().collect(), stale)
+    };
     if voters.contains(&req.id) {
         return Ok(());
+    }
+    for (id, node) in stale {
+        tracing::warn!(old = id, new = req.id, node = %node, "a server rejoined under a new ID: removing its old member");
+        remove_server(app, id).await?;
     }
     // Autopilot makes it a voter once it has been healthy for ServerStabilizationTime.
     tracing::info!(id = req.id, node = %req.node, "adding server as learner");

@@ -114,6 +114,36 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
     }
 }
 
+/// One leadership confirmation: a heartbeat round to a quorum, then this server's state machine
+/// applied up to the read index.
+///
+/// openraft's read index is the larger of its commit index and the first entry of the leader's term.
+/// A leader killed and restarted before anyone else was elected comes back as leader of the same term
+/// (openraft restores leadership) with the commit index it last persisted, which may be behind: its
+/// read index can then be below writes already acknowledged, and a `?consistent` read would miss
+/// them (found by the fault harness: faults/tests/fixtures/consistent-read-after-leader-restart.json).
+/// So in each term a read also waits until everything in this server's log when it first confirmed
+/// a read in that term is applied: entries committed before a restart are all in the log.
+/// `floor` is (term, index) for the current term.
+async fn confirm(raft: &Raft, floor: &mut Option<(u64, u64)>) -> bool {
+    if raft.ensure_linearizable().await.is_err() {
+        return false;
+    }
+    let (term, last_log) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.current_term, m.last_log_index.unwrap_or(0))
+    };
+    let index = match *floor {
+        Some((t, i)) if t == term => i,
+        _ => {
+            *floor = Some((term, last_log));
+            last_log
+        }
+    };
+    raft.wait(Some(std::time::Duration::from_secs(5))).applied_index_at_least(Some(index), "read floor").await.is_ok()
+}
+
 /// Shares one leadership confirmation among concurrent `?consistent` reads.
 ///
 /// A read may only use a confirmation round that started after it arrived. Reads queue here; a loop
@@ -129,12 +159,13 @@ impl ReadBarrier {
     pub fn start(raft: Raft) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
         tokio::spawn(async move {
+            let mut floor = None;
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                let confirmed = raft.ensure_linearizable().await.is_ok();
+                let confirmed = confirm(&raft, &mut floor).await;
                 for w in waiting {
                     let _ = w.send(confirmed);
                 }

@@ -20,6 +20,11 @@ use super::{decode, encode, NodeId, ServerNode, TypeConfig};
 /// The header every server RPC carries once the sender knows its cluster's identity.
 pub const CLUSTER_HEADER: &str = "x-roster-cluster";
 
+/// The node ID a Raft RPC is meant for. A server refuses one meant for another ID: after its data
+/// directory is wiped a server comes back under a new ID at the old address, and must not answer
+/// (vote, acknowledge entries) for the member it replaced, whose log it no longer has.
+pub const TARGET_HEADER: &str = "x-roster-target";
+
 /// Paths of the server RPC API.
 pub const RPC_APPEND: &str = "append";
 pub const RPC_VOTE: &str = "vote";
@@ -80,6 +85,7 @@ impl Connection {
         if let Some(id) = self.sm.read(|s| s.cluster_id().map(str::to_string)) {
             request = request.header(CLUSTER_HEADER, id);
         }
+        request = request.header(TARGET_HEADER, self.target.to_string());
         let resp = request.send().await.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))

@@ -1,0 +1,319 @@
+//! Real `roster server` processes on loopback (127.0.13.i), and the faults done to them: SIGKILL,
+//! restart with the data directory kept or wiped, SIGSTOP/SIGCONT. Everything started here is
+//! killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use registry::api::RaftConfiguration;
+use tempfile::TempDir;
+
+/// The `roster` binary: `ROSTER_BIN`, else the workspace's `target/debug/roster`.
+pub fn roster_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ROSTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("roster")
+}
+
+pub struct Server {
+    pub name: String,
+    pub http: String,
+    pub rpc: String,
+    pub gossip: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Server {
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+pub struct Cluster {
+    tmp: TempDir,
+    bin: PathBuf,
+    pub servers: Vec<Server>,
+    /// Bumped on every (re)start of a server: `?stale` reads are monotonic within one incarnation.
+    pub incarnations: Arc<Vec<AtomicU32>>,
+    pub http: reqwest::Client,
+    join: Vec<String>,
+    gossip_seeds: Vec<String>,
+    log_from: Vec<u64>,
+}
+
+impl Cluster {
+    /// `n` servers on 127.0.13.1..n: HTTP on `port`, RPC on `port + 1`, gossip on `port + 2`.
+    pub fn start(n: usize, port: u16) -> Cluster {
+        let tmp = tempfile::Builder::new().prefix("roster-faults").tempdir().expect("temp dir");
+        let src = roster_bin();
+        assert!(
+            src.exists(),
+            "{} is missing: build it first with `cargo build -p roster-registry --bin roster` (or set ROSTER_BIN)",
+            src.display()
+        );
+        // A private link (or copy): a rebuild of target/debug/roster during the run must not change
+        // the binary restarted servers run.
+        let bin = tmp.path().join("roster");
+        if std::fs::hard_link(&src, &bin).is_err() {
+            std::fs::copy(&src, &bin).expect("copy roster binary");
+        }
+        let servers: Vec<Server> = (1..=n)
+            .map(|i| Server {
+                name: format!("server-{i}"),
+                http: format!("127.0.13.{i}:{port}"),
+                rpc: format!("127.0.13.{i}:{}", port + 1),
+                gossip: format!("127.0.13.{i}:{}", port + 2),
+                dir: tmp.path().join(format!("s{i}")),
+                log: tmp.path().join(format!("s{i}.log")),
+                child: None,
+                paused: false,
+            })
+            .collect();
+        let join = servers.iter().map(|s| s.rpc.clone()).collect();
+        let gossip_seeds = servers.iter().map(|s| s.gossip.clone()).collect();
+        let incarnations = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
+        let http = registry::client::http_builder()
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("http client");
+        let mut c = Cluster { tmp, bin, servers, incarnations, http, join, gossip_seeds, log_from: vec![0; n] };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let s = &self.servers[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log).expect("log file");
+        let seeds: Vec<&str> = self.gossip_seeds.iter().filter(|g| **g != s.gossip).map(String::as_str).collect();
+        let child = Command::new(&self.bin)
+            .args(["server", "--node-name", &s.name])
+            .arg("--data-dir")
+            .arg(&s.dir)
+            .args(["--http-addr", &s.http, "--rpc-addr", &s.rpc])
+            .args(["--gossip-addr", &s.gossip, "--gossip-seeds", &seeds.join(",")])
+            .args(["--dns-addr", "off"])
+            .args(["--bootstrap-expect", &self.servers.len().to_string()])
+            .args(["--retry-join", &self.join.join(",")])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn roster");
+        self.incarnations[i].fetch_add(1, Ordering::SeqCst);
+        let s = &mut self.servers[i];
+        s.child = Some(child);
+        s.paused = false;
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        if let Some(mut c) = s.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        s.paused = false;
+    }
+
+    /// Starts a stopped server again with its data directory as it is.
+    pub fn restart(&mut self, i: usize) {
+        if !self.servers[i].running() {
+            self.spawn(i);
+        }
+    }
+
+    /// Deletes a stopped server's data directory: it comes back as a new member.
+    pub fn wipe(&mut self, i: usize) {
+        assert!(!self.servers[i].running(), "wipe a running server");
+        let _ = std::fs::remove_dir_all(&self.servers[i].dir);
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(pid) = self.servers[i].pid() {
+            match Command::new("kill").args([sig, &pid.to_string()]).status() {
+                Ok(st) if st.success() => {}
+                other => eprintln!("kill {sig} {pid}: {other:?}"),
+            }
+        }
+    }
+
+    /// SIGSTOP.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.servers[i].paused = true;
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, i: usize) {
+        if self.servers[i].paused {
+            self.signal(i, "-CONT");
+            self.servers[i].paused = false;
+        }
+    }
+
+    /// Restarts every stopped server and resumes every paused one.
+    pub fn heal_all(&mut self) {
+        for i in 0..self.servers.len() {
+            self.resume(i);
+            self.restart(i);
+        }
+    }
+
+    /// Servers that are running and not paused.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.servers.len()).filter(|&i| self.servers[i].running() && !self.servers[i].paused).collect()
+    }
+
+    async fn leader_seen_by(&self, i: usize) -> Option<usize> {
+        let url = format!("http://{}/v1/status/leader", self.servers[i].http);
+        let r = self.http.get(url).timeout(Duration::from_secs(1)).send().await.ok()?;
+        let leader: String = r.json().await.ok()?;
+        self.servers.iter().position(|s| s.rpc == leader)
+    }
+
+    /// The leader as a majority of the live servers see it.
+    pub async fn leader(&self) -> Option<usize> {
+        let live = self.live();
+        let mut votes = vec![0usize; self.servers.len()];
+        for &i in &live {
+            if let Some(l) = self.leader_seen_by(i).await {
+                votes[l] += 1;
+            }
+        }
+        let (best, count) = votes.iter().enumerate().max_by_key(|(_, c)| **c)?;
+        (*count * 2 > self.servers.len() && self.servers[best].running()).then_some(best)
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader().await {
+                return Some(l);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls a probe write through the live servers in turn until one is acknowledged; returns how
+    /// long that took, or None after `timeout`.
+    pub async fn wait_writable(&self, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut n = 0usize;
+        while start.elapsed() < timeout {
+            let live = self.live();
+            if live.is_empty() {
+                return None;
+            }
+            let s = &self.servers[live[n % live.len()]];
+            n += 1;
+            let url = format!("http://{}/v1/kv/faults-probe", s.http);
+            let ok = match self.http.put(url).body(n.to_string()).timeout(Duration::from_secs(1)).send().await {
+                Ok(r) if r.status().is_success() => r.text().await.is_ok_and(|t| t.trim() == "true"),
+                _ => false,
+            };
+            if ok {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// The Raft configuration as the leader reports it.
+    pub async fn raft_configuration(&self) -> Option<RaftConfiguration> {
+        for i in self.live() {
+            let url = format!("http://{}/v1/operator/raft/configuration", self.servers[i].http);
+            if let Ok(r) = self.http.get(url).send().await {
+                if r.status().is_success() {
+                    if let Ok(c) = r.json::<RaftConfiguration>().await {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The node ID a server keeps in its data directory (a wiped server gets a new one).
+    pub fn node_id(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(self.servers[i].dir.join("node-id")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Waits until the Raft configuration is exactly the servers' current node IDs, all voters (a
+    /// wiped server has rejoined under its new ID and been promoted, its old member is gone).
+    pub async fn wait_members_settled(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            let want: Option<Vec<String>> = (0..self.servers.len()).map(|i| self.node_id(i)).collect();
+            if let (Some(mut want), Some(c)) = (want, self.raft_configuration().await) {
+                want.sort();
+                let mut voters: Vec<String> = c.servers.iter().filter(|s| s.voter).map(|s| s.id.clone()).collect();
+                voters.sort();
+                if voters == want && c.servers.len() == want.len() {
+                    return Ok(start.elapsed());
+                }
+                last = format!(
+                    "configuration {:?}, servers' IDs {want:?}",
+                    c.servers.iter().map(|s| (&s.node, &s.id, s.voter)).collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(format!("membership not settled after {timeout:?}: {last}"))
+    }
+
+    /// The servers' logs since the last call (for a failing run's report).
+    pub fn logs(&mut self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+            let from = (self.log_from[i] as usize).min(text.len());
+            out.push_str(&format!("----- {} -----\n{}\n", s.name, &text[from..]));
+            self.log_from[i] = text.len() as u64;
+        }
+        out
+    }
+
+    /// Keeps the servers' logs and data under `dest` (for a failing run).
+    pub fn keep_logs(&self, dest: &Path) {
+        let _ = std::fs::create_dir_all(dest);
+        for s in &self.servers {
+            let _ = std::fs::copy(&s.log, dest.join(format!("{}.log", s.name)));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.resume(i);
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! A scenario: a cluster, the workload, a fault schedule run beside it, then the checks.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::checker::{self, Options};
+use crate::cluster::Cluster;
+use crate::history::{History, Operation};
+use crate::workload::{self, Shared, Workload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the leader, restart it (data kept) after a while.
+    LeaderKill,
+    /// SIGKILL a random server, restart it (data kept).
+    RandomKill,
+    /// SIGSTOP the leader for longer than the election timeout, then SIGCONT.
+    LeaderPause,
+    /// SIGKILL a server (the leader every other time), wipe its data directory, start it again:
+    /// it must rejoin as a new member.
+    WipeRestart,
+    /// SIGKILL the leader and start it again at once (0.2-0.6 s), before the others elect a new one:
+    /// it comes back as leader of the same term.
+    LeaderQuickRestart,
+    /// Each round one of the above at random.
+    Mixed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub servers: usize,
+    /// HTTP port; RPC and gossip use the next two.
+    pub port: u16,
+    pub fault: Fault,
+    /// Operations to record (at least).
+    pub ops: usize,
+    /// Fault rounds to do (at least), even if the operations are done sooner.
+    pub min_faults: usize,
+    pub clients: usize,
+    pub seed: u64,
+}
+
+impl Scenario {
+    /// A scenario sized from the environment: `ROSTER_FAULTS_OPS` (default 1,500),
+    /// `ROSTER_FAULTS_MIN_FAULTS` (default 2), `ROSTER_FAULTS_SEED` (default: from the clock).
+    pub fn from_env(name: &str, servers: usize, port: u16, fault: Fault) -> Scenario {
+        let var = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Scenario {
+            name: name.to_string(),
+            servers,
+            port,
+            fault,
+            ops: var("ROSTER_FAULTS_OPS", 1_500) as usize,
+            min_faults: var("ROSTER_FAULTS_MIN_FAULTS", 2) as usize,
+            clients: var("ROSTER_FAULTS_CLIENTS", 8) as usize,
+            seed: var("ROSTER_FAULTS_SEED", clock % 1_000_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub name: String,
+    pub seed: u64,
+    pub ops: usize,
+    pub reads: usize,
+    pub acked_writes: usize,
+    pub unknown_writes: usize,
+    pub keys: usize,
+    pub faults: Vec<String>,
+    /// Linearizability violations (keys) with writes, CAS and `?consistent` reads.
+    pub violations: Vec<String>,
+    /// The same with default-mode reads added (Consul's default mode may serve a stale read from a
+    /// deposed leader; reported, not a failure).
+    pub default_read_violations: Vec<String>,
+    /// Keys the search could not decide.
+    pub undecided: Vec<String>,
+    pub lost_writes: usize,
+    pub stale_non_monotonic: usize,
+    /// From each fault's injection to the first acknowledged write (None: not within the fault).
+    pub fault_to_writable: Vec<Option<Duration>>,
+    /// From each heal (restart, SIGCONT) to the first acknowledged write.
+    pub heal_to_writable: Vec<Option<Duration>>,
+    /// Wipe scenario: from the restart to the configuration having every server as a voter once.
+    pub rejoin: Vec<Result<Duration, String>>,
+    pub elapsed: Duration,
+    pub check_time: Duration,
+    pub history_file: PathBuf,
+}
+
+impl Summary {
+    pub fn max_heal_to_writable(&self) -> Option<Duration> {
+        self.heal_to_writable.iter().flatten().max().copied()
+    }
+
+    pub fn line(&self) -> String {
+        let ms = |v: &[Option<Duration>]| {
+            v.iter().map(|d| d.map_or("-".to_string(), |d| d.as_millis().to_string())).collect::<Vec<_>>().join(",")
+        };
+        format!(
+            "{}: seed {} ops {} (reads {}, acked writes {}, unknown writes {}) keys {} faults {} | violations {} \
+             (with default reads {}) undecided {} lost {} stale-non-monotonic {} | fault->writable ms [{}] \
+             heal->writable ms [{}] rejoin {:?} | {:.1}s run, {:.1}s check",
+            self.name,
+            self.seed,
+            self.ops,
+            self.reads,
+            self.acked_writes,
+            self.unknown_writes,
+            self.keys,
+            self.faults.len(),
+            self.violations.len(),
+            self.default_read_violations.len(),
+            self.undecided.len(),
+            self.lost_writes,
+            self.stale_non_monotonic,
+            ms(&self.fault_to_writable),
+            ms(&self.heal_to_writable),
+            self.rejoin.iter().map(|r| r.as_ref().map(|d| d.as_millis()).map_err(|e| e.clone())).collect::<Vec<_>>(),
+            self.elapsed.as_secs_f64(),
+            self.check_time.as_secs_f64(),
+        )
+    }
+}
+
+/// Where histories go: `ROSTER_FAULTS_OUT`, else `target/faults/`.
+pub fn out_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("ROSTER_FAULTS_OUT") {
+        return PathBuf::from(p);
+    }
+    let bin = crate::cluster::roster_bin();
+    bin.parent().and_then(|p| p.parent()).map(|t| t.join("faults")).unwrap_or_else(|| PathBuf::from("faults-out"))
+}
+
+fn verbose() -> bool {
+    std::env::var_os("ROSTER_FAULTS_VERBOSE").is_some()
+}
+
+struct FaultLog {
+    faults: Vec<String>,
+    fault_to_writable: Vec<Option<Duration>>,
+    heal_to_writable: Vec<Option<Duration>>,
+    rejoin: Vec<Result<Duration, String>>,
+}
+
+async fn fault_loop(
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    fault: Fault,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+) -> FaultLog {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut log = FaultLog {
+        faults: Vec::new(),
+        fault_to_writable: Vec::new(),
+        heal_to_writable: Vec::new(),
+        rejoin: Vec::new(),
+    };
+    let mut round = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..2_500))).await;
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let kind = match fault {
+            Fault::Mixed => [
+                Fault::LeaderKill,
+                Fault::RandomKill,
+                Fault::LeaderPause,
+                Fault::WipeRestart,
+                Fault::LeaderQuickRestart,
+            ][rng.random_range(0..5)],
+            f => f,
+        };
+        let mut c = cluster.lock().await;
+        let Some(leader) = c.wait_leader(Duration::from_secs(20)).await else {
+            log.faults.push("no leader before the fault".into());
+            continue;
+        };
+        let n = c.servers.len();
+        let (target, down) = match kind {
+            Fault::LeaderKill | Fault::LeaderPause => (leader, Duration::from_millis(rng.random_range(2_500..4_000))),
+            Fault::LeaderQuickRestart => (leader, Duration::from_millis(rng.random_range(200..600))),
+            Fault::RandomKill => (rng.random_range(0..n), Duration::from_millis(rng.random_range(1_000..4_000))),
+            _ => (if round.is_multiple_of(2) { leader } else { rng.random_range(0..n) }, Duration::from_millis(1_000)),
+        };
+        let injected = Instant::now();
+        match kind {
+            Fault::LeaderPause => c.pause(target),
+            _ => c.kill(target),
+        }
+        if kind == Fault::WipeRestart {
+            c.wipe(target);
+        }
+        log.faults.push(format!("{kind:?} server-{} (leader was server-{}) for {down:?}", target + 1, leader + 1));
+        if verbose() {
+            eprintln!("fault: {}", log.faults.last().map_or("", String::as_str));
+        }
+        let during = c.wait_writable(down).await;
+        log.fault_to_writable.push(during);
+        let left = down.saturating_sub(injected.elapsed());
+        tokio::time::sleep(left).await;
+        match kind {
+            Fault::LeaderPause => c.resume(target),
+            _ => c.restart(target),
+        }
+        let healed = c.wait_writable(Duration::from_secs(30)).await;
+        log.heal_to_writable.push(healed);
+        if kind == Fault::WipeRestart {
+            log.rejoin.push(c.wait_members_settled(Duration::from_secs(90)).await);
+        }
+        drop(c);
+        round += 1;
+        rounds.store(round, Ordering::SeqCst);
+    }
+    log
+}
+
+/// Runs the scenario and checks its history. Panics only on harness failures (no cluster).
+pub async fn run(s: &Scenario) -> Summary {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(s.servers, s.port);
+    if cluster.wait_leader(Duration::from_secs(60)).await.is_none() {
+        panic!("no leader at start:\n{}", cluster.logs());
+    }
+    cluster.wait_writable(Duration::from_secs(30)).await.expect("cluster writable at start");
+    let servers: Vec<String> = cluster.servers.iter().map(|x| x.http.clone()).collect();
+    let shared = Arc::new(Shared {
+        servers: servers.clone(),
+        incarnations: cluster.incarnations.clone(),
+        base: Instant::now(),
+        done: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        keys: Default::default(),
+    });
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let stop_faults = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let faults = tokio::spawn(fault_loop(cluster.clone(), s.fault, s.seed, stop_faults.clone(), rounds.clone()));
+    let w = Workload {
+        clients: s.clients,
+        keys: 4,
+        ops_per_generation: 300,
+        // Keep going past `ops` until the fault rounds are done: the workload stops on `stop`.
+        total: usize::MAX,
+        timeout: Duration::from_secs(3),
+        prefix: format!("faults/{}", s.name),
+        seed: s.seed,
+    };
+    let workload = tokio::spawn(workload::run(w, shared.clone()));
+    // Wait for enough operations and fault rounds.
+    let limit = Instant::now() + Duration::from_secs(3_600);
+    let mut last_report = Instant::now();
+    while (shared.done.load(Ordering::SeqCst) < s.ops || rounds.load(Ordering::SeqCst) < s.min_faults)
+        && Instant::now() < limit
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if last_report.elapsed() > Duration::from_secs(15) {
+            last_report = Instant::now();
+            eprintln!(
+                "[{}] {:.0}s: {} operations, {} fault rounds",
+                s.name,
+                started.elapsed().as_secs_f64(),
+                shared.done.load(Ordering::SeqCst),
+                rounds.load(Ordering::SeqCst)
+            );
+        }
+    }
+    stop_faults.store(true, Ordering::SeqCst);
+    let fault_log = faults.await.expect("fault loop");
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut ops: Vec<Operation> = workload.await.expect("workload");
+
+    // Heal everything and read every key's final value.
+    let mut c = Arc::try_unwrap(cluster).ok().expect("cluster still shared").into_inner();
+    c.heal_all();
+    let healed_leader = c.wait_leader(Duration::from_secs(60)).await;
+    let keys = shared.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let finals = workload::final_reads(&servers, &keys, shared.base, Duration::from_secs(120)).await;
+    let (final_ops, finals) = match finals {
+        Ok(f) => f,
+        Err(e) => panic!("{e} (leader {healed_leader:?})\n{}", c.logs()),
+    };
+    ops.extend(final_ops);
+    let elapsed = started.elapsed();
+
+    // Saved before checking, so that a check that never ends still leaves the history behind.
+    let dir = out_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let history_file = dir.join(format!("{}.json", s.name));
+    let history = History {
+        note: format!("scenario {} seed {}; faults: {:?}", s.name, s.seed, fault_log.faults),
+        ops: ops.clone(),
+    };
+    if let Ok(json) = serde_json::to_vec(&history) {
+        let _ = std::fs::write(&history_file, json);
+    }
+    if verbose() {
+        eprintln!("[{}] history in {}; checking", s.name, history_file.display());
+    }
+
+    let check_started = Instant::now();
+    let strict = checker::check(&ops, &Options { default_reads: false, ..Options::default() });
+    let with_default = checker::check(&ops, &Options::default());
+    let lost = checker::lost_writes(&ops, &finals);
+    let stale = checker::stale_monotonicity(&ops);
+    let check_time = check_started.elapsed();
+
+    let describe = |k: &checker::KeyReport| format!("{} ({} ops): {:?}", k.key, k.ops, k.outcome);
+    let summary = Summary {
+        name: s.name.clone(),
+        seed: s.seed,
+        ops: ops.len(),
+        reads: ops.iter().filter(|o| o.is_read()).count(),
+        acked_writes: ops.iter().filter(|o| o.acknowledged_write().is_some()).count(),
+        unknown_writes: ops.iter().filter(|o| !o.is_read() && o.ret.is_none()).count(),
+        keys: keys.len(),
+        faults: fault_log.faults,
+        violations: strict.violations().map(describe).collect(),
+        default_read_violations: with_default.violations().map(describe).collect(),
+        undecided: strict.unknown().chain(with_default.unknown()).map(describe).collect(),
+        lost_writes: lost.len(),
+        stale_non_monotonic: stale.len(),
+        fault_to_writable: fault_log.fault_to_writable,
+        heal_to_writable: fault_log.heal_to_writable,
+        rejoin: fault_log.rejoin,
+        elapsed,
+        check_time,
+        history_file,
+    };
+    if !summary.violations.is_empty() || summary.lost_writes > 0 || summary.stale_non_monotonic > 0 {
+        c.keep_logs(&dir.join(format!("{}-logs", s.name)));
+        for l in lost.iter().take(20) {
+            eprintln!("lost write: {l:?}");
+        }
+        for x in stale.iter().take(20) {
+            eprintln!("stale read went back: {x:?}");
+        }
+    }
+    summary
+}

@@ -1,0 +1,58 @@
+//! Saved histories (tests/fixtures/*.json) fed to the checker: real runs, and real runs falsified.
+
+use roster_faults::checker::{self, Options};
+use roster_faults::history::{History, ReadMode, RegOp};
+
+fn load(name: &str) -> History {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&path).expect("fixture");
+    serde_json::from_slice(&bytes).expect("fixture JSON")
+}
+
+const STRICT: Options = Options { default_reads: false, max_steps: 5_000_000 };
+const WITH_DEFAULT: Options = Options { default_reads: true, max_steps: 5_000_000 };
+
+#[test]
+fn default_mode_read_from_a_resumed_old_leader_is_not_linearizable() {
+    let h = load("default-read-from-paused-leader.json");
+    let with_default = checker::check(&h.ops, &WITH_DEFAULT);
+    assert_eq!(with_default.violations().count(), 1, "{:?}", with_default.keys);
+    // Writes, CAS and ?consistent reads alone are linearizable.
+    let strict = checker::check(&h.ops, &STRICT);
+    assert!(strict.ok(), "{:?}", strict.keys);
+}
+
+#[test]
+fn many_unknown_outcomes_during_a_leader_kill_check_quickly() {
+    let h = load("leader-kill-unknown-outcomes.json");
+    assert!(h.ops.iter().filter(|o| o.ret.is_none()).count() > 80);
+    let report = checker::check(&h.ops, &WITH_DEFAULT);
+    assert!(report.ok(), "{:?}", report.keys);
+    assert!(report.keys.iter().all(|k| k.steps < 100_000), "{:?}", report.keys);
+}
+
+#[test]
+fn a_falsified_stale_read_in_a_real_history_is_caught() {
+    let h = load("falsified-stale-read.json");
+    let report = checker::check(&h.ops, &STRICT);
+    assert_eq!(report.violations().count(), 1, "{:?}", report.keys);
+}
+
+#[test]
+fn consistent_read_from_a_restarted_leader_with_a_stale_commit_index_is_caught() {
+    let h = load("consistent-read-after-leader-restart.json");
+    let report = checker::check(&h.ops, &STRICT);
+    assert_eq!(report.violations().count(), 1, "{:?}", report.keys);
+    // Without the two stale ?consistent reads (index 1992 after 1994 was seen), it is linearizable.
+    let ops: Vec<_> = h
+        .ops
+        .iter()
+        .filter(|o| {
+            !matches!(o.op, RegOp::Read { mode: ReadMode::Consistent, index: Some(1992), value: Some(7000001101) }
+                if o.call > h.ops.iter().filter_map(|w| w.ret.filter(|_| w.acknowledged_write() == Some(1000001058))).max().unwrap_or(0))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(ops.len(), h.ops.len() - 2);
+    assert!(checker::check(&ops, &STRICT).ok());
+}

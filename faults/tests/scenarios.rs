@@ -1,0 +1,84 @@
+//! Fault scenarios against real `roster server` processes (target/debug/roster, or ROSTER_BIN).
+//! Short by default (ROSTER_FAULTS_OPS=1500 operations and at least 2 fault rounds per scenario);
+//! the long run sets ROSTER_FAULTS_OPS=10000. One scenario at a time: they share the machine.
+//! Each scenario uses its own ports on 127.0.13.1-5 (19900-19952).
+
+use roster_faults::scenario::{self, Fault, Scenario};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn run(name: &str, servers: usize, port: u16, fault: Fault) {
+    let _guard = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::from_env(name, servers, port, fault);
+    let summary = scenario::run(&s).await;
+    println!("{}", summary.line());
+    for f in &summary.faults {
+        println!("  fault: {f}");
+    }
+    for v in &summary.default_read_violations {
+        println!("  default-mode read anomaly (allowed by Consul's default consistency): {v}");
+    }
+    let history = summary.history_file.display();
+    assert!(summary.ops >= s.ops, "only {} operations recorded", summary.ops);
+    assert!(summary.faults.len() >= s.min_faults, "only {} fault rounds", summary.faults.len());
+    assert!(summary.violations.is_empty(), "linearizability violations {:?}; history in {history}", summary.violations);
+    assert!(summary.undecided.is_empty(), "checker could not decide {:?}; history in {history}", summary.undecided);
+    assert_eq!(summary.lost_writes, 0, "lost acknowledged writes; history in {history}");
+    assert_eq!(summary.stale_non_monotonic, 0, "?stale reads went back; history in {history}");
+    assert!(summary.heal_to_writable.iter().all(Option::is_some), "not writable within 30 s of a heal");
+    for r in &summary.rejoin {
+        assert!(r.is_ok(), "wiped server did not rejoin: {r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_and_restart() {
+    run("leader-kill", 3, 19900, Fault::LeaderKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_server_kill_and_restart() {
+    run("random-kill", 3, 19910, Fault::RandomKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_paused_past_the_election_timeout() {
+    run("leader-pause", 3, 19920, Fault::LeaderPause).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restarted_with_its_data_wiped() {
+    run("wipe-restart", 3, 19930, Fault::WipeRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_servers_mixed_faults() {
+    run("mixed-5", 5, 19940, Fault::Mixed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_safety_with_session_destroys_and_leader_faults() {
+    let _guard = ONE_AT_A_TIME.lock().await;
+    let s = Scenario::from_env("locks", 3, 19950, Fault::Mixed);
+    // Lock attempts are slower than register operations (each holder waits): a third of the count.
+    let summary = roster_faults::locks::run(s.port, 4, s.ops / 3, s.min_faults, s.seed).await;
+    println!(
+        "locks: seed {} attempts {} acquired {} unknown {} session invalidations {} faults {} | violations {} | {:.1}s",
+        s.seed,
+        summary.attempts,
+        summary.acquired,
+        summary.unknown,
+        summary.invalidations,
+        summary.faults.len(),
+        summary.violations.len(),
+        summary.elapsed.as_secs_f64()
+    );
+    assert!(summary.acquired > 0, "nobody ever held the lock");
+    assert!(summary.invalidations > 0, "no session was invalidated");
+    assert!(summary.violations.is_empty(), "lock safety violations: {:#?}", summary.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_and_restarted_at_once() {
+    run("leader-quick-restart", 3, 19960, Fault::LeaderQuickRestart).await;
+}
