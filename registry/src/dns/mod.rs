@@ -156,7 +156,7 @@ impl<C: Catalog> Handler<C> {
         let (mut answers, mut additionals, ttl, mut truncated) = match lookup {
             Lookup::Service { service, tag, dc: other } => {
                 match self
-                    .instances(qname, qtype, udp, Search::Service(&service, tag.as_deref()), other.as_deref())
+                    .instances(qname, qtype, udp, Search::Service(&service, tag.as_deref()), other.as_deref(), &dc)
                     .await
                 {
                     Ok(found) => found,
@@ -164,7 +164,7 @@ impl<C: Catalog> Handler<C> {
                 }
             }
             Lookup::Query { name, dc: other } => {
-                match self.instances(qname, qtype, udp, Search::Query(&name), other.as_deref()).await {
+                match self.instances(qname, qtype, udp, Search::Query(&name), other.as_deref(), &dc).await {
                     Ok(found) => found,
                     Err(outcome) => return outcome,
                 }
@@ -200,7 +200,7 @@ enum Search<'a> {
 type Found = (Vec<Rec>, Vec<Rec>, u32, bool);
 
 impl<C: Catalog> Handler<C> {
-    /// The records of a service's or query's instances (`other`: another datacenter's).
+    /// The records of a service's or query's instances: this datacenter's (`home`), or `other`'s.
     async fn instances(
         &self,
         qname: &str,
@@ -208,6 +208,7 @@ impl<C: Catalog> Handler<C> {
         udp: bool,
         search: Search<'_>,
         other: Option<&str>,
+        home: &str,
     ) -> Result<Found, Outcome> {
         // Over UDP only `udp_answer_limit` SRV records fit, one per instance: the catalog copies no
         // more. Address records are not one per instance (an IPv4 instance has no AAAA, and
@@ -237,8 +238,7 @@ impl<C: Catalog> Handler<C> {
             return Err(Outcome::code(ResponseCode::NXDomain));
         }
         // SRV targets name the instances' own datacenter.
-        let dc = other.map_or_else(|| self.catalog.datacenter(), str::to_string);
-        let (a, x) = answer::service_records(qname, qtype, &entries, &dc, &self.settings.domain);
+        let (a, x) = answer::service_records(qname, qtype, &entries, other.unwrap_or(home), &self.settings.domain);
         Ok((a, x, self.settings.service_ttl_secs, more))
     }
 }

@@ -57,7 +57,7 @@ function url(path, query) {
 
 // One request. Answers { data, index }; `missing: true` lets a 404 answer null (a KV prefix with
 // no keys is a 404 that still carries an index to block on).
-export async function call(path, { method = "GET", query, body, signal, text = false, missing = false, secret } = {}) {
+export async function call(path, { method = "GET", query, body, signal, missing = false, secret } = {}) {
   const headers = {};
   const t = secret ?? token();
   if (t) headers["X-Consul-Token"] = t;
@@ -81,7 +81,6 @@ export async function call(path, { method = "GET", query, body, signal, text = f
   const index = Number(res.headers.get("X-Consul-Index") || 0);
   if (res.status === 404 && missing) return { data: null, index };
   if (!res.ok) throw new ApiError(res.status, bodyText.trim() || res.statusText);
-  if (text) return { data: bodyText, index };
   let data = null;
   if (bodyText) {
     try {

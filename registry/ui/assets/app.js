@@ -44,10 +44,6 @@ function route(moveFocus) {
   }
   if (current) current.abort();
   current = new AbortController();
-  for (const a of document.querySelectorAll("#nav a")) {
-    if (a.dataset.section === section) a.setAttribute("aria-current", "page");
-    else a.removeAttribute("aria-current");
-  }
   renderNav();
   const page = PAGES[section];
   const ctx = { main, signal: current.signal, section, rest: rest.filter(Boolean), path: rest.join("/"), params: new URLSearchParams(location.search) };
