@@ -41,8 +41,10 @@ pub struct App {
     pub proposer: crate::proposer::Proposer,
     /// Batches leadership confirmations of `?consistent` reads.
     pub read_barrier: crate::proposer::ReadBarrier,
-    /// Client for forwarding HTTP requests and commands to the leader.
+    /// Client for calls outside the cluster (auth methods' JWKS and token review).
     pub http: reqwest::Client,
+    /// Clients for other servers: RPC ports and HTTP APIs, over TLS where configured.
+    pub dialer: Arc<crate::tls::dial::Dialer>,
     pub metrics: Metrics,
     /// Leader-side session TTL deadlines (Consul keeps these in memory on the leader too).
     pub session_deadlines: Mutex<HashMap<String, Instant>>,
@@ -139,7 +141,7 @@ impl App {
                 }
             }
             let cluster = self.sm.read(|s| s.cluster_id().map(str::to_string));
-            match crate::cluster::forward_command(&self.http, &leader.rpc_addr, cluster.as_deref(), &cmd).await {
+            match crate::cluster::forward_command(&self.dialer, &leader.rpc_addr, cluster.as_deref(), &cmd).await {
                 Ok(Some(r)) => {
                     // Read-your-writes: do not answer before this server has applied the write.
                     let _ = tokio::time::timeout(Duration::from_secs(5), self.sm.wait_applied(r.0)).await;

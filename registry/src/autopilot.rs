@@ -182,7 +182,7 @@ pub async fn run(app: Arc<App>, gossip: Option<Arc<crate::gossip::Membership>>) 
 async fn take(app: &App, step: &Step) -> Result<(), String> {
     match step {
         Step::Add { name, rpc_addr } => {
-            let info = crate::cluster::server_info(&app.http, rpc_addr).await.ok_or("no answer from its RPC port")?;
+            let info = crate::cluster::server_info(&app.dialer, rpc_addr).await.ok_or("no answer from its RPC port")?;
             if info.node.name != *name {
                 return Err(format!("{rpc_addr} is {}, not {name}", info.node.name));
             }

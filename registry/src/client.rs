@@ -61,13 +61,19 @@ pub struct RawResponse {
 }
 
 impl Client {
-    /// `servers` are HTTP addresses (host:port, DNS names allowed). No request timeout: blocking
+    /// `servers` are HTTP addresses (host:port, DNS names allowed; `https://host:port` for HTTPS). No request timeout: blocking
     /// queries may take minutes; connecting is bounded.
     pub fn new(servers: Vec<String>) -> Result<Self, ClientError> {
-        let http = http_builder()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| ClientError::Transport { addr: String::new(), source: e })?;
+        Self::with_tls(servers, None)
+    }
+
+    /// As [`Client::new`]; servers given as `https://host:port` are dialled with `tls`.
+    pub fn with_tls(servers: Vec<String>, tls: Option<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        let mut builder = http_builder().connect_timeout(Duration::from_secs(2));
+        if let Some(config) = tls {
+            builder = builder.use_preconfigured_tls(config);
+        }
+        let http = builder.build().map_err(|e| ClientError::Transport { addr: String::new(), source: e })?;
         Ok(Client { http, servers: Arc::new(servers), preferred: Arc::new(AtomicUsize::new(0)), token: None })
     }
 
@@ -104,7 +110,7 @@ impl Client {
             let server = &self.servers[i];
             let mut req = self
                 .http
-                .request(method.clone(), format!("http://{server}{path_and_query}"))
+                .request(method.clone(), crate::tls::dial::api_url(server, path_and_query))
                 .headers(headers.clone())
                 .body(body.clone());
             if let Some(t) = &self.token {

@@ -180,13 +180,14 @@ async fn handle_forwarded_write(app: &App, cmd: Command) -> ForwardReply {
 
 /// Sends a command to the leader's RPC port, with this server's cluster identity.
 pub async fn forward_command(
-    client: &reqwest::Client,
+    dialer: &crate::tls::dial::Dialer,
     rpc_addr: &str,
     cluster: Option<&str>,
     cmd: &Command,
 ) -> ForwardReply {
     let body = encode(cmd).map_err(|e| e.to_string())?;
-    let mut request = client.post(format!("http://{rpc_addr}/raft/write")).timeout(Duration::from_secs(30)).body(body);
+    let mut request =
+        dialer.rpc().post(dialer.rpc_url(rpc_addr, "/raft/write")).timeout(Duration::from_secs(30)).body(body);
     if let Some(id) = cluster {
         request = request.header(CLUSTER_HEADER, id);
     }
@@ -279,8 +280,9 @@ pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
 }
 
 /// A server's identity and view, from its RPC port.
-pub async fn server_info(client: &reqwest::Client, addr: &str) -> Option<ServerInfo> {
-    let resp = client.get(format!("http://{addr}/raft/info")).timeout(Duration::from_secs(2)).send().await.ok()?;
+pub async fn server_info(dialer: &crate::tls::dial::Dialer, addr: &str) -> Option<ServerInfo> {
+    let resp =
+        dialer.rpc().get(dialer.rpc_url(addr, "/raft/info")).timeout(Duration::from_secs(2)).send().await.ok()?;
     decode(&resp.bytes().await.ok()?).ok()
 }
 
@@ -330,7 +332,7 @@ async fn try_join_or_bootstrap(app: &App, expect: usize) -> Result<(), String> {
     let mut servers: BTreeMap<NodeId, ServerNode> = BTreeMap::new();
     servers.insert(app.id, app.me.clone());
     for addr in resolve_peers(&app.config.retry_join).await {
-        let Some(peer) = server_info(&app.http, &addr).await else { continue };
+        let Some(peer) = server_info(&app.dialer, &addr).await else { continue };
         if peer.initialized {
             // An existing cluster: ask its leader to add us.
             let Some((_, leader)) = peer.leader else { return Err("peer has no leader yet".into()) };
@@ -338,8 +340,9 @@ async fn try_join_or_bootstrap(app: &App, expect: usize) -> Result<(), String> {
             let body =
                 encode(&JoinRequest { id: app.id, node: app.me.clone(), cluster_id }).map_err(|e| e.to_string())?;
             let resp = app
-                .http
-                .post(format!("http://{}/raft/join", leader.rpc_addr))
+                .dialer
+                .rpc()
+                .post(app.dialer.rpc_url(&leader.rpc_addr, "/raft/join"))
                 .timeout(Duration::from_secs(60))
                 .body(body)
                 .send()
@@ -394,8 +397,9 @@ pub async fn hand_off_leadership(app: &App, to: Option<NodeId>) -> Result<NodeId
     app.raft.runtime_config().heartbeat(false);
     tokio::time::sleep(Duration::from_millis(app.config.election_timeout_max_ms() + 100)).await;
     let asked = app
-        .http
-        .post(format!("http://{}/raft/elect", target.rpc_addr))
+        .dialer
+        .rpc()
+        .post(app.dialer.rpc_url(&target.rpc_addr, "/raft/elect"))
         .timeout(Duration::from_secs(2))
         .body(Vec::new())
         .send()
@@ -442,8 +446,9 @@ pub async fn probe_servers(app: Arc<App>) {
             .collect();
         misses.retain(|id, _| members.iter().any(|(m, _)| m == id));
         let probes = members.iter().map(|(_, n)| async {
-            app.http
-                .get(format!("http://{}/raft/info", n.rpc_addr))
+            app.dialer
+                .rpc()
+                .get(app.dialer.rpc_url(&n.rpc_addr, "/raft/info"))
                 .timeout(Duration::from_millis(800))
                 .send()
                 .await

@@ -86,6 +86,54 @@ pub struct Config {
     pub http_max_blocking_queries: usize,
     /// How DNS answers (Consul's `domain` and `dns_config`).
     pub dns: crate::dns::DnsSettings,
+    /// The HTTPS API listener (Consul's port 8501). None: no HTTPS.
+    pub https_addr: Option<SocketAddr>,
+    /// Address other servers forward HTTPS requests to (defaults to https_addr).
+    pub advertise_https: Option<String>,
+    /// Serve plain HTTP on `http_addr` (Consul's `ports.http = -1` turns it off; HTTPS must be on).
+    pub http_enabled: bool,
+    /// Certificates and Consul's verify switches (HTTPS API, and TLS between servers).
+    pub tls: TlsSettings,
+}
+
+/// Consul's `tls.defaults` (files re-read when they change) and its three verify switches.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Clients of the HTTPS API and servers dialling the RPC port must present a certificate of the
+    /// CA; the RPC port then refuses plain connections.
+    pub verify_incoming: bool,
+    /// Dial other servers' RPC ports over TLS, checking their certificate against the CA.
+    pub verify_outgoing: bool,
+    /// Servers' certificates must name `server.<datacenter>.<domain>` (implies verify_outgoing).
+    pub verify_server_hostname: bool,
+}
+
+impl TlsSettings {
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            ca_file: self.ca_file.clone()?,
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        })
+    }
+
+    fn validate(&self, https: bool) -> Result<(), String> {
+        let any = self.verify_incoming || self.verify_outgoing || self.verify_server_hostname || https;
+        if any && self.ca_file.is_none() {
+            return Err("TLS (https_addr or a tls verify_* switch) needs tls ca_file".into());
+        }
+        if (https || self.verify_incoming) && (self.cert_file.is_none() || self.key_file.is_none()) {
+            return Err("serving TLS (https_addr, tls verify_incoming) needs tls cert_file and key_file".into());
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("tls cert_file and key_file go together: set both or neither".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -127,6 +175,10 @@ impl Default for Config {
             http_read_header_timeout_ms: 30_000,
             http_max_blocking_queries: 32_768,
             dns: Default::default(),
+            https_addr: None,
+            advertise_https: None,
+            http_enabled: true,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -154,8 +206,13 @@ impl Config {
         self.advertise_rpc.clone().unwrap_or_else(|| self.rpc_addr.to_string())
     }
 
+    /// Where other servers forward API requests to: the HTTPS API when there is one (so forwarded
+    /// requests and their tokens stay encrypted), announced as `https://host:port`.
     pub fn advertised_http(&self) -> String {
-        self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string())
+        match self.https_addr {
+            Some(https) => format!("https://{}", self.advertise_https.clone().unwrap_or_else(|| https.to_string())),
+            None => self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string()),
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, String> {
@@ -175,6 +232,10 @@ impl Config {
                 "datacenter {:?}: use lowercase letters, digits, - and _ (it is part of DNS names)",
                 self.datacenter
             ));
+        }
+        self.tls.validate(self.https_addr.is_some())?;
+        if !self.http_enabled && self.https_addr.is_none() {
+            return Err("http_enabled false needs https_addr: the API would be unreachable".into());
         }
         if !self.retry_join_wan.is_empty() && self.wan_addr.is_none() {
             return Err("retry_join_wan needs wan_addr: the WAN pool is joined from this server's WAN address".into());
@@ -283,6 +344,31 @@ pub struct ServerArgs {
     /// Blocking queries held open at once (default 32768; 0: no limit); more get 429.
     #[arg(long, env = "ROSTER_HTTP_MAX_BLOCKING_QUERIES")]
     pub http_max_blocking_queries: Option<usize>,
+    /// HTTPS API address (Consul's 8501); needs the tls files.
+    #[arg(long, env = "ROSTER_HTTPS_ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    #[arg(long, env = "ROSTER_ADVERTISE_HTTPS")]
+    pub advertise_https: Option<String>,
+    /// `false` turns the plain HTTP API off (HTTPS only).
+    #[arg(long, env = "ROSTER_HTTP_ENABLED")]
+    pub http_enabled: Option<bool>,
+    /// CA bundle (PEM) that signs every server's and client's certificate.
+    #[arg(long, env = "ROSTER_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This server's certificate (PEM; `roster tls cert create --server`), re-read when it changes.
+    #[arg(long, env = "ROSTER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "ROSTER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require a certificate of the CA from HTTPS clients and from servers dialling the RPC port.
+    #[arg(long, env = "ROSTER_TLS_VERIFY_INCOMING")]
+    pub tls_verify_incoming: Option<bool>,
+    /// Dial other servers over TLS, checking their certificates.
+    #[arg(long, env = "ROSTER_TLS_VERIFY_OUTGOING")]
+    pub tls_verify_outgoing: Option<bool>,
+    /// Servers' certificates must name `server.<datacenter>.<domain>`.
+    #[arg(long, env = "ROSTER_TLS_VERIFY_SERVER_HOSTNAME")]
+    pub tls_verify_server_hostname: Option<bool>,
 }
 
 /// A domain as DNS names it (see [`crate::dns::normalize_domain`]).
@@ -360,6 +446,35 @@ impl ServerArgs {
         if let Some(d) = &self.domain {
             c.dns.domain = d.clone();
         }
+        if self.https_addr.is_some() {
+            c.https_addr = self.https_addr;
+        }
+        if self.advertise_https.is_some() {
+            c.advertise_https = self.advertise_https;
+        }
+        if let Some(v) = self.http_enabled {
+            c.http_enabled = v;
+        }
+        for (flag, field) in [
+            (self.tls_ca_file, &mut c.tls.ca_file),
+            (self.tls_cert_file, &mut c.tls.cert_file),
+            (self.tls_key_file, &mut c.tls.key_file),
+        ] {
+            if flag.is_some() {
+                *field = flag;
+            }
+        }
+        for (flag, field) in [
+            (self.tls_verify_incoming, &mut c.tls.verify_incoming),
+            (self.tls_verify_outgoing, &mut c.tls.verify_outgoing),
+            (self.tls_verify_server_hostname, &mut c.tls.verify_server_hostname),
+        ] {
+            if let Some(v) = flag {
+                *field = v;
+            }
+        }
+        // Checking a server's name means dialling it over TLS (as Consul 1.12+ treats it).
+        c.tls.verify_outgoing |= c.tls.verify_server_hostname;
         c.dns.domain = normalize_domain(&c.dns.domain)?;
         c.validate()?;
         Ok(c)

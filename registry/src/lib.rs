@@ -59,6 +59,8 @@ pub mod reconcile;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "client")]
+pub mod tls;
 #[cfg(feature = "ui")]
 pub mod ui;
 #[cfg(feature = "server")]

@@ -18,6 +18,108 @@ enum Cmd {
     Server(Box<ServerArgs>),
     /// Print a new gossip encryption key (base64 of 32 random bytes, like `consul keygen`).
     Keygen,
+    /// Create a CA and agents' certificates for TLS (like `consul tls`).
+    #[command(subcommand)]
+    Tls(TlsCmd),
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// The certificate authority.
+    #[command(subcommand)]
+    Ca(TlsCaCmd),
+    /// Agents' certificates.
+    #[command(subcommand)]
+    Cert(TlsCertCmd),
+}
+
+#[derive(Subcommand)]
+enum TlsCaCmd {
+    /// Create a CA: `<domain>-agent-ca.pem` and `<domain>-agent-ca-key.pem` in the current directory.
+    Create {
+        #[arg(long, default_value = "consul")]
+        domain: String,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCertCmd {
+    /// Create a certificate signed by the CA: `<dc>-<server|client|cli>-<domain>-<n>.pem` and its key.
+    Create(Box<CertArgs>),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["server", "client", "cli"])))]
+struct CertArgs {
+    /// For a server: named `server.<dc>.<domain>`.
+    #[arg(long)]
+    server: bool,
+    /// For a sidecar: named `client.<dc>.<domain>`.
+    #[arg(long)]
+    client: bool,
+    /// For a tool or person calling the HTTPS API: named `cli.client.<dc>.<domain>`.
+    #[arg(long)]
+    cli: bool,
+    #[arg(long, default_value = "dc1")]
+    dc: String,
+    #[arg(long, default_value = "consul")]
+    domain: String,
+    /// The CA's certificate (default `<domain>-agent-ca.pem`).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// The CA's key (default `<domain>-agent-ca-key.pem`).
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Another DNS name the certificate is valid for (a Service name, a pod's); repeatable.
+    #[arg(long = "additional-dnsname")]
+    dns_names: Vec<String>,
+    /// Another IP address the certificate is valid for; repeatable.
+    #[arg(long = "additional-ipaddress")]
+    ip_addresses: Vec<std::net::IpAddr>,
+}
+
+/// `roster tls ...`: writes the files into the current directory and says which.
+fn tls_command(cmd: TlsCmd) -> Result<(), String> {
+    use registry::tls::issue;
+    let here = std::path::Path::new(".");
+    match cmd {
+        TlsCmd::Ca(TlsCaCmd::Create { domain, days }) => {
+            let (cert, key) = issue::ca_file_names(&domain);
+            let ca = issue::create_ca(&domain, days)?;
+            issue::save(&ca, &here.join(&cert), &here.join(&key))?;
+            println!("==> Saved {cert}\n==> Saved {key}");
+        }
+        TlsCmd::Cert(TlsCertCmd::Create(args)) => {
+            let role = match (args.server, args.client) {
+                (true, _) => issue::Role::Server,
+                (_, true) => issue::Role::Client,
+                _ => issue::Role::Cli,
+            };
+            let (default_ca, default_key) = issue::ca_file_names(&args.domain);
+            let ca_file = args.ca.unwrap_or_else(|| default_ca.into());
+            let key_file = args.key.unwrap_or_else(|| default_key.into());
+            let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+            let leaf = issue::Leaf {
+                role,
+                datacenter: args.dc,
+                domain: args.domain,
+                dns_names: args.dns_names,
+                ip_addresses: args.ip_addresses,
+                days: args.days,
+            };
+            let issued = issue::create_cert(&read(&ca_file)?, &read(&key_file)?, &leaf)?;
+            let (cert, key) = issue::leaf_file_names(here, &leaf);
+            issue::save(&issued, &cert, &key)?;
+            println!("==> Using {} and {}", ca_file.display(), key_file.display());
+            println!("==> Saved {}\n==> Saved {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -138,6 +240,16 @@ fn main() -> std::process::ExitCode {
         Cmd::Keygen => {
             println!("{}", registry::gossip::GossipKey::generate());
             return std::process::ExitCode::SUCCESS;
+        }
+        Cmd::Tls(cmd) => {
+            registry::client::ensure_crypto_provider();
+            return match tls_command(cmd) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("roster: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
         Cmd::Server(args) => match (*args).into_config() {
             Ok(c) => c,

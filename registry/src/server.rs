@@ -171,7 +171,9 @@ async fn register_servers(app: &App) -> Result<(), ProposeError> {
 /// Listening addresses a started server actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
+    /// The API's address: plain HTTP, or HTTPS when plain HTTP is off.
     pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
     pub rpc: SocketAddr,
 }
 
@@ -197,11 +199,31 @@ pub struct Tasks {
 
 pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let tls = match config.tls.files() {
+        Some(files) => Some(crate::tls::Material::load(files).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let http_listener = match config.http_enabled {
+        true => Some(tokio::net::TcpListener::bind(config.http_addr).await?),
+        false => None,
+    };
+    let https_listener = match config.https_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let rpc_listener = tokio::net::TcpListener::bind(config.rpc_addr).await?;
     let dns_listeners = crate::dns::bind_at(config.dns_addr, config.dns_addr_optional).await?;
-    let bound = Bound { http: http_listener.local_addr()?, rpc: rpc_listener.local_addr()? };
+    let https = https_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let http = match (&http_listener, https) {
+        (Some(l), _) => l.local_addr()?,
+        (None, Some(a)) => a,
+        (None, None) => anyhow::bail!("neither HTTP nor HTTPS is on"),
+    };
+    let bound = Bound { http, https, rpc: rpc_listener.local_addr()? };
     let mut config = config;
+    if config.advertise_https.is_none() {
+        config.advertise_https = https.map(|a| a.to_string());
+    }
     // With port 0 (tests), advertise what was actually bound.
     if config.advertise_rpc.is_none() {
         config.advertise_rpc = Some(bound.rpc.to_string());
@@ -236,7 +258,14 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         ..Default::default()
     }
     .validate()?;
-    let network = Network::new(sm.clone())?;
+    let outgoing = tls.clone().map(|material| crate::tls::dial::Outgoing {
+        material,
+        verify_outgoing: config.tls.verify_outgoing || config.tls.verify_server_hostname,
+        verify_server_hostname: config.tls.verify_server_hostname,
+        domain: config.dns.domain.clone(),
+    });
+    let dialer = Arc::new(crate::tls::dial::Dialer::new(outgoing, &config.datacenter).map_err(anyhow::Error::msg)?);
+    let network = Network::new(sm.clone(), dialer.clone());
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, sm.clone()).await?;
     let me = ServerNode {
         name: config.node_name.clone(),
@@ -273,6 +302,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         raft,
         sm,
         http,
+        dialer,
         metrics,
         session_deadlines: Mutex::new(HashMap::new()),
         agent,
@@ -293,22 +323,40 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     let graceful = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    handles.push(tokio::spawn(
-        warp::serve(crate::cluster::rpc_routes(app.clone()))
-            .incoming(rpc_listener)
-            .graceful(graceful(stop_rx.clone()))
-            .run(),
-    ));
-    let limits = crate::http::serve::Limits {
+    use crate::http::serve::{serve, Limits, Transport};
+    let limits = Limits {
         max_conns_per_client: app.config.http_max_conns_per_client,
         header_read_timeout: Duration::from_millis(app.config.http_read_header_timeout_ms.max(1)),
     };
-    handles.push(tokio::spawn(crate::http::serve::serve(
-        http_listener,
-        crate::http::routes(app.clone()),
-        limits,
-        graceful(stop_rx),
-    )));
+    let acceptor = |require_client_certificate: bool| -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match tls.as_ref().filter(|m| m.has_certificate()) {
+            Some(m) => {
+                Ok(Some(Arc::new(m.server_config(require_client_certificate).map_err(anyhow::Error::msg)?).into()))
+            }
+            None => Ok(None),
+        }
+    };
+    let verify_incoming = app.config.tls.verify_incoming;
+    // Consul's RPC port: TLS once the server has a certificate; plain too unless verify_incoming.
+    let rpc_transport = match acceptor(verify_incoming)? {
+        Some(a) if verify_incoming => Transport::Tls(a),
+        Some(a) => Transport::TlsOrPlain(a),
+        None => Transport::Plain,
+    };
+    let rpc_limits = Limits { max_conns_per_client: 0, ..limits };
+    let rpc_routes = crate::cluster::rpc_routes(app.clone());
+    handles.push(tokio::spawn(serve(rpc_listener, rpc_routes, rpc_limits, rpc_transport, graceful(stop_rx.clone()))));
+    if let Some(listener) = http_listener {
+        let routes = crate::http::routes(app.clone());
+        handles.push(tokio::spawn(serve(listener, routes, limits, Transport::Plain, graceful(stop_rx.clone()))));
+    }
+    if let (Some(listener), Some(a)) = (https_listener, acceptor(verify_incoming)?) {
+        let routes = crate::http::routes(app.clone());
+        handles.push(tokio::spawn(serve(listener, routes, limits, Transport::Tls(a), graceful(stop_rx))));
+    }
+    if let Some(m) = tls {
+        handles.push(tokio::spawn(m.watch(Duration::from_secs(1), app.shutdown.subscribe())));
+    }
     handles.push(tokio::spawn(crate::cluster::bootstrap(app.clone())));
     handles.push(tokio::spawn(leader_loop(app.clone())));
     handles.push(tokio::spawn(app.agent.clone().run(check_updates, app.shutdown.subscribe())));
@@ -337,7 +385,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
             g.deliver_events(buffer, || app.agent.for_events(), shutdown).await;
         }));
     }
-    tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, rpc = %bound.rpc, "roster server started");
+    tracing::info!(node = %app.me.name, id = app.id, http = %bound.http, https = ?bound.https, rpc = %bound.rpc, "roster server started");
     Ok((app, Tasks { handles, bound }))
 }
 

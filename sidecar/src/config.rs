@@ -63,6 +63,29 @@ pub struct Config {
     pub dns_addr_optional: bool,
     /// How DNS answers (Consul's `domain` and `dns_config`).
     pub dns: registry::dns::DnsSettings,
+    /// TLS to servers listed as `https://host:port`.
+    pub tls: TlsSettings,
+}
+
+/// The CA that signed the servers' certificates, this sidecar's own (for servers that verify
+/// incoming), and whether a server's must name `server.<datacenter>.<domain>`. Re-read on change.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub verify_server_hostname: bool,
+}
+
+impl TlsSettings {
+    pub fn files(&self) -> Option<registry::tls::TlsFiles> {
+        Some(registry::tls::TlsFiles {
+            ca_file: self.ca_file.clone()?,
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        })
+    }
 }
 
 impl Default for Config {
@@ -91,6 +114,7 @@ impl Default for Config {
             dns_addr: None,
             dns_addr_optional: false,
             dns: Default::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -133,6 +157,12 @@ impl Config {
         }
         if self.servers.is_empty() {
             return Err("servers must list at least one registry server (host:port)".into());
+        }
+        if self.servers.iter().any(|s| s.starts_with("https://")) && self.tls.ca_file.is_none() {
+            return Err("servers over https:// need tls ca_file (the CA that signed their certificates)".into());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err("tls cert_file and key_file go together: set both or neither".into());
         }
         if self.gossip_addr.is_some() && self.gossip_seeds.is_empty() {
             return Err("gossip_seeds must list the servers' gossip addresses when gossip is on".into());
@@ -202,6 +232,17 @@ pub struct SidecarArgs {
     /// comma-separated in ROSTER_RECURSOR.
     #[arg(long = "recursor", env = "ROSTER_RECURSOR", value_delimiter = ',')]
     pub recursors: Vec<String>,
+    /// The CA that signed the servers' certificates (for servers listed as `https://host:port`).
+    #[arg(long, env = "ROSTER_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This sidecar's certificate (`roster tls cert create --client`), for servers that verify incoming.
+    #[arg(long, env = "ROSTER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "ROSTER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Servers' certificates must name `server.<datacenter>.<domain>`.
+    #[arg(long, env = "ROSTER_TLS_VERIFY_SERVER_HOSTNAME")]
+    pub tls_verify_server_hostname: Option<bool>,
 }
 
 impl SidecarArgs {
@@ -260,6 +301,18 @@ impl SidecarArgs {
             c.dns.domain = d.clone();
         }
         c.dns.domain = registry::dns::normalize_domain(&c.dns.domain)?;
+        for (flag, field) in [
+            (self.tls_ca_file, &mut c.tls.ca_file),
+            (self.tls_cert_file, &mut c.tls.cert_file),
+            (self.tls_key_file, &mut c.tls.key_file),
+        ] {
+            if flag.is_some() {
+                *field = flag;
+            }
+        }
+        if let Some(v) = self.tls_verify_server_hostname {
+            c.tls.verify_server_hostname = v;
+        }
         if let Some(json) = &self.services {
             let list: Vec<serde_json::Value> =
                 serde_json::from_str(json).map_err(|e| format!("ROSTER_SERVICES is not a JSON list: {e}"))?;

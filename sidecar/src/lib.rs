@@ -19,6 +19,7 @@ use registry::agent::{sync, Agent, NodeInfo};
 use registry::api::DeregisterRequest;
 use registry::client::Client;
 use registry::gossip::Membership;
+use registry::tls::Expect;
 use tokio::sync::watch;
 
 pub use config::{Config, SidecarArgs};
@@ -50,7 +51,21 @@ impl Sidecar {
         for def in config.service_definitions().map_err(anyhow::Error::msg)? {
             agent.register_service(&def).map_err(|e| anyhow::anyhow!("service {:?}: {e}", def.name))?;
         }
-        let mut client = Client::new(config.servers.clone())?.with_token(config.token.clone());
+        let tls = match config.tls.files() {
+            Some(files) => Some(registry::tls::Material::load(files).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let tls_config = match &tls {
+            Some(m) => {
+                let expect = match config.tls.verify_server_hostname {
+                    true => Expect::Name(registry::tls::server_name(&config.datacenter, &config.dns.domain)),
+                    false => Expect::Chain,
+                };
+                Some(m.client_config(expect).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        };
+        let mut client = Client::with_tls(config.servers.clone(), tls_config)?.with_token(config.token.clone());
         let logged_in = match &config.auth_method {
             Some(method) => {
                 let token = login(&client, &config.node_name, method, &config.bearer_token_file).await?;
@@ -105,6 +120,10 @@ impl Sidecar {
                 .run()
                 .await
         }));
+        if let Some(m) = tls {
+            // Rotated certificates are picked up for new connections.
+            tasks.push(tokio::spawn(m.watch(Duration::from_secs(1), shutdown.subscribe())));
+        }
         if let Some(listeners) = dns_listeners {
             let catalog = Arc::new(dns::ServersCatalog {
                 client: client.clone(),

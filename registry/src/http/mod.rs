@@ -237,7 +237,7 @@ async fn to_datacenter(app: &App, dc: &str, req: &Req) -> Resp {
     };
     let mut last = String::new();
     for addr in &servers {
-        match send(app, addr, req, false).await {
+        match send(app, dc, addr, req, false).await {
             Ok(resp) => return resp,
             Err(e) if e.is_connect() => last = format!("{addr}: {e}"),
             Err(e) => return text(StatusCode::BAD_GATEWAY, format!("forwarding to datacenter {dc:?} ({addr}): {e}")),
@@ -260,7 +260,7 @@ pub async fn get_as(app: &Arc<App>, path: String, query: Vec<(String, String)>, 
 }
 
 async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
-    match send(app, leader_http, req, true).await {
+    match send(app, &app.config.datacenter, leader_http, req, true).await {
         Ok(resp) => resp,
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("forwarding to leader {leader_http}: {e}")),
     }
@@ -268,17 +268,30 @@ async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
 
 /// Sends `req` as it came to the server at `http_addr` and returns its answer with Consul's
 /// headers. `to_leader` marks it forwarded, so that two servers disagreeing on the leader cannot loop.
-async fn send(app: &App, http_addr: &str, req: &Req, to_leader: bool) -> Result<Resp, reqwest::Error> {
+async fn send(
+    app: &App,
+    datacenter: &str,
+    http_addr: &str,
+    req: &Req,
+    to_leader: bool,
+) -> Result<Resp, reqwest::Error> {
     const PATH: &percent_encoding::AsciiSet =
         &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>');
-    let mut url = format!("http://{http_addr}{}", percent_encoding::utf8_percent_encode(&req.path, PATH));
+    let path = percent_encoding::utf8_percent_encode(&req.path, PATH).to_string();
+    let mut url = crate::tls::dial::api_url(http_addr, &path);
     if !req.raw_query.is_empty() {
         url.push('?');
         url.push_str(&req.raw_query);
     }
     // Blocking queries may legitimately take up to the max wait plus jitter.
     let timeout = Duration::from_secs(11 * 60);
-    let mut builder = app.http.request(req.method.clone(), url).timeout(timeout).body(req.body.clone());
+    let client = match app.dialer.api(datacenter) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, format!("TLS for datacenter {datacenter:?}: {e}")))
+        }
+    };
+    let mut builder = client.request(req.method.clone(), url).timeout(timeout).body(req.body.clone());
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
         if n.starts_with("x-consul-") || n == "content-type" || n == "authorization" {

@@ -2,7 +2,8 @@
 //! that takes too much: at most `http_max_conns_per_client` open connections per client IP (Consul's
 //! default 200; a connection over it gets 429 and is closed, as Consul's connlimit answers), and a
 //! header read timeout, so a client that trickles its request headers (slowloris) is cut off.
-//! Stops gracefully: open requests finish, then their connections close.
+//! Serves plain HTTP, TLS, or both on one port (see [`Transport`]). Stops gracefully: open requests
+//! finish, then their connections close.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,9 +73,34 @@ fn log_refusal(ip: IpAddr, max: usize) {
     }
 }
 
+/// How a listener takes TLS.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    /// TLS only (the HTTPS port).
+    Tls(tokio_rustls::TlsAcceptor),
+    /// TLS or plain HTTP, told apart by the first byte: the RPC port while `verify_incoming` is off
+    /// (Consul's RPC port takes both the same way).
+    TlsOrPlain(tokio_rustls::TlsAcceptor),
+}
+
+/// Says a TLS handshake failed at most once a minute: a stranger (another cluster's server, a
+/// client without a certificate) may retry forever.
+fn log_handshake_failure(peer: std::net::SocketAddr, error: &std::io::Error) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if crate::telemetry::once_a_minute(&LAST) {
+        tracing::warn!(%peer, %error, "TLS handshake refused (a certificate not signed by our CA, or none where verify_incoming requires one; logged once a minute)");
+    }
+}
+
 /// Serves `filter` on `listener` until `stop` completes.
-pub async fn serve<F>(listener: tokio::net::TcpListener, filter: F, limits: Limits, stop: impl Future<Output = ()>)
-where
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    filter: F,
+    limits: Limits,
+    transport: Transport,
+    stop: impl Future<Output = ()>,
+) where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
@@ -107,20 +133,54 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
-        let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-        let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let (filter, transport, watcher) = (filter.clone(), transport.clone(), graceful.watcher());
+        // Handshakes run in the connection's task: a slow one must not hold up the accept loop.
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            let acceptor = match transport {
+                Transport::Plain => None,
+                Transport::Tls(a) => Some(a),
+                Transport::TlsOrPlain(a) => {
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] == crate::tls::HANDSHAKE_BYTE => Some(a),
+                        Ok(Ok(1)) => None,
+                        _ => return,
+                    }
+                }
+            };
+            match acceptor {
+                None => serve_connection(stream, filter, limits, watcher, peer).await,
+                Some(a) => match tokio::time::timeout(limits.header_read_timeout, a.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, filter, limits, watcher, peer).await,
+                    Ok(Err(e)) => log_handshake_failure(peer, &e),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+async fn serve_connection<I, F>(
+    io: I,
+    filter: F,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(filter));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! Raft RPC between servers: MessagePack over HTTP on the server RPC port.
+//! Raft RPC between servers: MessagePack over HTTP (mutual TLS when configured) on the server RPC port.
 //!
 //! Client side: `Network` (openraft's `RaftNetworkFactory`). Server side: `rpc_routes`, the warp filters
 //! that hand requests to the local Raft.
 
-use std::time::Duration;
+use std::sync::Arc;
+
+use crate::tls::dial::Dialer;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -32,19 +34,15 @@ pub const RPC_SNAPSHOT: &str = "snapshot";
 
 #[derive(Clone)]
 pub struct Network {
-    client: reqwest::Client,
+    /// Other servers' RPC ports, over TLS where configured.
+    dialer: Arc<Dialer>,
     /// Where this server's cluster identity is read from (its state).
     sm: StateMachineStore,
 }
 
 impl Network {
-    pub fn new(sm: StateMachineStore) -> Result<Self, reqwest::Error> {
-        let client = crate::client::http_builder()
-            .pool_max_idle_per_host(8)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .build()?;
-        Ok(Network { client, sm })
+    pub fn new(sm: StateMachineStore, dialer: Arc<Dialer>) -> Self {
+        Network { dialer, sm }
     }
 }
 
@@ -60,9 +58,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &ServerNode) -> Connection {
         Connection {
-            client: self.client.clone(),
+            client: self.dialer.rpc().clone(),
             target,
-            base: format!("http://{}/raft", node.rpc_addr),
+            base: self.dialer.rpc_url(&node.rpc_addr, "/raft"),
             sm: self.sm.clone(),
         }
     }
