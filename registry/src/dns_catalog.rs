@@ -16,6 +16,23 @@ impl crate::dns::Catalog for StateCatalog {
         self.0.config.datacenter.clone()
     }
 
+    /// Read under the same lock as the state: the service's index, and with ACLs the ACL index,
+    /// the default token and whether it is still live (a token expires without any write).
+    fn service_version(&self, name: &str) -> Option<crate::dns::Version> {
+        let app = &self.0;
+        let token = app.agent.token("default");
+        let now = app.config.acl_enabled.then(crate::http::acl::now_rfc3339);
+        Some(app.sm.read(|s| crate::dns::Version {
+            catalog: s.service_index(name),
+            acl: if now.is_some() { s.indexes().acl } else { 0 },
+            token_live: match (&now, &token) {
+                (Some(now), Some(t)) => s.acl_token_by_secret(t, now).is_some(),
+                _ => false,
+            },
+            token,
+        }))
+    }
+
     /// Picks while the state is borrowed and copies only the instances answered; another
     /// datacenter's through the API's routing.
     async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {

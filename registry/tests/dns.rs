@@ -318,3 +318,65 @@ async fn hickorys_resolver_reads_the_answers() {
     assert_eq!(ips.iter().collect::<Vec<_>>(), vec!["10.2.0.2".parse::<IpAddr>().unwrap()]);
     assert!(resolver.lookup_ip("nope.service.consul.").await.is_err(), "NXDOMAIN is an error");
 }
+
+/// Answers are filtered by the agent's default token, and what the token may read is in the next
+/// answer after it changes: a policy edited, another default token set (answers are kept between
+/// questions, so these must reach them as catalog changes do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_default_tokens_rights() {
+    const ACL_HTTP: &str = "127.0.0.1:19880";
+    const ACL_DNS: &str = "127.0.0.1:19883";
+    const ROOT: &str = "9b0c6a4e-3c2d-4f8e-a1b2-c3d4e5f60718";
+    let flags = ["--dns-addr", ACL_DNS, "--acl-enabled", "--acl-default-policy", "deny"];
+    let (_dev, http) =
+        start_dev_with(ACL_HTTP, "127.0.0.1:19881", &[&flags[..], &["--acl-initial-management", ROOT]].concat()).await;
+    let put = |path: &str, body: serde_json::Value| {
+        let req = http.put(format!("http://{ACL_HTTP}{path}")).header("X-Consul-Token", ROOT).json(&body);
+        let path = path.to_string();
+        async move {
+            let r = req.send().await.expect(&path);
+            let ok = r.status().is_success();
+            let text = r.text().await.unwrap_or_default();
+            assert!(ok, "{path}: {text}");
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()
+        }
+    };
+    // The leader creates the management token a moment after it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let root_works = || http.get(format!("http://{ACL_HTTP}/v1/acl/token/self")).header("X-Consul-Token", ROOT).send();
+    while !root_works().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "the management token never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (node, svc, addr) in [("a", "web", "10.0.0.1"), ("b", "db", "10.0.0.2")] {
+        let body = serde_json::json!({"Node": node, "Address": addr, "Service": {"Service": svc, "Port": 80}});
+        put("/v1/catalog/register", body).await;
+    }
+    let srv = |name: &'static str| async move { udp_at(ACL_DNS, name, RecordType::SRV).await };
+    let rules = |services: &[&str]| {
+        let mut r = String::from("node_prefix \"\" { policy = \"read\" }\n");
+        for s in services {
+            r.push_str(&format!("service \"{s}\" {{ policy = \"read\" }}\n"));
+        }
+        r
+    };
+    let policy = put("/v1/acl/policy", serde_json::json!({"Name": "dns", "Rules": rules(&["web"])})).await;
+    let token = put("/v1/acl/token", serde_json::json!({"Policies": [{"Name": "dns"}]})).await;
+    let secret = token["SecretID"].as_str().expect("a secret").to_string();
+
+    // No default token: anonymous, denied everything.
+    assert_eq!(srv("web.service.consul.").await.metadata.response_code, ResponseCode::NXDomain);
+    put("/v1/agent/token/default", serde_json::json!({"Token": secret})).await;
+    assert_eq!(srv("web.service.consul.").await.answers.len(), 1, "web is readable with the default token");
+    assert_eq!(srv("db.service.consul.").await.metadata.response_code, ResponseCode::NXDomain);
+
+    let id = policy["ID"].as_str().expect("a policy ID");
+    put(&format!("/v1/acl/policy/{id}"), serde_json::json!({"Name": "dns", "Rules": rules(&["web", "db"])})).await;
+    assert_eq!(srv("db.service.consul.").await.answers.len(), 1, "the edited policy reads db");
+
+    let other = put("/v1/acl/policy", serde_json::json!({"Name": "web-only", "Rules": rules(&["web"])})).await;
+    let other = put("/v1/acl/token", serde_json::json!({"Policies": [{"ID": other["ID"]}]})).await;
+    put("/v1/agent/token/default", serde_json::json!({"Token": other["SecretID"]})).await;
+    assert_eq!(srv("db.service.consul.").await.metadata.response_code, ResponseCode::NXDomain, "another token");
+    assert_eq!(srv("web.service.consul.").await.answers.len(), 1);
+}

@@ -143,6 +143,18 @@ pub fn pick<T>(mut items: Vec<T>, limit: Option<usize>) -> (Vec<T>, bool) {
     }
 }
 
+/// What [`pick`] picks, from a list kept for many answers: only the picked items are copied.
+pub fn pick_from<T: Clone>(items: &[T], limit: Option<usize>) -> (Vec<T>, bool) {
+    match limit {
+        Some(n) if items.len() > n => {
+            // In random order, as a shuffle's first `n`.
+            let picked = rand::seq::index::sample(&mut rand::rng(), items.len(), n);
+            (picked.into_iter().map(|i| items[i].clone()).collect(), true)
+        }
+        _ => pick(items.to_vec(), None),
+    }
+}
+
 /// One answer record, before it becomes wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rec {

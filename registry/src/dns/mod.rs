@@ -71,11 +71,28 @@ pub fn normalize_domain(text: &str) -> Result<String, String> {
     Ok(format!("{d}."))
 }
 
+/// What a service's instances in this datacenter were read at: while it stays the same, so do
+/// they, and DNS answers from the list it kept instead of asking the catalog again (`catalog`:
+/// the service's index, moved by any change to its instances, their checks or their nodes; the
+/// rest: what the default token may read, which ACL changes, a new token or its expiry change).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Version {
+    pub catalog: u64,
+    pub acl: u64,
+    pub token: Option<String>,
+    pub token_live: bool,
+}
+
 /// What DNS asks of the catalog, as seen with the agent's default token (Consul filters DNS
 /// answers by it).
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync + 'static {
     fn datacenter(&self) -> String;
+    /// The version of `name`'s instances in this datacenter (see [`Version`]); None: not
+    /// versioned, every answer asks [`Catalog::service`].
+    fn service_version(&self, _name: &str) -> Option<Version> {
+        None
+    }
     /// A service's instances as `want` asks (healthy, with the tag), shuffled, at most
     /// `want.limit` of them; and whether some were left out.
     async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String>;
@@ -124,15 +141,56 @@ impl Catalog for FixedCatalog {
     }
 }
 
+/// Most (service, tag) lists a handler keeps; past it, it starts again (names come from
+/// questions, so anyone can ask for many).
+const KEPT_MAX: usize = 1024;
+
+/// A service's instances that DNS may answer with (all of them, unpicked), and when they were read.
+struct Kept {
+    version: Version,
+    entries: Arc<Vec<ServiceEntry>>,
+}
+
 /// The hickory handler over a catalog.
 pub struct Handler<C> {
     catalog: Arc<C>,
     settings: DnsSettings,
+    /// By (service, tag): reading and filtering a service's instances costs far more than
+    /// picking a few of them, and a resolver asks the same name over and over.
+    kept: std::sync::Mutex<std::collections::HashMap<(String, Option<String>), Kept>>,
 }
 
 impl<C: Catalog> Handler<C> {
     pub fn new(catalog: Arc<C>, settings: DnsSettings) -> Self {
-        Handler { catalog, settings }
+        Handler { catalog, settings, kept: Default::default() }
+    }
+
+    /// `name`'s instances in this datacenter as `want` asks, picked per answer from the kept list
+    /// while the catalog's version of them has not moved (so a change is in the next answer).
+    async fn local_service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
+        let Some(version) = self.catalog.service_version(name) else {
+            return self.catalog.service(name, want).await;
+        };
+        let key = (name.to_string(), want.tag.map(str::to_string));
+        let kept =
+            self.kept.lock().ok().and_then(|k| k.get(&key).filter(|k| k.version == version).map(|k| k.entries.clone()));
+        let entries = match kept {
+            Some(entries) => entries,
+            None => {
+                // Read after the version: a change in between is only kept under the older
+                // version, which the next answer no longer matches.
+                let (all, _) = self.catalog.service(name, &Want { limit: None, ..*want }).await?;
+                let all = Arc::new(all);
+                if let Ok(mut k) = self.kept.lock() {
+                    if k.len() >= KEPT_MAX && !k.contains_key(&key) {
+                        k.clear();
+                    }
+                    k.insert(key, Kept { version, entries: all.clone() });
+                }
+                all
+            }
+        };
+        Ok(answer::pick_from(&entries, want.limit))
     }
 
     fn soa(&self) -> Option<Record> {
@@ -223,6 +281,7 @@ impl<C: Catalog> Handler<C> {
             limit: (udp && qtype == "SRV").then_some(self.settings.udp_answer_limit),
         };
         let found = match search {
+            Search::Service(name, _) if other.is_none() => self.local_service(name, &want).await.map(Some),
             Search::Service(name, _) => self.catalog.service(name, &want).await.map(Some),
             Search::Query(name) => self.catalog.query(name, &want).await,
         };
@@ -527,6 +586,68 @@ mod tests {
             let answer = answer_packet(&h, &query("web.service.consul.", RecordType::AAAA), true).await.unwrap();
             assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 1);
         }
+    }
+
+    /// A catalog whose instances change, with a version moved by each change; counts its reads.
+    struct Changing {
+        instances: std::sync::Mutex<Vec<ServiceEntry>>,
+        version: std::sync::atomic::AtomicU64,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Catalog for Changing {
+        fn datacenter(&self) -> String {
+            "dc1".into()
+        }
+
+        fn service_version(&self, _name: &str) -> Option<Version> {
+            let catalog = self.version.load(std::sync::atomic::Ordering::SeqCst);
+            Some(Version { catalog, ..Default::default() })
+        }
+
+        async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let all = self.instances.lock().unwrap().clone();
+            FixedCatalog { datacenter: "dc1".into(), instances: all }.service(name, want).await
+        }
+
+        async fn node(&self, _name: &str) -> Result<Option<CatalogNode>, String> {
+            Ok(None)
+        }
+
+        async fn query(&self, _: &str, _: &Want<'_>) -> Result<Option<(Vec<ServiceEntry>, bool)>, String> {
+            Ok(None)
+        }
+    }
+
+    /// Answers come from the instances kept since the catalog's version last moved, picked anew
+    /// for each answer; a change that moves the version is in the next answer.
+    #[tokio::test]
+    async fn kept_instances_are_picked_per_answer_until_the_version_moves() {
+        let instances = handler().catalog.instances.clone();
+        let catalog =
+            Arc::new(Changing { instances: std::sync::Mutex::new(instances), version: 1.into(), reads: 0.into() });
+        let h = Handler::new(catalog.clone(), DnsSettings::default());
+        let ask = || async {
+            let udp = answer_packet(&h, &query("web.service.consul.", RecordType::SRV), true).await.unwrap();
+            Message::from_vec(&udp).unwrap()
+        };
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let m = ask().await;
+            assert_eq!((m.answers.len(), m.metadata.truncation), (3, true));
+            firsts.insert(m.answers[0].data.clone());
+        }
+        assert_eq!(catalog.reads.load(std::sync::atomic::Ordering::SeqCst), 1, "one read for 50 answers");
+        assert!(firsts.len() > 1, "every answer picks anew: {firsts:?}");
+        for e in catalog.instances.lock().unwrap().iter_mut().skip(1) {
+            e.checks[0].status = HealthStatus::Critical;
+        }
+        catalog.version.store(2, std::sync::atomic::Ordering::SeqCst);
+        let m = ask().await;
+        assert_eq!((m.answers.len(), m.metadata.truncation), (1, false), "the next answer sees the change");
+        assert_eq!(catalog.reads.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// What the fuzz target does, briefly and deterministically: mangled queries never panic, and

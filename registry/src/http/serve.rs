@@ -89,7 +89,7 @@ pub enum Transport {
 fn log_handshake_failure(peer: std::net::SocketAddr, error: &std::io::Error) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if crate::telemetry::once_a_minute(&LAST) {
-        tracing::warn!(%peer, %error, "TLS handshake refused (a certificate not signed by our CA, or none where verify_incoming requires one; logged once a minute)");
+        tracing::warn!(%peer, %error, "TLS handshake refused: a certificate our CA did not sign, none where verify_incoming requires one, or plain HTTP on a TLS port (logged once a minute)");
     }
 }
 
