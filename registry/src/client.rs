@@ -229,7 +229,15 @@ impl Client {
 
     /// `GET /v1/catalog/node/:node`: the node and its services; `None` when it is not registered.
     pub async fn catalog_node(&self, node: &str) -> Result<Option<CatalogNode>, ClientError> {
-        let (_, status, body) = self.send(reqwest::Method::GET, &format!("/v1/catalog/node/{node}"), None).await?;
+        self.catalog_node_in(node, None).await
+    }
+
+    /// `GET /v1/catalog/node/:node?dc=`: a node of another datacenter (None: the servers' own).
+    pub async fn catalog_node_in(&self, node: &str, dc: Option<&str>) -> Result<Option<CatalogNode>, ClientError> {
+        let query =
+            dc.map(|d| format!("?dc={}", url::form_urlencoded::byte_serialize(d.as_bytes()).collect::<String>()));
+        let path = format!("/v1/catalog/node/{node}{}", query.unwrap_or_default());
+        let (_, status, body) = self.send(reqwest::Method::GET, &path, None).await?;
         Self::check(status, &body)?;
         Self::parse(status, &body)
     }

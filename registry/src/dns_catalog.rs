@@ -87,9 +87,19 @@ impl crate::dns::Catalog for StateCatalog {
         }
     }
 
-    async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
+    async fn node(&self, name: &str, dc: Option<&str>) -> Result<Option<CatalogNode>, String> {
         let app = &self.0;
         let token = app.agent.token("default");
+        if let Some(dc) = dc.filter(|_| crate::dns::plain(name)) {
+            let path = format!("/v1/catalog/node/{name}");
+            let resp = crate::http::get_as(app, path, vec![("dc".into(), dc.into())], token.as_deref()).await;
+            return match resp.status().as_u16() {
+                200 => serde_json::from_slice(resp.body()).map_err(|e| e.to_string()),
+                // Unknown or unreachable datacenter: no such name.
+                400 | 404 | 503 => Ok(None),
+                s => Err(format!("datacenter {dc} answered {s}")),
+            };
+        }
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
             Ok(s.catalog_node(name).1.filter(|_| a.allows(Resource::Node, name, Access::Read)))

@@ -231,6 +231,11 @@ async fn two_datacenters_see_each_other_and_serve_each_others_requests() {
     assert_eq!(dig("127.0.0.2", "db.service.dc2.consul", "A"), ["10.2.0.1"]);
     assert_eq!(dig("127.0.0.2", "db.service.consul", "A"), Vec::<String>::new(), "dc1's db is critical");
     assert_eq!(dig("127.0.0.5", "db-nearest.query.dc1.consul", "A"), ["10.2.0.1"], "executed in dc1, failing over");
+    // Nodes by name in another datacenter, and a name no datacenter has.
+    assert_eq!(dig("127.0.0.1", "db-host.node.dc2.consul", "A"), ["10.2.0.1"]);
+    assert_eq!(dig("127.0.0.4", "db-local.node.dc1.consul", "A"), ["10.1.0.1"]);
+    assert_eq!(dig("127.0.0.1", "db-host.node.consul", "A"), Vec::<String>::new(), "db-host is dc2's");
+    assert_eq!(dig("127.0.0.1", "db-host.node.dc9.consul", "A"), Vec::<String>::new(), "no dc9");
     // Passing again at home: dc1 answers.
     let passing = local.replace("critical", "passing");
     assert_eq!(f.put(0, "/v1/catalog/register", &passing).await, (200, "true".into()));

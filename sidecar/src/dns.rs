@@ -52,10 +52,10 @@ impl registry::dns::Catalog for ServersCatalog {
         Ok(found.map(|r| answer::pick(answer::healthy(r.nodes, want), want.limit)))
     }
 
-    async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
+    async fn node(&self, name: &str, dc: Option<&str>) -> Result<Option<CatalogNode>, String> {
         if !plain(name) {
             return Ok(None);
         }
-        self.client().catalog_node(name).await.map_err(|e| e.to_string())
+        self.client().catalog_node_in(name, dc).await.map_err(|e| e.to_string())
     }
 }

@@ -29,6 +29,7 @@ pub enum Lookup {
     },
     Node {
         node: String,
+        dc: Option<String>,
     },
     Addr {
         ip: IpAddr,
@@ -71,9 +72,9 @@ pub fn parse(qname: &str, domain: &str, dc: &str) -> Result<Lookup, NotFound> {
         }
         ("service", [tag, name]) => service(name, Some(tag)),
         ("query", [name]) => Ok(Lookup::Query { name: name.to_string(), dc: other_dc.clone() }),
-        // Nodes and addresses are answered from this datacenter's catalog only.
+        ("node", parts) if !parts.is_empty() => Ok(Lookup::Node { node: parts.join("."), dc: other_dc.clone() }),
+        // Addresses are answered here only (they are not a catalog lookup).
         _ if other_dc.is_some() => Err(NotFound::NoSuchName),
-        ("node", parts) if !parts.is_empty() => Ok(Lookup::Node { node: parts.join(".") }),
         ("addr", [hex]) => decode_addr(hex).map(|ip| Lookup::Addr { ip }).ok_or(NotFound::NoSuchName),
         _ => Err(NotFound::NoSuchName),
     }
@@ -278,11 +279,13 @@ mod tests {
         assert_eq!(p("v1.web.service.consul."), svc("web", Some("v1")));
         assert_eq!(p("_web._tcp.service.consul."), svc("web", None));
         assert_eq!(p("_web._v1.service.consul."), svc("web", Some("v1")));
-        assert_eq!(p("db-1.node.consul."), Ok(Lookup::Node { node: "db-1".into() }));
+        assert_eq!(p("db-1.node.consul."), Ok(Lookup::Node { node: "db-1".into(), dc: None }));
+        assert_eq!(p("db-1.node.dc1.consul."), Ok(Lookup::Node { node: "db-1".into(), dc: None }));
         assert_eq!(p("7f000001.addr.dc1.consul."), Ok(Lookup::Addr { ip: "127.0.0.1".parse().unwrap() }));
         let in_dc2 = Lookup::Service { service: "web".into(), tag: Some("v1".into()), dc: Some("dc2".into()) };
         assert_eq!(p("v1.web.service.dc2.consul."), Ok(in_dc2), "another datacenter's");
-        assert_eq!(p("db-1.node.dc2.consul."), Err(NotFound::NoSuchName), "nodes only here");
+        assert_eq!(p("db-1.node.dc2.consul."), Ok(Lookup::Node { node: "db-1".into(), dc: Some("dc2".into()) }));
+        assert_eq!(p("7f000001.addr.dc2.consul."), Err(NotFound::NoSuchName), "addresses only here");
         assert_eq!(p("web.query.consul."), Ok(Lookup::Query { name: "web".into(), dc: None }));
         assert_eq!(p("web.query.dc2.consul."), Ok(Lookup::Query { name: "web".into(), dc: Some("dc2".into()) }));
         assert_eq!(p("a.b.web.service.consul."), Err(NotFound::NoSuchName));

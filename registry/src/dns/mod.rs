@@ -96,7 +96,8 @@ pub trait Catalog: Send + Sync + 'static {
     /// A service's instances as `want` asks (healthy, with the tag), shuffled, at most
     /// `want.limit` of them; and whether some were left out.
     async fn service(&self, name: &str, want: &Want<'_>) -> Result<(Vec<ServiceEntry>, bool), String>;
-    async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String>;
+    /// A node of this datacenter, or of `dc`.
+    async fn node(&self, name: &str, dc: Option<&str>) -> Result<Option<CatalogNode>, String>;
     /// The instances the prepared query `name` answers (`want.datacenter`: executed there),
     /// picked as `service` picks; None when no query has that name.
     async fn query(&self, name: &str, want: &Want<'_>) -> Result<Option<(Vec<ServiceEntry>, bool)>, String>;
@@ -131,7 +132,7 @@ impl Catalog for FixedCatalog {
         Ok(None)
     }
 
-    async fn node(&self, name: &str) -> Result<Option<CatalogNode>, String> {
+    async fn node(&self, name: &str, _dc: Option<&str>) -> Result<Option<CatalogNode>, String> {
         let mut found: Option<CatalogNode> = None;
         for e in self.instances.iter().filter(|e| e.node.node.eq_ignore_ascii_case(name)) {
             let n = found.get_or_insert_with(|| CatalogNode { node: e.node.clone(), services: Default::default() });
@@ -227,7 +228,7 @@ impl<C: Catalog> Handler<C> {
                     Err(outcome) => return outcome,
                 }
             }
-            Lookup::Node { node } => match self.catalog.node(&node).await {
+            Lookup::Node { node, dc: other } => match self.catalog.node(&node, other.as_deref()).await {
                 Ok(Some(n)) => (answer::node_records(qname, qtype, &n), Vec::new(), self.settings.node_ttl_secs, false),
                 Ok(None) => return Outcome::code(ResponseCode::NXDomain),
                 Err(e) => {
@@ -612,7 +613,7 @@ mod tests {
             FixedCatalog { datacenter: "dc1".into(), instances: all }.service(name, want).await
         }
 
-        async fn node(&self, _name: &str) -> Result<Option<CatalogNode>, String> {
+        async fn node(&self, _name: &str, _dc: Option<&str>) -> Result<Option<CatalogNode>, String> {
             Ok(None)
         }
 
