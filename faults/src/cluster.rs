@@ -1,6 +1,7 @@
-//! Real `roster server` processes on loopback (127.0.13.i), and the faults done to them: SIGKILL,
-//! restart with the data directory kept or wiped, SIGSTOP/SIGCONT. Everything started here is
-//! killed on drop.
+//! Real `roster server` processes on loopback (127.0.13.i), or each in a network namespace of its own
+//! (10.213.X.i, [`crate::netns`]), and the faults done to them: SIGKILL, restart with the data
+//! directory kept or wiped, SIGSTOP/SIGCONT, and (namespaces) partitions. Everything started here is
+//! killed on drop, and the namespaces deleted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use registry::api::RaftConfiguration;
 use tempfile::TempDir;
+
+use crate::netns::Net;
 
 /// The `roster` binary: `ROSTER_BIN`, else the workspace's `target/debug/roster`.
 pub fn roster_bin() -> PathBuf {
@@ -54,11 +57,22 @@ pub struct Cluster {
     join: Vec<String>,
     gossip_seeds: Vec<String>,
     log_from: Vec<u64>,
+    /// The servers' namespaces, if they run in namespaces. Dropped after the servers are killed.
+    net: Option<Net>,
 }
 
 impl Cluster {
     /// `n` servers on 127.0.13.1..n: HTTP on `port`, RPC on `port + 1`, gossip on `port + 2`.
     pub fn start(n: usize, port: u16) -> Cluster {
+        Cluster::start_on(n, port, None)
+    }
+
+    /// `n` servers, each in one of `net`'s namespaces, on 10.213.X.1..n (ports as [`Cluster::start`]).
+    pub fn start_in_namespaces(n: usize, port: u16, net: Net) -> Cluster {
+        Cluster::start_on(n, port, Some(net))
+    }
+
+    fn start_on(n: usize, port: u16, net: Option<Net>) -> Cluster {
         let tmp = tempfile::Builder::new().prefix("roster-faults").tempdir().expect("temp dir");
         let src = roster_bin();
         assert!(
@@ -72,12 +86,13 @@ impl Cluster {
         if std::fs::hard_link(&src, &bin).is_err() {
             std::fs::copy(&src, &bin).expect("copy roster binary");
         }
+        let host = |i: usize| net.as_ref().map_or_else(|| format!("127.0.13.{i}"), |net| net.addr(i - 1));
         let servers: Vec<Server> = (1..=n)
             .map(|i| Server {
                 name: format!("server-{i}"),
-                http: format!("127.0.13.{i}:{port}"),
-                rpc: format!("127.0.13.{i}:{}", port + 1),
-                gossip: format!("127.0.13.{i}:{}", port + 2),
+                http: format!("{}:{port}", host(i)),
+                rpc: format!("{}:{}", host(i), port + 1),
+                gossip: format!("{}:{}", host(i), port + 2),
                 dir: tmp.path().join(format!("s{i}")),
                 log: tmp.path().join(format!("s{i}.log")),
                 child: None,
@@ -92,7 +107,7 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(1))
             .build()
             .expect("http client");
-        let mut c = Cluster { tmp, bin, servers, incarnations, http, join, gossip_seeds, log_from: vec![0; n] };
+        let mut c = Cluster { tmp, bin, servers, incarnations, http, join, gossip_seeds, log_from: vec![0; n], net };
         for i in 0..n {
             c.spawn(i);
         }
@@ -107,7 +122,16 @@ impl Cluster {
         let s = &self.servers[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log).expect("log file");
         let seeds: Vec<&str> = self.gossip_seeds.iter().filter(|g| **g != s.gossip).map(String::as_str).collect();
-        let child = Command::new(&self.bin)
+        // `ip netns exec` execs the command in place: the child's PID is the server's.
+        let mut cmd = match &self.net {
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", net.namespace(i)]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(["server", "--node-name", &s.name])
             .arg("--data-dir")
             .arg(&s.dir)
@@ -173,12 +197,54 @@ impl Cluster {
         }
     }
 
-    /// Restarts every stopped server and resumes every paused one.
+    fn net(&mut self) -> &mut Net {
+        self.net.as_mut().expect("partitions need a cluster in network namespaces")
+    }
+
+    /// Splits the servers into `groups` that do not hear each other (see [`Net::partition`]).
+    pub fn partition(&mut self, groups: &[Vec<usize>]) {
+        if let Err(e) = self.net().partition(groups) {
+            panic!("partition {groups:?}: {e}");
+        }
+    }
+
+    /// Cuts the link between `a` and `b` only.
+    pub fn cut(&mut self, a: usize, b: usize) {
+        if let Err(e) = self.net().cut(a, b) {
+            panic!("cut server-{} | server-{}: {e}", a + 1, b + 1);
+        }
+    }
+
+    /// Ends every partition.
+    pub fn heal_network(&mut self) {
+        if let Some(net) = self.net.as_mut() {
+            if let Err(e) = net.heal() {
+                panic!("heal the network: {e}");
+            }
+        }
+    }
+
+    /// Ends every partition, restarts every stopped server and resumes every paused one.
     pub fn heal_all(&mut self) {
+        self.heal_network();
         for i in 0..self.servers.len() {
             self.resume(i);
             self.restart(i);
         }
+    }
+
+    /// Servers that exited though the harness did not stop them (crashed, or signalled by someone
+    /// else), with their exit status; they are marked stopped.
+    pub fn unexpected_exits(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &mut self.servers {
+            if let Some(Ok(Some(status))) = s.child.as_mut().map(Child::try_wait) {
+                out.push(format!("{} exited: {status}", s.name));
+                s.child = None;
+                s.paused = false;
+            }
+        }
+        out
     }
 
     /// Servers that are running and not paused.
@@ -242,6 +308,31 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// Like [`Cluster::wait_writable`], but until a probe write through every live server has been
+    /// acknowledged (after a partition heals: the cut-off servers follow the leader again).
+    pub async fn wait_writable_everywhere(&self, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut n = 0usize;
+        for i in self.live() {
+            let url = format!("http://{}/v1/kv/faults-probe", self.servers[i].http);
+            loop {
+                n += 1;
+                let ok = match self.http.put(&url).body(n.to_string()).timeout(Duration::from_secs(1)).send().await {
+                    Ok(r) if r.status().is_success() => r.text().await.is_ok_and(|t| t.trim() == "true"),
+                    _ => false,
+                };
+                if ok {
+                    break;
+                }
+                if start.elapsed() > timeout {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Some(start.elapsed())
     }
 
     /// The Raft configuration as the leader reports it.

@@ -169,11 +169,33 @@ async fn invalidate_one(shared: &Shared, rng: &mut StdRng) -> Option<String> {
     Some(session)
 }
 
-/// Runs the lock scenario: `clients` contenders, a session destroy every few seconds, and the leader
-/// killed (restarted with its data) or paused past the election timeout in turns.
-pub async fn run(port: u16, clients: usize, attempts: usize, min_faults: usize, seed: u64) -> LockSummary {
+/// The faults of the lock scenario besides session destroys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockFaults {
+    /// The leader killed (restarted with its data) or paused past the election timeout, in turns.
+    KillOrPause,
+    /// Servers in network namespaces; the leader isolated, or cut from one follower while the
+    /// other hears both (a bridge), in turns.
+    Partitions,
+}
+
+/// Runs the lock scenario: `clients` contenders, a session destroy every few seconds, and `faults`.
+pub async fn run(
+    port: u16,
+    clients: usize,
+    attempts: usize,
+    min_faults: usize,
+    seed: u64,
+    faults: LockFaults,
+) -> LockSummary {
     let started = Instant::now();
-    let mut cluster = Cluster::start(3, port);
+    let mut cluster = match faults {
+        LockFaults::KillOrPause => Cluster::start(3, port),
+        LockFaults::Partitions => {
+            let net = crate::netns::Net::create(3).unwrap_or_else(|e| panic!("network namespaces: {e}"));
+            Cluster::start_in_namespaces(3, port, net)
+        }
+    };
     if cluster.wait_leader(Duration::from_secs(60)).await.is_none() {
         panic!("no leader at start:\n{}", cluster.logs());
     }
@@ -202,7 +224,25 @@ pub async fn run(port: u16, clients: usize, attempts: usize, min_faults: usize, 
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1_500))).await;
         let Some(leader) = cluster.wait_leader(Duration::from_secs(20)).await else { continue };
         let down = Duration::from_millis(rng.random_range(2_500..3_500));
-        if round.is_multiple_of(2) {
+        if faults == LockFaults::Partitions {
+            let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+            if round.is_multiple_of(2) {
+                cluster.partition(&[vec![leader], others]);
+                summary.faults.push(format!("LeaderIsolated server-{} for {down:?}", leader + 1));
+            } else {
+                let (bridge, far) =
+                    if rng.random_range(0..2) == 0 { (others[0], others[1]) } else { (others[1], others[0]) };
+                cluster.cut(leader, far);
+                summary.faults.push(format!(
+                    "BridgeNode server-{} | server-{}, bridge server-{} for {down:?}",
+                    leader + 1,
+                    far + 1,
+                    bridge + 1
+                ));
+            }
+            tokio::time::sleep(down).await;
+            cluster.heal_network();
+        } else if round.is_multiple_of(2) {
             cluster.kill(leader);
             summary.faults.push(format!("LeaderKill server-{} for {down:?}", leader + 1));
             tokio::time::sleep(down).await;
@@ -224,7 +264,8 @@ pub async fn run(port: u16, clients: usize, attempts: usize, min_faults: usize, 
     let dir = crate::scenario::out_dir();
     let _ = std::fs::create_dir_all(&dir);
     if let Ok(json) = serde_json::to_vec(&history) {
-        let _ = std::fs::write(dir.join("locks.json"), json);
+        let name = if faults == LockFaults::Partitions { "locks-partitions.json" } else { "locks.json" };
+        let _ = std::fs::write(dir.join(name), json);
     }
     for e in &history.events {
         if let LockEvent::Acquire { ok, .. } = e {

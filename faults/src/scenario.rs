@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::{self, Options};
@@ -29,6 +30,21 @@ pub enum Fault {
     LeaderQuickRestart,
     /// Each round one of the above at random.
     Mixed,
+    /// Partition (servers in network namespaces): the leader hears nobody and nobody hears it.
+    LeaderIsolated,
+    /// Partition: the leader and the fewest others that make a minority (5 servers: 2 | 3) apart from
+    /// the majority.
+    LeaderInMinority,
+    /// Partial partition: one follower (the bridge) hears everyone; the leader's side and the other
+    /// side do not hear each other (3 servers: leader | other, both with the bridge).
+    BridgeNode,
+}
+
+impl Fault {
+    /// Partitions need the servers in network namespaces.
+    pub fn is_partition(self) -> bool {
+        matches!(self, Fault::LeaderIsolated | Fault::LeaderInMinority | Fault::BridgeNode)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,11 +60,14 @@ pub struct Scenario {
     pub min_faults: usize,
     pub clients: usize,
     pub seed: u64,
+    /// How long a partition is held, in ms (a random duration in this range each round).
+    pub partition_ms: (u64, u64),
 }
 
 impl Scenario {
     /// A scenario sized from the environment: `ROSTER_FAULTS_OPS` (default 1,500),
-    /// `ROSTER_FAULTS_MIN_FAULTS` (default 2), `ROSTER_FAULTS_SEED` (default: from the clock).
+    /// `ROSTER_FAULTS_MIN_FAULTS` (default 2), `ROSTER_FAULTS_SEED` (default: from the clock),
+    /// `ROSTER_FAULTS_PARTITION_MS` (`min-max`, default 3000-5000).
     pub fn from_env(name: &str, servers: usize, port: u16, fault: Fault) -> Scenario {
         let var = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
         let clock =
@@ -62,6 +81,14 @@ impl Scenario {
             min_faults: var("ROSTER_FAULTS_MIN_FAULTS", 2) as usize,
             clients: var("ROSTER_FAULTS_CLIENTS", 8) as usize,
             seed: var("ROSTER_FAULTS_SEED", clock % 1_000_000),
+            partition_ms: std::env::var("ROSTER_FAULTS_PARTITION_MS")
+                .ok()
+                .and_then(|v| {
+                    let (a, b) = v.split_once('-')?;
+                    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                    (a < b).then_some((a, b))
+                })
+                .unwrap_or((3_000, 5_000)),
         }
     }
 }
@@ -89,6 +116,8 @@ pub struct Summary {
     pub fault_to_writable: Vec<Option<Duration>>,
     /// From each heal (restart, SIGCONT) to the first acknowledged write.
     pub heal_to_writable: Vec<Option<Duration>>,
+    /// Partitions: from each heal to an acknowledged write through every server.
+    pub heal_to_writable_everywhere: Vec<Option<Duration>>,
     /// Wipe scenario: from the restart to the configuration having every server as a voter once.
     pub rejoin: Vec<Result<Duration, String>>,
     pub elapsed: Duration,
@@ -108,7 +137,7 @@ impl Summary {
         format!(
             "{}: seed {} ops {} (reads {}, acked writes {}, unknown writes {}) keys {} faults {} | violations {} \
              (with default reads {}) undecided {} lost {} stale-non-monotonic {} | fault->writable ms [{}] \
-             heal->writable ms [{}] rejoin {:?} | {:.1}s run, {:.1}s check",
+             heal->writable ms [{}] heal->writable everywhere ms [{}] rejoin {:?} | {:.1}s run, {:.1}s check",
             self.name,
             self.seed,
             self.ops,
@@ -124,6 +153,7 @@ impl Summary {
             self.stale_non_monotonic,
             ms(&self.fault_to_writable),
             ms(&self.heal_to_writable),
+            ms(&self.heal_to_writable_everywhere),
             self.rejoin.iter().map(|r| r.as_ref().map(|d| d.as_millis()).map_err(|e| e.clone())).collect::<Vec<_>>(),
             self.elapsed.as_secs_f64(),
             self.check_time.as_secs_f64(),
@@ -148,13 +178,17 @@ struct FaultLog {
     faults: Vec<String>,
     fault_to_writable: Vec<Option<Duration>>,
     heal_to_writable: Vec<Option<Duration>>,
+    heal_to_writable_everywhere: Vec<Option<Duration>>,
     rejoin: Vec<Result<Duration, String>>,
+    /// Why the run stopped early: a server exited that the harness did not stop.
+    aborted: Option<String>,
 }
 
 async fn fault_loop(
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     fault: Fault,
     seed: u64,
+    partition_ms: (u64, u64),
     stop: Arc<AtomicBool>,
     rounds: Arc<AtomicUsize>,
 ) -> FaultLog {
@@ -163,7 +197,9 @@ async fn fault_loop(
         faults: Vec::new(),
         fault_to_writable: Vec::new(),
         heal_to_writable: Vec::new(),
+        heal_to_writable_everywhere: Vec::new(),
         rejoin: Vec::new(),
+        aborted: None,
     };
     let mut round = 0usize;
     while !stop.load(Ordering::SeqCst) {
@@ -182,11 +218,52 @@ async fn fault_loop(
             f => f,
         };
         let mut c = cluster.lock().await;
+        let exits = c.unexpected_exits();
+        if !exits.is_empty() {
+            // Nothing sensible can follow (the workload would wait for operations that never come).
+            log.aborted = Some(format!("{exits:?}\n{}", c.logs()));
+            stop.store(true, Ordering::SeqCst);
+            break;
+        }
         let Some(leader) = c.wait_leader(Duration::from_secs(20)).await else {
             log.faults.push("no leader before the fault".into());
             continue;
         };
         let n = c.servers.len();
+        if kind.is_partition() {
+            let groups = partition_groups(kind, leader, n, &mut rng);
+            let down = Duration::from_millis(rng.random_range(partition_ms.0..partition_ms.1));
+            let injected = Instant::now();
+            let names = |g: &[usize]| g.iter().map(|i| format!("server-{}", i + 1)).collect::<Vec<_>>().join(",");
+            let described = match &groups {
+                Split::Bridge { left, bridge, right } => {
+                    for &a in left {
+                        for &b in right {
+                            c.cut(a, b);
+                        }
+                    }
+                    format!("[{}] <- server-{} -> [{}]", names(left), bridge + 1, names(right))
+                }
+                Split::Groups(g) => {
+                    c.partition(g);
+                    g.iter().map(|g| format!("[{}]", names(g))).collect::<Vec<_>>().join(" | ")
+                }
+            };
+            log.faults.push(format!("{kind:?} {described} (leader was server-{}) for {down:?}", leader + 1));
+            if verbose() {
+                eprintln!("fault: {}", log.faults.last().map_or("", String::as_str));
+            }
+            log.fault_to_writable.push(c.wait_writable(down).await);
+            tokio::time::sleep(down.saturating_sub(injected.elapsed())).await;
+            c.heal_network();
+            log.heal_to_writable.push(c.wait_writable(Duration::from_secs(30)).await);
+            let everywhere = c.wait_writable_everywhere(Duration::from_secs(30)).await;
+            log.heal_to_writable_everywhere.push(everywhere);
+            drop(c);
+            round += 1;
+            rounds.store(round, Ordering::SeqCst);
+            continue;
+        }
         let (target, down) = match kind {
             Fault::LeaderKill | Fault::LeaderPause => (leader, Duration::from_millis(rng.random_range(2_500..4_000))),
             Fault::LeaderQuickRestart => (leader, Duration::from_millis(rng.random_range(200..600))),
@@ -225,10 +302,52 @@ async fn fault_loop(
     log
 }
 
+/// How a partition splits the servers.
+enum Split {
+    /// Groups that do not hear each other.
+    Groups(Vec<Vec<usize>>),
+    /// `left` and `right` do not hear each other; `bridge` hears both.
+    Bridge { left: Vec<usize>, bridge: usize, right: Vec<usize> },
+}
+
+/// The split of a partition round: the leader always on the side that loses (alone, in the
+/// minority, or cut from the far side of a bridge).
+fn partition_groups(kind: Fault, leader: usize, n: usize, rng: &mut StdRng) -> Split {
+    let mut others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    // A random order of the followers: which of them join the leader's side or bridge is random.
+    others.shuffle(rng);
+    match kind {
+        Fault::LeaderIsolated => Split::Groups(vec![vec![leader], others]),
+        Fault::LeaderInMinority => {
+            let minority = (n - 1) / 2;
+            let mut small = vec![leader];
+            small.extend(others.drain(..minority - 1));
+            small.sort_unstable();
+            others.sort_unstable();
+            Split::Groups(vec![small, others])
+        }
+        _ => {
+            let bridge = others.remove(0);
+            // The rest split as evenly as possible, the leader's side no bigger than the other.
+            let mut left = vec![leader];
+            let take = others.len() / 2;
+            left.extend(others.drain(..take));
+            left.sort_unstable();
+            others.sort_unstable();
+            Split::Bridge { left, bridge, right: others }
+        }
+    }
+}
+
 /// Runs the scenario and checks its history. Panics only on harness failures (no cluster).
 pub async fn run(s: &Scenario) -> Summary {
     let started = Instant::now();
-    let mut cluster = Cluster::start(s.servers, s.port);
+    let mut cluster = if s.fault.is_partition() {
+        let net = crate::netns::Net::create(s.servers).unwrap_or_else(|e| panic!("network namespaces: {e}"));
+        Cluster::start_in_namespaces(s.servers, s.port, net)
+    } else {
+        Cluster::start(s.servers, s.port)
+    };
     if cluster.wait_leader(Duration::from_secs(60)).await.is_none() {
         panic!("no leader at start:\n{}", cluster.logs());
     }
@@ -245,7 +364,8 @@ pub async fn run(s: &Scenario) -> Summary {
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let stop_faults = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicUsize::new(0));
-    let faults = tokio::spawn(fault_loop(cluster.clone(), s.fault, s.seed, stop_faults.clone(), rounds.clone()));
+    let faults =
+        tokio::spawn(fault_loop(cluster.clone(), s.fault, s.seed, s.partition_ms, stop_faults.clone(), rounds.clone()));
     let w = Workload {
         clients: s.clients,
         keys: 4,
@@ -262,6 +382,7 @@ pub async fn run(s: &Scenario) -> Summary {
     let mut last_report = Instant::now();
     while (shared.done.load(Ordering::SeqCst) < s.ops || rounds.load(Ordering::SeqCst) < s.min_faults)
         && Instant::now() < limit
+        && !stop_faults.load(Ordering::SeqCst)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if last_report.elapsed() > Duration::from_secs(15) {
@@ -278,6 +399,9 @@ pub async fn run(s: &Scenario) -> Summary {
     stop_faults.store(true, Ordering::SeqCst);
     let fault_log = faults.await.expect("fault loop");
     shared.stop.store(true, Ordering::SeqCst);
+    if let Some(why) = &fault_log.aborted {
+        panic!("[{}] servers exited that the harness did not stop: {why}", s.name);
+    }
     let mut ops: Vec<Operation> = workload.await.expect("workload");
 
     // Heal everything and read every key's final value.
@@ -332,6 +456,7 @@ pub async fn run(s: &Scenario) -> Summary {
         stale_non_monotonic: stale.len(),
         fault_to_writable: fault_log.fault_to_writable,
         heal_to_writable: fault_log.heal_to_writable,
+        heal_to_writable_everywhere: fault_log.heal_to_writable_everywhere,
         rejoin: fault_log.rejoin,
         elapsed,
         check_time,
