@@ -188,6 +188,22 @@ async fn a_secondary_replicates_the_primarys_acls_and_keeps_them_while_it_is_dow
     let global = json(&body)["AccessorID"].as_str().expect("an accessor").to_string();
     assert_eq!(f.get(0, &format!("/v1/acl/token/{global}"), ROOT).await.0, 200, "a global token lives in dc1");
 
+    // A write the primary itself sent here would only bounce back: two datacenters that disagree
+    // on the primary get a 400 naming the setting, not a loop.
+    let (status, body) = match f
+        .http
+        .put(format!("http://{}/v1/acl/policy", f.servers[1].http()))
+        .header("X-Consul-Token", ROOT)
+        .header("X-Roster-From-Datacenter", "dc1")
+        .body(r#"{"Name":"bounced","Rules":""}"#)
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    };
+    assert!(status == 400 && body.contains("primary_datacenter"), "{status} {body}");
+
     // The status reports progress up to dc1's ACL index; any token may read it. dc1 replicates nothing.
     let index = f
         .http
@@ -212,6 +228,8 @@ async fn a_secondary_replicates_the_primarys_acls_and_keeps_them_while_it_is_dow
         "{s}"
     );
     assert_ne!(s["LastSuccess"], "0001-01-01T00:00:00Z", "{s}");
+    let agent = json(&f.get(1, "/v1/agent/self", ROOT).await.1);
+    assert_eq!(agent["Config"]["PrimaryDatacenter"], "dc1", "{agent}");
     let primary = json(&f.get(0, "/v1/acl/replication", "").await.1);
     assert_eq!((&primary["Enabled"], &primary["Running"]), (&Value::Bool(false), &Value::Bool(false)), "{primary}");
 

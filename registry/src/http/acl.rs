@@ -132,6 +132,13 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     // The primary owns policies, roles and global tokens: a secondary sends their writes there,
     // as Consul does. Only local tokens are written here.
     if let Some(primary) = owner_elsewhere(app, req, &parts) {
+        // The primary sending it here means the two disagree on which one is the primary.
+        let from = req.headers.get(super::FROM_DATACENTER).and_then(|v| v.to_str().ok());
+        if from == Some(primary.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "datacenter {primary:?} sent this ACL write here as to the primary, but this datacenter's primary_datacenter is {primary:?}: configure one primary_datacenter everywhere"
+            )));
+        }
         return Err(ApiError::OtherDatacenter(primary));
     }
     // ACL reads and writes are answered by the leader, like Consul's default consistency.
