@@ -70,6 +70,8 @@ pub struct App {
     pub leave: tokio::sync::Notify,
     /// User events this agent received (`/v1/event/list`).
     pub events: Arc<crate::gossip::events::EventBuffer>,
+    /// ACL replication from the primary datacenter, when this is a secondary (`/v1/acl/replication`).
+    pub acl_replication: crate::acl_replication::Replication,
 }
 
 impl App {

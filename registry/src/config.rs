@@ -45,6 +45,16 @@ pub struct Config {
     pub acl_default_policy: String,
     /// A management token's secret to create at start (Consul's `acl.tokens.initial_management`).
     pub acl_initial_management: Option<String>,
+    /// The datacenter that owns ACL policies, roles and global tokens (Consul's
+    /// `primary_datacenter`). None: this one.
+    pub primary_datacenter: Option<String>,
+    /// The token a secondary's leader reads the primary's ACLs with (Consul's
+    /// `acl.tokens.replication`; needs `acl = "write"` to see token secrets). None: no replication.
+    pub acl_replication_token: Option<String>,
+    /// What a secondary does about tokens while the primary is unreachable (Consul's
+    /// `acl.down_policy`: `extend-cache` default, `async-cache`, `allow`, `deny`). Token resolution
+    /// here always uses the replicated copy, which is what `extend-cache` keeps answering from.
+    pub acl_down_policy: String,
     /// LAN gossip listener (UDP; Consul's serf_lan port is 8301). None: no gossip, so sidecars'
     /// health is not tracked by failure detection.
     pub gossip_addr: Option<SocketAddr>,
@@ -158,6 +168,9 @@ impl Default for Config {
             acl_enabled: false,
             acl_default_policy: "allow".into(),
             acl_initial_management: None,
+            primary_datacenter: None,
+            acl_replication_token: None,
+            acl_down_policy: "extend-cache".into(),
             gossip_addr: None,
             gossip_advertise: None,
             gossip_seeds: Vec::new(),
@@ -200,6 +213,18 @@ impl Config {
 
     pub fn acl_default_allow(&self) -> bool {
         self.acl_default_policy == "allow"
+    }
+
+    /// The datacenter that owns ACL policies, roles and global tokens.
+    pub fn primary_datacenter(&self) -> &str {
+        self.primary_datacenter.as_deref().filter(|p| !p.is_empty()).unwrap_or(&self.datacenter)
+    }
+
+    /// A secondary with ACLs on and a replication token: its leader copies the primary's ACLs.
+    pub fn acl_replicates(&self) -> bool {
+        self.acl_enabled
+            && self.primary_datacenter() != self.datacenter
+            && self.acl_replication_token.as_deref().is_some_and(|t| !t.is_empty())
     }
 
     pub fn advertised_rpc(&self) -> String {
@@ -252,6 +277,17 @@ impl Config {
         if self.acl_default_policy != "allow" && self.acl_default_policy != "deny" {
             return Err(format!("acl_default_policy must be \"allow\" or \"deny\", not {:?}", self.acl_default_policy));
         }
+        if !matches!(self.acl_down_policy.as_str(), "allow" | "deny" | "extend-cache" | "async-cache") {
+            return Err(format!(
+                "acl_down_policy must be \"allow\", \"deny\", \"extend-cache\" or \"async-cache\", not {:?}",
+                self.acl_down_policy
+            ));
+        }
+        if let Some(p) = self.primary_datacenter.as_deref().filter(|p| !p.is_empty()) {
+            if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+                return Err(format!("primary_datacenter {p:?}: use lowercase letters, digits, - and _"));
+            }
+        }
         if self.gossip_interval_ms == 0 || self.gossip_phi_threshold.is_nan() || self.gossip_phi_threshold <= 0.0 {
             return Err("gossip_interval_ms and gossip_phi_threshold must be positive".into());
         }
@@ -300,6 +336,15 @@ pub struct ServerArgs {
     /// Prefer the environment (for example from a Kubernetes Secret) over a flag: flags show in `ps`.
     #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
     pub acl_initial_management: Option<String>,
+    /// The datacenter that owns ACL policies, roles and global tokens (default: this one).
+    #[arg(long, env = "ROSTER_PRIMARY_DATACENTER")]
+    pub primary_datacenter: Option<String>,
+    /// Token a secondary's leader replicates the primary's ACLs with (needs acl = "write").
+    #[arg(long, env = "ROSTER_ACL_REPLICATION_TOKEN", hide_env_values = true)]
+    pub acl_replication_token: Option<String>,
+    /// extend-cache (default), async-cache, allow or deny: tokens while the primary is unreachable.
+    #[arg(long, env = "ROSTER_ACL_DOWN_POLICY")]
+    pub acl_down_policy: Option<String>,
     #[arg(long, env = "ROSTER_GOSSIP_ADDR")]
     pub gossip_addr: Option<SocketAddr>,
     #[arg(long, env = "ROSTER_GOSSIP_ADVERTISE")]
@@ -396,6 +441,7 @@ impl ServerArgs {
             log_format,
             acl_enabled,
             acl_default_policy,
+            acl_down_policy,
             gossip_interval_ms,
             reap_after_secs,
             enable_script_checks,
@@ -417,6 +463,12 @@ impl ServerArgs {
         }
         if self.acl_initial_management.is_some() {
             c.acl_initial_management = self.acl_initial_management;
+        }
+        if self.primary_datacenter.is_some() {
+            c.primary_datacenter = self.primary_datacenter;
+        }
+        if self.acl_replication_token.is_some() {
+            c.acl_replication_token = self.acl_replication_token;
         }
         if self.data_dir.is_some() {
             c.data_dir = self.data_dir;
@@ -507,6 +559,31 @@ mod tests {
         assert_eq!(c.datacenter, "eu1");
         assert_eq!(c.bootstrap_expect, 3);
         assert_eq!(c.retry_join, vec!["a:8300", "b:8300"]);
+    }
+
+    #[test]
+    fn acl_replication_settings_come_from_flags_and_default_to_this_datacenter() {
+        let c = Cli::parse_from(["x", "--datacenter", "dc2"]).args.into_config().unwrap();
+        assert_eq!((c.primary_datacenter(), c.acl_down_policy.as_str()), ("dc2", "extend-cache"));
+        assert!(!c.acl_replicates(), "the primary replicates from no one");
+        let flags = [
+            "x",
+            "--datacenter",
+            "dc2",
+            "--primary-datacenter",
+            "dc1",
+            "--acl-enabled",
+            "true",
+            "--acl-replication-token",
+            "t",
+            "--acl-down-policy",
+            "async-cache",
+        ];
+        let c = Cli::parse_from(flags).args.into_config().unwrap();
+        assert_eq!((c.primary_datacenter(), c.acl_down_policy.as_str()), ("dc1", "async-cache"));
+        assert!(c.acl_replicates());
+        let err = Cli::parse_from(["x", "--acl-down-policy", "later"]).args.into_config().unwrap_err();
+        assert!(err.contains("acl_down_policy") && err.contains("later"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub mod raft;
 
 #[cfg(feature = "acl")]
 pub mod acl;
+#[cfg(feature = "server")]
+pub mod acl_replication;
 #[cfg(feature = "agent")]
 pub mod agent;
 #[cfg(feature = "server")]

@@ -151,6 +151,15 @@ struct DevArgs {
     /// Secret of a management token to create at start.
     #[arg(long, env = "ROSTER_ACL_INITIAL_MANAGEMENT", hide_env_values = true)]
     acl_initial_management: Option<String>,
+    /// The datacenter that owns ACL policies, roles and global tokens (default: this one).
+    #[arg(long, env = "ROSTER_PRIMARY_DATACENTER")]
+    primary_datacenter: Option<String>,
+    /// Token this (secondary) datacenter's leader replicates the primary's ACLs with.
+    #[arg(long, env = "ROSTER_ACL_REPLICATION_TOKEN", hide_env_values = true)]
+    acl_replication_token: Option<String>,
+    /// extend-cache, async-cache, allow or deny: tokens while the primary is unreachable.
+    #[arg(long, default_value = "extend-cache")]
+    acl_down_policy: String,
     /// Gossip encryption key (`roster keygen`); sidecars joining need the same.
     #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
     gossip_key: Option<String>,
@@ -185,6 +194,9 @@ fn main() -> std::process::ExitCode {
                 acl_enabled,
                 acl_default_policy,
                 acl_initial_management,
+                primary_datacenter,
+                acl_replication_token,
+                acl_down_policy,
                 gossip_key,
                 dns_addr,
                 domain,
@@ -225,6 +237,9 @@ fn main() -> std::process::ExitCode {
                 acl_enabled,
                 acl_default_policy,
                 acl_initial_management,
+                primary_datacenter,
+                acl_replication_token,
+                acl_down_policy,
                 gossip_key,
                 dns_addr,
                 dns_addr_optional,

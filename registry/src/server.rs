@@ -316,6 +316,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         shutdown: watch::channel(false).0,
         leave: tokio::sync::Notify::new(),
         events: Default::default(),
+        acl_replication: Default::default(),
     });
 
     let mut handles = Vec::new();
@@ -359,6 +360,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     }
     handles.push(tokio::spawn(crate::cluster::bootstrap(app.clone())));
     handles.push(tokio::spawn(leader_loop(app.clone())));
+    handles.push(tokio::spawn(crate::acl_replication::run(app.clone())));
     handles.push(tokio::spawn(app.agent.clone().run(check_updates, app.shutdown.subscribe())));
     let catalog: Arc<dyn crate::agent::sync::Catalog> = app.clone();
     let sync_every = Duration::from_secs(60);

@@ -1,6 +1,7 @@
 //! ACLs: rules (HCL/JSON) and the authorizer that applies them. Pure: no I/O, no Raft.
 
 pub mod authorizer;
+pub mod replication;
 pub mod rules;
 pub mod templated;
 

@@ -121,6 +121,26 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     if let Some(answer) = super::acl_auth::login_or_logout(app, req, &parts).await {
         return answer;
     }
+    // Replication status: any caller may read it, from the leader (which runs replication).
+    if parts.as_slice() == ["replication"] {
+        if m != Method::GET {
+            return Err(ApiError::MethodNotAllowed(m));
+        }
+        require_leader(app)?;
+        return Ok(ok_json(&app.acl_replication.status()));
+    }
+    // The primary owns policies, roles and global tokens: a secondary sends their writes there,
+    // as Consul does. Only local tokens are written here.
+    if let Some(primary) = owner_elsewhere(app, req, &parts) {
+        // The primary sending it here means the two disagree on which one is the primary.
+        let from = req.headers.get(super::FROM_DATACENTER).and_then(|v| v.to_str().ok());
+        if from == Some(primary.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "datacenter {primary:?} sent this ACL write here as to the primary, but this datacenter's primary_datacenter is {primary:?}: configure one primary_datacenter everywhere"
+            )));
+        }
+        return Err(ApiError::OtherDatacenter(primary));
+    }
     // ACL reads and writes are answered by the leader, like Consul's default consistency.
     let authz = authorize_write(app, req)?;
     if let Some(answer) = super::acl_auth::handle(app, req, &parts, &authz).await {
@@ -323,6 +343,26 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     }
 }
 
+/// The primary datacenter, when this is a secondary and the request writes what the primary owns.
+fn owner_elsewhere(app: &App, req: &Req, parts: &[&str]) -> Option<String> {
+    let primary = app.config.primary_datacenter();
+    if primary == app.config.datacenter || req.method == Method::GET {
+        return None;
+    }
+    // A token's locality: the copy here says (it cannot change), else the body; a token unknown
+    // here and named in no body may be a global one not replicated yet: the primary knows.
+    let local_here = |id: &str| app.sm.read(|s| s.acl_token(id).1.map(|t| t.local));
+    let local_in_body = || super::json::decode::<AclToken>(&req.body).ok().map(|t| t.local);
+    let global = match parts {
+        ["policy", ..] | ["role", ..] => true,
+        ["token"] => local_in_body() == Some(false),
+        ["token", id] if req.method == Method::PUT => !local_here(id).or_else(local_in_body).unwrap_or(false),
+        ["token", id, ..] => local_here(id) != Some(true),
+        _ => false,
+    };
+    global.then(|| primary.to_string())
+}
+
 pub(super) async fn list<T: serde::Serialize, U: serde::Serialize>(
     app: &App,
     req: &Req,
@@ -357,10 +397,12 @@ pub fn effective_rules(app: &App, req: &Req) -> ApiResult {
     answer.map(|a| ok_json(&a)).ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
 }
 
-/// Leader start-up duty with ACLs on: the anonymous token exists, and the configured initial
+/// Leader start-up duty with ACLs on (not in a replicating secondary): the anonymous token exists, and the configured initial
 /// management token (bootstrapping with it, as Consul does).
 pub async fn ensure_acl_bootstrap(app: &App) -> Result<(), crate::app::ProposeError> {
-    if !app.config.acl_enabled {
+    // A replicating secondary gets its management and anonymous tokens from the primary, as
+    // Consul's secondaries do.
+    if !app.config.acl_enabled || app.config.acl_replicates() {
         return Ok(());
     }
     if let Some(secret) = app.config.acl_initial_management.clone().filter(|s| !s.is_empty()) {

@@ -83,7 +83,7 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
     json!({
         "Config": {
             "Datacenter": app.config.datacenter,
-            "PrimaryDatacenter": app.config.datacenter,
+            "PrimaryDatacenter": app.config.primary_datacenter(),
             "NodeName": app.me.name,
             "NodeID": format!("{:016x}", app.id),
             "Revision": "roster",
@@ -94,6 +94,8 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
         "DebugConfig": {
             "ACLsEnabled": app.config.acl_enabled,
             "ACLDefaultPolicy": app.config.acl_default_policy,
+            "ACLDownPolicy": app.config.acl_down_policy,
+            "ACLTokenReplication": app.config.acl_replicates(),
             "AdvertiseAddrLAN": my_address(app),
             "BindAddr": bind,
             "ClientAddrs": [bind],
@@ -103,7 +105,7 @@ pub async fn agent_self(app: &App) -> serde_json::Value {
             "HTTPPort": port,
             "KVMaxValueSize": app.config.kv_max_value_size,
             "NodeName": app.me.name,
-            "PrimaryDatacenter": app.config.datacenter,
+            "PrimaryDatacenter": app.config.primary_datacenter(),
             "RaftSnapshotThreshold": app.config.snapshot_threshold,
             "ServerMode": true,
         },

@@ -36,6 +36,9 @@ pub use blocking::{Consistency, QueryOpts};
 
 /// Marks a request already forwarded once, so two servers that disagree on the leader cannot loop.
 const FORWARDED: &str = "x-roster-forwarded";
+/// Names the datacenter that forwarded a request to another one (so that ACL writes cannot bounce
+/// between two datacenters that each think the other is the primary).
+pub const FROM_DATACENTER: &str = "x-roster-from-datacenter";
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
@@ -300,6 +303,8 @@ async fn send(
     }
     if to_leader {
         builder = builder.header(FORWARDED, "1");
+    } else {
+        builder = builder.header(FROM_DATACENTER, &app.config.datacenter);
     }
     let r = builder.send().await?;
     let status = r.status();

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::{CommandResult, State, Table, Touched, WatchKey};
+use crate::acl::replication::AclChanges;
 use crate::acl::{Authorizer, Rules};
 use crate::api::{
     AclAuthMethod, AclBindingRule, AclLink, AclNodeIdentity, AclPolicy, AclRole, AclServiceIdentity,
@@ -381,6 +382,76 @@ impl State {
             self.acl_touch(index, touched);
         }
         CommandResult::Bool(!expired.is_empty())
+    }
+
+    /// A replication round from the primary: its objects as they are there (links and all, already
+    /// validated by the primary), only the indexes this datacenter's own. Deletions go last, so a
+    /// link to an object deleted this round is dropped as the primary dropped it.
+    pub(super) fn acl_replicate(&mut self, index: u64, c: AclChanges, touched: &mut Touched) -> CommandResult {
+        if c.is_empty() {
+            return CommandResult::None;
+        }
+        for mut p in c.policies {
+            p.create_index = self.acl.policies.get(&p.id).map_or(index, |o| o.create_index);
+            p.modify_index = index;
+            // A rule this server cannot parse grants nothing rather than stopping replication.
+            match Rules::parse(&p.rules) {
+                Ok(rules) => self.acl.compiled.insert(p.id.clone(), rules),
+                Err(_) => self.acl.compiled.remove(&p.id),
+            };
+            self.acl.policies.insert(p.id.clone(), p);
+        }
+        for mut r in c.roles {
+            r.create_index = self.acl.roles.get(&r.id).map_or(index, |o| o.create_index);
+            r.modify_index = index;
+            self.acl.roles.insert(r.id.clone(), r);
+        }
+        for mut t in c.tokens {
+            // The primary's token owns its secret: a copy here under another accessor (an initial
+            // management token made before this datacenter replicated) gives way.
+            if let Some(other) = self.acl.by_secret.get(&t.secret_id).filter(|a| **a != t.accessor_id).cloned() {
+                self.acl.tokens.remove(&other);
+            }
+            if let Some(old) = self.acl.tokens.get(&t.accessor_id) {
+                self.acl.by_secret.remove(&old.secret_id);
+            }
+            t.create_index = self.acl.tokens.get(&t.accessor_id).map_or(index, |o| o.create_index);
+            t.modify_index = index;
+            self.acl.by_secret.insert(t.secret_id.clone(), t.accessor_id.clone());
+            self.acl.tokens.insert(t.accessor_id.clone(), t);
+        }
+        for accessor in c.deleted_tokens {
+            if let Some(t) = self.acl.tokens.remove(&accessor) {
+                self.acl.by_secret.remove(&t.secret_id);
+            }
+        }
+        for id in c.deleted_roles {
+            self.acl.roles.remove(&id);
+            for t in self.acl.tokens.values_mut() {
+                t.roles.retain(|l| l.id != id);
+            }
+        }
+        for id in c.deleted_policies {
+            self.acl.policies.remove(&id);
+            self.acl.compiled.remove(&id);
+            for t in self.acl.tokens.values_mut() {
+                t.policies.retain(|l| l.id != id);
+            }
+            for r in self.acl.roles.values_mut() {
+                r.policies.retain(|l| l.id != id);
+            }
+        }
+        self.acl_touch(index, touched);
+        CommandResult::None
+    }
+
+    /// The secondary's side of a replication round: its policies, roles and global tokens.
+    pub fn acl_replicated_copy(&self) -> (Vec<AclPolicy>, Vec<AclRole>, Vec<AclToken>) {
+        (
+            self.acl.policies.values().cloned().collect(),
+            self.acl.roles.values().cloned().collect(),
+            self.acl.tokens.values().filter(|t| !t.local).cloned().collect(),
+        )
     }
 
     /// Accessors of the tokens expired at `now` (RFC 3339 UTC timestamps of one form compare as strings).

@@ -137,6 +137,11 @@ pub enum Command {
     QueryDelete {
         id: String,
     },
+    /// A secondary datacenter's leader copies what changed in the primary's ACL policies, roles
+    /// and global tokens (`acl_replication`): written as the primary has them but for the indexes.
+    AclReplicate {
+        changes: crate::acl::replication::AclChanges,
+    },
 }
 
 impl Command {
@@ -171,6 +176,7 @@ impl Command {
             Command::CoordinateUpdate { .. } => "coordinate_update",
             Command::ClusterIdSet { .. } => "cluster_id_set",
             Command::Batch(_) => "batch",
+            Command::AclReplicate { .. } => "acl_replicate",
         }
     }
 }
@@ -185,6 +191,7 @@ impl Command {
             }
             Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
             Command::Restore { archive } => archive.len(),
+            Command::AclReplicate { changes } => 512 * changes.len().max(1),
             _ => 512,
         }
     }

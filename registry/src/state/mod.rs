@@ -157,6 +157,7 @@ impl State {
             Command::AclBindingRuleSet { rule } => self.acl_binding_rule_set(index, rule, touched),
             Command::AclBindingRuleDelete { id } => self.acl_binding_rule_delete(index, &id, touched),
             Command::AclTokensReapExpired { now } => self.acl_tokens_reap_expired(index, &now, touched),
+            Command::AclReplicate { changes } => self.acl_replicate(index, changes, touched),
             Command::KvReapTombstones { up_to } => self.kv_reap_tombstones(up_to),
             Command::AutopilotSet { config, cas } => self.autopilot_set(index, config, cas),
             Command::Restore { archive } => self.restore(index, &archive, touched),

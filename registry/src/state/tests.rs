@@ -1732,3 +1732,59 @@ fn prepared_query_names_are_unique_and_indexes_move() {
     assert_eq!(h.apply(Command::QueryDelete { id: "a".into() }), CommandResult::None);
     assert!(h.st.prepared_queries().1.is_empty());
 }
+
+#[test]
+fn replicated_acls_resolve_and_a_round_leaves_local_tokens_alone() {
+    use crate::acl::replication::{diff, AclChanges};
+    use crate::api::{AclLink, AclPolicy, AclToken};
+    let mut primary = Harness::new();
+    let policy = AclPolicy {
+        id: "p-1".into(),
+        name: "kv-read".into(),
+        rules: r#"key_prefix "" { policy = "read" }"#.into(),
+        ..Default::default()
+    };
+    primary.apply(Command::AclPolicySet { policy });
+    let global = AclToken {
+        accessor_id: "a-g".into(),
+        secret_id: "s-g".into(),
+        policies: vec![AclLink { id: "p-1".into(), name: String::new() }],
+        ..Default::default()
+    };
+    primary.apply(Command::AclTokenSet { token: global });
+
+    let mut secondary = Harness::new();
+    let mine = AclToken { accessor_id: "a-l".into(), secret_id: "s-l".into(), local: true, ..Default::default() };
+    secondary.apply(Command::AclTokenSet { token: mine });
+    let round = |primary: &Harness, secondary: &Harness| {
+        let (rp, rr, rt) = primary.st.acl_replicated_copy();
+        let (lp, lr, lt) = secondary.st.acl_replicated_copy();
+        diff(&lp, &lr, &lt, &rp, &rr, &rt)
+    };
+    let changes = round(&primary, &secondary);
+    assert_eq!((changes.policies.len(), changes.tokens.len()), (1, 1));
+    assert_eq!(secondary.apply(Command::AclReplicate { changes }), CommandResult::None);
+    assert!(secondary.touched.contains(&WatchKey::Table(Table::Acl)), "blocking ACL reads wake");
+    let (_, copy) = secondary.st.acl_token("a-g");
+    assert_eq!(copy.map(|t| t.modify_index), Some(secondary.idx()), "indexes are this datacenter's");
+    // The replicated token works here with the replicated policy's rules.
+    use crate::state::acl::Resolved;
+    let Resolved::Token { authorizer, .. } = secondary.st.acl_resolve("s-g", false, "2026-01-01T00:00:00Z", "dc2")
+    else {
+        panic!("the replicated token resolves");
+    };
+    assert!(authorizer.allows(crate::acl::Resource::Key, "any/key", crate::acl::Access::Read));
+    assert!(!authorizer.allows(crate::acl::Resource::Key, "any/key", crate::acl::Access::Write));
+    // Nothing left to do; the local token is still here.
+    assert_eq!(round(&primary, &secondary), AclChanges::default());
+    assert!(secondary.st.acl_token("a-l").1.is_some());
+
+    // Deleted in the primary: gone here, and its secret no longer resolves.
+    primary.apply(Command::AclTokenDelete { accessor: "a-g".into() });
+    primary.apply(Command::AclPolicyDelete { id: "p-1".into() });
+    let changes = round(&primary, &secondary);
+    assert_eq!((changes.deleted_tokens.len(), changes.deleted_policies.len()), (1, 1));
+    secondary.apply(Command::AclReplicate { changes });
+    assert!(matches!(secondary.st.acl_resolve("s-g", false, "2026-01-01T00:00:00Z", "dc2"), Resolved::NotFound));
+    assert!(secondary.st.acl_token("a-l").1.is_some(), "the local token stays");
+}

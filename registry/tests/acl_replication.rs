@@ -1,0 +1,250 @@
+//! ACL replication across two datacenters of server processes on 127.0.0.x, ACLs on with default
+//! deny: dc1 (one server) is the primary, dc2 (two servers) replicates from it with a token that
+//! has `acl = "write"`. A policy and token made in dc1 work in dc2; a local token of dc2 stays
+//! there; a policy written in dc2 lands in dc1; `/v1/acl/replication` reports progress; with dc1
+//! killed, dc2 still accepts the replicated token and reports the error. Every process is killed
+//! on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const HTTP: u16 = 18640;
+const RPC: u16 = 18641;
+const WAN: u16 = 18642;
+const ROOT: &str = "root-secret";
+const REPLICATION: &str = "replication-secret";
+
+struct Server {
+    dc: &'static str,
+    name: String,
+    ip: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn http(&self) -> String {
+        format!("{}:{HTTP}", self.ip)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Federation {
+    _tmp: tempfile::TempDir,
+    /// dc1 on 127.0.0.11, dc2 on 127.0.0.12-13.
+    servers: Vec<Server>,
+    http: reqwest::Client,
+}
+
+impl Federation {
+    fn new() -> Federation {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let servers = (1..=3)
+            .map(|i| Server {
+                dc: if i == 1 { "dc1" } else { "dc2" },
+                name: format!("server-{i}"),
+                ip: format!("127.0.0.{}", 10 + i),
+                dir: tmp.path().join(format!("s{i}")),
+                child: None,
+            })
+            .collect();
+        Federation {
+            _tmp: tmp,
+            servers,
+            http: registry::client::http_builder().timeout(Duration::from_secs(20)).build().expect("client"),
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let dc = self.servers[i].dc;
+        let lan: Vec<String> = self.servers.iter().filter(|s| s.dc == dc).map(|s| format!("{}:{RPC}", s.ip)).collect();
+        let s = &self.servers[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
+        cmd.args(["server", "--node-name", &s.name, "--datacenter", dc])
+            .arg("--data-dir")
+            .arg(&s.dir)
+            .args(["--http-addr", &s.http(), "--rpc-addr", &format!("{}:{RPC}", s.ip)])
+            .args(["--wan-addr", &format!("{}:{WAN}", s.ip), "--dns-addr", "off"])
+            .args(["--bootstrap-expect", &lan.len().to_string(), "--retry-join", &lan.join(",")])
+            .args(["--acl-enabled", "true", "--acl-default-policy", "deny", "--primary-datacenter", "dc1"]);
+        if dc == "dc1" {
+            cmd.args(["--acl-initial-management", ROOT]);
+        } else {
+            cmd.args(["--retry-join-wan", &format!("127.0.0.11:{WAN}"), "--acl-replication-token", REPLICATION]);
+        }
+        let log = std::fs::File::create(s.dir.with_extension("log")).expect("log file");
+        let child =
+            cmd.env("RUST_LOG", "info,openraft=warn").stdout(Stdio::null()).stderr(log).spawn().expect("spawn roster");
+        self.servers[i].child = Some(child);
+    }
+
+    fn dump_logs(&self) {
+        for s in &self.servers {
+            let log = std::fs::read_to_string(s.dir.with_extension("log")).unwrap_or_default();
+            eprintln!("----- {} ({}) -----\n{log}", s.name, s.dc);
+        }
+    }
+
+    async fn call(&self, i: usize, method: reqwest::Method, path: &str, token: &str, body: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.servers[i].http());
+        let req = self.http.request(method, url).header("X-Consul-Token", token).body(body.to_string());
+        match req.send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    async fn get(&self, i: usize, path: &str, token: &str) -> (u16, String) {
+        self.call(i, reqwest::Method::GET, path, token, "").await
+    }
+
+    async fn put(&self, i: usize, path: &str, token: &str, body: &str) -> (u16, String) {
+        self.call(i, reqwest::Method::PUT, path, token, body).await
+    }
+
+    async fn eventually(&self, what: &str, timeout: Duration, mut ok: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !ok().await {
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secondary_replicates_the_primarys_acls_and_keeps_them_while_it_is_down() {
+    let mut f = Federation::new();
+    f.start(0);
+    f.eventually("dc1 writable", Duration::from_secs(30), async || {
+        f.put(0, "/v1/kv/ready", ROOT, "1").await == (200, "true".into())
+    })
+    .await;
+    // The replication token: acl = "write", as Consul asks of one that replicates tokens.
+    let (status, body) = f.put(0, "/v1/acl/policy", ROOT, r#"{"Name":"replication","Rules":"acl = \"write\""}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let token = format!(r#"{{"SecretID":"{REPLICATION}","Policies":[{{"Name":"replication"}}]}}"#);
+    assert_eq!(f.put(0, "/v1/acl/token", ROOT, &token).await.0, 200);
+    // A reader made in the primary.
+    let rules = r#"{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }"}"#;
+    assert_eq!(f.put(0, "/v1/acl/policy", ROOT, rules).await.0, 200);
+    let (status, body) = f.put(0, "/v1/acl/token", ROOT, r#"{"Policies":[{"Name":"kv-read"}]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let reader = json(&body)["SecretID"].as_str().expect("a secret").to_string();
+
+    f.start(1);
+    f.start(2);
+    // The reader works in dc2 once replicated: a missing key is a 404, not "ACL not found".
+    f.eventually("the reader replicated to dc2", Duration::from_secs(30), async || {
+        f.get(2, "/v1/kv/anything", &reader).await.0 == 404
+    })
+    .await;
+    assert_eq!(f.put(1, "/v1/kv/anything", &reader, "x").await.0, 403, "read-only, as in dc1");
+    assert_eq!(f.put(1, "/v1/kv/from-dc2", ROOT, "x").await, (200, "true".into()), "the management token too");
+    assert_eq!(f.get(1, "/v1/kv/anything", "no-such-secret").await.0, 403, "default deny holds");
+
+    // A local token of dc2 lives in dc2 only.
+    let (status, body) = f.put(1, "/v1/acl/token", ROOT, r#"{"Local":true,"Policies":[{"Name":"kv-read"}]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let local = json(&body);
+    let accessor = local["AccessorID"].as_str().expect("an accessor").to_string();
+    let secret = local["SecretID"].as_str().expect("a secret").to_string();
+    assert_eq!(f.get(2, "/v1/kv/anything", &secret).await.0, 404, "it works in dc2");
+    assert_eq!(f.get(0, &format!("/v1/acl/token/{accessor}"), ROOT).await.0, 403, "dc1 does not know it");
+    assert_eq!(f.get(0, "/v1/kv/anything", &secret).await.0, 403);
+
+    // A policy written in dc2 is written in dc1, the owner, and comes back by replication.
+    let (status, body) = f.put(2, "/v1/acl/policy", ROOT, r#"{"Name":"from-dc2","Rules":""}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(f.get(0, "/v1/acl/policy/name/from-dc2", ROOT).await.0, 200, "it is in dc1");
+    f.eventually("the policy replicated back to dc2", Duration::from_secs(20), async || {
+        f.get(1, "/v1/acl/policy/name/from-dc2", ROOT).await.0 == 200
+    })
+    .await;
+    // A global token made through dc2 too.
+    let (status, body) = f.put(1, "/v1/acl/token", ROOT, r#"{"Policies":[{"Name":"from-dc2"}]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let global = json(&body)["AccessorID"].as_str().expect("an accessor").to_string();
+    assert_eq!(f.get(0, &format!("/v1/acl/token/{global}"), ROOT).await.0, 200, "a global token lives in dc1");
+
+    // A write the primary itself sent here would only bounce back: two datacenters that disagree
+    // on the primary get a 400 naming the setting, not a loop.
+    let (status, body) = match f
+        .http
+        .put(format!("http://{}/v1/acl/policy", f.servers[1].http()))
+        .header("X-Consul-Token", ROOT)
+        .header("X-Roster-From-Datacenter", "dc1")
+        .body(r#"{"Name":"bounced","Rules":""}"#)
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    };
+    assert!(status == 400 && body.contains("primary_datacenter"), "{status} {body}");
+
+    // The status reports progress up to dc1's ACL index; any token may read it. dc1 replicates nothing.
+    let index = f
+        .http
+        .get(format!("http://{}/v1/acl/policies", f.servers[0].http()))
+        .header("X-Consul-Token", ROOT)
+        .send()
+        .await
+        .expect("dc1 answers")
+        .headers()
+        .get("x-consul-index")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .expect("an index");
+    f.eventually("the status to reach dc1's ACL index", Duration::from_secs(20), async || {
+        let s = json(&f.get(2, "/v1/acl/replication", "").await.1);
+        s["ReplicatedIndex"].as_u64() >= Some(index) && s["ReplicatedTokenIndex"].as_u64() >= Some(index)
+    })
+    .await;
+    let s = json(&f.get(1, "/v1/acl/replication", "").await.1);
+    assert_eq!(
+        (&s["Enabled"], &s["Running"], &s["SourceDatacenter"], &s["ReplicationType"]),
+        (&Value::Bool(true), &Value::Bool(true), &Value::from("dc1"), &Value::from("tokens")),
+        "{s}"
+    );
+    assert_ne!(s["LastSuccess"], "0001-01-01T00:00:00Z", "{s}");
+    let agent = json(&f.get(1, "/v1/agent/self", ROOT).await.1);
+    assert_eq!(agent["Config"]["PrimaryDatacenter"], "dc1", "{agent}");
+    let primary = json(&f.get(0, "/v1/acl/replication", "").await.1);
+    assert_eq!((&primary["Enabled"], &primary["Running"]), (&Value::Bool(false), &Value::Bool(false)), "{primary}");
+
+    // dc1 gone: dc2 still accepts the replicated token, and says replication fails.
+    f.servers[0].kill();
+    f.eventually("the status to show the error", Duration::from_secs(20), async || {
+        let s = json(&f.get(1, "/v1/acl/replication", "").await.1);
+        s["LastErrorMessage"].as_str().is_some_and(|m| m.contains("dc1")) && s["LastError"] != "0001-01-01T00:00:00Z"
+    })
+    .await;
+    assert_eq!(f.get(1, "/v1/kv/anything", &reader).await.0, 404);
+    assert_eq!(f.get(2, "/v1/kv/from-dc2?raw", &reader).await, (200, "x".into()));
+    assert_eq!(f.put(2, "/v1/kv/anything", &reader, "x").await.0, 403);
+    assert_eq!(f.put(2, "/v1/kv/still", ROOT, "fine").await, (200, "true".into()));
+    // A policy write has nowhere to go: a 5xx that names the primary.
+    let (status, body) = f.put(1, "/v1/acl/policy", ROOT, r#"{"Name":"while-down","Rules":""}"#).await;
+    assert!(status >= 500 && body.contains("dc1"), "{status} {body}");
+}
