@@ -41,6 +41,8 @@ pub struct App {
     pub proposer: crate::proposer::Proposer,
     /// Batches leadership confirmations of `?consistent` reads.
     pub read_barrier: crate::proposer::ReadBarrier,
+    /// Followers' acknowledgements of this server's leadership (default-mode reads' lease).
+    pub lease: Arc<crate::raft::lease::LeaseClock>,
     /// Client for calls outside the cluster (auth methods' JWKS and token review).
     pub http: reqwest::Client,
     /// Clients for other servers: RPC ports and HTTP APIs, over TLS where configured.
@@ -77,6 +79,23 @@ pub struct App {
 impl App {
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Whether this server leads and a quorum acknowledged it within its lease, so a default-mode
+    /// read may be answered from its own state (Consul's leader lease; see `raft::lease`). The lease
+    /// is the election timeout less a heartbeat of margin. A leader cut off from its quorum
+    /// (partitioned, its followers paused, or itself paused and resumed) stops serving its own,
+    /// possibly stale, state within about a second instead of for the whole partition.
+    pub fn leader_lease_held(&self) -> bool {
+        let lease =
+            Duration::from_millis(self.config.raft_election_timeout_ms.saturating_sub(self.config.raft_heartbeat_ms));
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.current_leader != Some(self.id) {
+            return false;
+        }
+        let configs = m.membership_config.membership().get_joint_config();
+        self.lease.quorum_age(self.id, m.vote.leader_id(), configs, Instant::now()).is_some_and(|age| age < lease)
     }
 
     pub fn leader(&self) -> Option<(NodeId, ServerNode)> {

@@ -265,7 +265,8 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         domain: config.dns.domain.clone(),
     });
     let dialer = Arc::new(crate::tls::dial::Dialer::new(outgoing, &config.datacenter).map_err(anyhow::Error::msg)?);
-    let network = Network::new(sm.clone(), dialer.clone());
+    let lease = Arc::new(crate::raft::lease::LeaseClock::default());
+    let network = Network::new(sm.clone(), dialer.clone(), lease.clone());
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, sm.clone()).await?;
     let me = ServerNode {
         name: config.node_name.clone(),
@@ -299,6 +300,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         config,
         proposer: crate::proposer::Proposer::start(raft.clone()),
         read_barrier: crate::proposer::ReadBarrier::start(raft.clone()),
+        lease,
         raft,
         sm,
         http,

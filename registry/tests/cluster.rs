@@ -805,3 +805,87 @@ async fn blocking_queries_past_the_cap_get_429_and_places_are_freed() {
     let r = c.http.get(url(&format!("?index={index}&wait=1s"))).send().await.expect("read");
     assert_eq!(r.status(), 200, "a freed place is taken");
 }
+
+fn signal(s: &Server, sig: &str) {
+    let pid = s.child.as_ref().expect("running").id();
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill").success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A leader whose followers stop answering (paused here; a partition is the same to it) must stop
+/// answering default-mode reads from its own state once its lease runs out: the majority could
+/// elect a new leader and accept writes it never sees. Consul's leader steps down after its lease;
+/// Roster's answers "No cluster leader" until a quorum acknowledges it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_quorum_stops_answering_default_reads() {
+    let c = Cluster::new(3, 19730, 10_000);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    assert_eq!(c.put(leader, "lease/k", "v1").await, Ok(true));
+    assert_eq!(c.get(leader, "lease/k", false).await.as_deref(), Some("v1"));
+
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &f in &followers {
+        signal(&c.servers[f], "-STOP");
+    }
+    // Past the lease (election timeout 1 s): default reads are refused, stale ones still answered.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let url = format!("http://{}/v1/kv/lease/k?raw", c.servers[leader].http);
+    let refused = c.http.get(&url).send().await;
+    let stale = c.get(leader, "lease/k", true).await;
+    for &f in &followers {
+        signal(&c.servers[f], "-CONT");
+    }
+    let refused = refused.expect("an answer, not a hang");
+    let status = refused.status();
+    let body = refused.text().await.unwrap_or_default();
+    assert_eq!(status, reqwest::StatusCode::INTERNAL_SERVER_ERROR, "a cut-off leader answered a default read: {body}");
+    assert!(body.contains("No cluster leader"), "{body}");
+    assert_eq!(stale.as_deref(), Some("v1"), "?stale reads are this server's own state, answered");
+
+    // Once the followers answer again, default reads work through every server.
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    assert_eq!(c.put(leader, "lease/k", "v2").await, Ok(true));
+    for i in 0..3 {
+        assert_eq!(c.get(i, "lease/k", false).await.as_deref(), Some("v2"));
+    }
+}
+
+/// A leader paused (SIGSTOP) while the others elect a new one and accept a write must not answer a
+/// default read from its old state when it resumes: its lease ran out during the pause, whatever its
+/// Raft task has yet to notice (the fault harness's `default-read-from-paused-leader.json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_and_resumed_leader_does_not_answer_default_reads_from_its_old_state() {
+    let c = Cluster::new(3, 19740, 10_000);
+    let old = c.wait_leader(Duration::from_secs(20)).await;
+    assert_eq!(c.put(old, "paused/k", "before").await, Ok(true));
+    signal(&c.servers[old], "-STOP");
+    let other = (old + 1) % 3;
+    // The other two elect a leader (1-1.5 s election timeout) and take a newer write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.put(other, "paused/k", "after").await != Ok(true) {
+        if Instant::now() > deadline {
+            signal(&c.servers[old], "-CONT");
+            c.dump_logs();
+            panic!("the two others never took a write");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several reads at once right after the resume, racing the old leader's Raft task.
+    signal(&c.servers[old], "-CONT");
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let http = c.http.clone();
+            let url = format!("http://{}/v1/kv/paused/k?raw", c.servers[old].http);
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.ok()?;
+                let ok = r.status().is_success();
+                let body = r.text().await.ok()?;
+                ok.then_some(body)
+            })
+        })
+        .collect();
+    for r in reads {
+        let got = r.await.expect("read task");
+        assert_ne!(got.as_deref(), Some("before"), "the resumed leader answered from its old state");
+    }
+}

@@ -95,7 +95,16 @@ impl Drop for BlockingSlot<'_> {
 pub async fn check_read(app: &App, opts: &QueryOpts) -> Result<(), ApiError> {
     match opts.consistency {
         Consistency::Stale => Ok(()),
-        Consistency::Default => super::require_leader(app),
+        Consistency::Default => {
+            super::require_leader(app)?;
+            // Past its lease (cut off, or acknowledgements late on a loaded machine) the leader
+            // confirms with a quorum round before answering, as a `?consistent` read does.
+            if app.leader_lease_held() || app.read_barrier.confirm().await {
+                Ok(())
+            } else {
+                Err(ApiError::NotLeader)
+            }
+        }
         Consistency::Consistent => {
             super::require_leader(app)?;
             if app.read_barrier.confirm().await {

@@ -4,6 +4,7 @@
 //! that hand requests to the local Raft.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::tls::dial::Dialer;
 
@@ -16,6 +17,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::lease::LeaseClock;
 use super::state_machine::StateMachineStore;
 use super::{decode, encode, NodeId, ServerNode, TypeConfig};
 
@@ -38,11 +40,13 @@ pub struct Network {
     dialer: Arc<Dialer>,
     /// Where this server's cluster identity is read from (its state).
     sm: StateMachineStore,
+    /// Followers' acknowledgements of this server's leadership, for default-mode reads.
+    lease: Arc<LeaseClock>,
 }
 
 impl Network {
-    pub fn new(sm: StateMachineStore, dialer: Arc<Dialer>) -> Self {
-        Network { dialer, sm }
+    pub fn new(sm: StateMachineStore, dialer: Arc<Dialer>, lease: Arc<LeaseClock>) -> Self {
+        Network { dialer, sm, lease }
     }
 }
 
@@ -51,6 +55,7 @@ pub struct Connection {
     target: NodeId,
     base: String,
     sm: StateMachineStore,
+    lease: Arc<LeaseClock>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -62,6 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             base: self.dialer.rpc_url(&node.rpc_addr, "/raft"),
             sm: self.sm.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -104,7 +110,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ServerNode, RaftError<NodeId>>> {
-        self.call(RPC_APPEND, &rpc, &option).await
+        let sent = Instant::now();
+        let leader = *rpc.vote.leader_id();
+        let resp = self.call(RPC_APPEND, &rpc, &option).await;
+        if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.lease.acknowledged(self.target, leader, sent);
+        }
+        resp
     }
 
     async fn install_snapshot(
