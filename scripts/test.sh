@@ -65,6 +65,12 @@ cleanup() {
 }
 trap cleanup EXIT
 log_dir="$(mktemp -d)"
+# The fuzz targets' build (the HTTP target instruments the whole server: minutes on a fresh machine)
+# runs in the background, at the lowest priority, while the stages below mostly wait on servers and
+# browsers; the fuzz stage waits for it. Same flags as its `cargo fuzz run`, so that one builds nothing.
+(cd fuzz && RUSTC_BOOTSTRAP=1 exec nice -n 19 cargo fuzz build --dev --sanitizer none) >"$log_dir/fuzz-build.log" 2>&1 &
+fuzz_build=$!
+pids+=($fuzz_build)
 target/debug/roster dev --http-addr 127.0.0.1:18500 --rpc-addr 127.0.0.1:18300 --gossip-addr 127.0.0.1:18301 \
     >"$log_dir/dev.log" 2>&1 &
 pids+=($!)
@@ -167,6 +173,7 @@ target/debug/roster-gossip-bench --footprint --footprint-pool 10 --idle-secs 2 \
     --roster-bin target/debug/roster --sidecar-bin target/debug/roster-sidecar
 
 stage "Fuzz the ACL rules and authorizer, the DNS interface's packet handling and the HTTP API, 30 s each (fuzz/README.md)"
+wait "$fuzz_build" || { tail -40 "$log_dir/fuzz-build.log"; echo "building the fuzz targets failed" >&2; exit 1; }
 for target in acl_rules dns_packets http_api; do
     corpus="$(mktemp -d)"
     cp "fuzz/seeds/$target/"* "$corpus/"

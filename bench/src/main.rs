@@ -3,6 +3,7 @@
 //! a table, and writes `results.json` and `chart.svg`. See bench/README.md.
 
 mod cluster;
+mod dns_load;
 mod load;
 mod report;
 mod target;

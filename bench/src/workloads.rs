@@ -392,6 +392,18 @@ async fn dns_vs_http(plan: &Plan, ctl: &reqwest::Client, leader: &str, s: &mut S
             None,
         );
     }
+    // The same number of questions in flight, over 4 sockets batching their system calls as a load
+    // tool or a forwarding resolver does: the server's rate rather than the harness's.
+    let sockets = clients.clamp(1, 4);
+    let r =
+        crate::dns_load::udp_in_flight(dns, &query, sockets, clients / sockets, plan.catalog_read_duration, 3).await?;
+    s.load(
+        &format!("dns.udp.batched.{clients}"),
+        &format!("100 instances: DNS SRV/udp, {clients} in flight on {sockets} sockets"),
+        Some(&r),
+        None,
+        None,
+    );
     Ok(())
 }
 

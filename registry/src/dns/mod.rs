@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod recursor;
+mod udp;
 
 /// hickory's DNS message types, for clients and tests.
 pub use hickory_server::proto;
@@ -415,17 +416,47 @@ impl<C: Catalog> RequestHandler for Handler<C> {
     }
 }
 
-/// Answers one raw query as the server does (hickory decodes it, the handler answers), without a
-/// socket: the fuzz target's way in. None: too malformed to decode (hickory's server then sends
-/// FORMERR when it has a header, else nothing); `udp` applies the UDP limits.
+/// Answers one raw query as the server does, without a socket: the fuzz target's way in. `udp`
+/// applies the UDP limits.
 pub async fn answer_packet<C: Catalog>(handler: &Handler<C>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    answer(handler, packet.to_vec(), ([127, 0, 0, 1], 53).into(), udp).await
+}
+
+/// [`answer`] for a task of its own.
+async fn answer_from<C: Catalog>(
+    handler: Arc<Handler<C>>,
+    packet: Vec<u8>,
+    src: SocketAddr,
+    udp: bool,
+) -> Option<Vec<u8>> {
+    answer(&handler, packet, src, udp).await
+}
+
+/// One question's answer, as hickory's server makes it: hickory decodes the question, the handler
+/// answers, hickory encodes. As there: nothing for a packet shorter than a header or for a response
+/// (no reflection), FORMERR for a header followed by something unreadable.
+async fn answer<C: Catalog>(handler: &Handler<C>, packet: Vec<u8>, src: SocketAddr, udp: bool) -> Option<Vec<u8>> {
     use hickory_server::net::runtime::TokioTime;
     use hickory_server::net::xfer::Protocol;
+    use hickory_server::proto::op::MessageType;
+    use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+    use hickory_server::zone_handler::Queries;
     let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
-    let src: SocketAddr = ([127, 0, 0, 1], 53).into();
-    let request = Request::from_bytes(packet.to_vec(), src, protocol).ok()?;
-    let capture = Capture { udp, bytes: Default::default() };
-    handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
+    let header = Header::read(&mut BinDecoder::new(&packet)).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let mut capture = Capture { udp, bytes: Default::default() };
+    match Request::from_bytes(packet, src, protocol) {
+        Ok(request) => {
+            handler.handle_request::<_, TokioTime>(&request, capture.clone()).await;
+        }
+        Err(_) => {
+            let queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+            let resp = MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
+            capture.send_response(resp).await.ok()?;
+        }
+    }
     let bytes = capture.bytes.lock().ok()?.take();
     bytes
 }
@@ -520,8 +551,9 @@ pub async fn serve<C: Catalog>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let addr = listeners.udp.local_addr().ok();
+    // UDP, what resolvers use, in batches (`udp`); TCP through hickory's server.
+    let udp = tokio::spawn(udp::serve(listeners.udp, Arc::new(Handler::new(catalog.clone(), settings.clone()))));
     let mut server = hickory_server::Server::new(Handler::new(catalog, settings));
-    server.register_socket(listeners.udp);
     server.register_listener(listeners.tcp, Duration::from_secs(10), 32);
     let token = server.shutdown_token().clone();
     tokio::spawn(async move {
@@ -532,6 +564,7 @@ pub async fn serve<C: Catalog>(
     if let Err(e) = server.block_until_done().await {
         tracing::warn!(error = %e, "DNS interface stopped");
     }
+    udp.abort();
 }
 
 #[cfg(test)]
