@@ -52,6 +52,61 @@ pub struct RegistryClusterSpec {
     /// Kubernetes Services in this cluster's catalog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_sync: Option<CatalogSync>,
+    /// TLS for the servers: the HTTPS API on 8501 and mutual TLS between servers, with a certificate
+    /// the operator issues from a CA it keeps (or cert-manager issues) and renews without restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// The servers' TLS. The plain HTTP API on 8500 stays (probes and the operator use it).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Serve HTTPS on 8501 and dial other servers over TLS.
+    #[serde(default)]
+    pub enabled: bool,
+    /// HTTPS clients and servers dialling the RPC port must present a certificate of the CA
+    /// (Consul's `verify_incoming`). Turning TLS on in a running cluster: first with this false,
+    /// then true, so servers not yet restarted can still reach the restarted ones.
+    #[serde(default = "default_true")]
+    pub verify_incoming: bool,
+    /// How long a server certificate the operator issues is valid (a Go duration, at least 1h;
+    /// default 2160h, 90 days). It is renewed after two thirds of that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = "^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    pub certificate_validity: Option<String>,
+    /// Have cert-manager issue the server certificate (a `Certificate` the operator keeps) instead
+    /// of the operator's own CA. The issuer must put `ca.crt` in the Secret (CA, Vault issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// cert-manager as the servers' certificate issuer.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerSpec {
+    pub issuer_ref: IssuerRef,
+}
+
+/// A cert-manager issuer (cert-manager's `issuerRef`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (in the cluster's namespace) or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`, or an external issuer's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: Option<String>,
+    /// The issuer's API group; default `cert-manager.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
 }
 
 /// Catalog sync from Kubernetes: Services annotated `roster.dev/sync: "true"` (anywhere) and every
@@ -168,7 +223,26 @@ pub struct RegistryClusterStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Available`, `Progressing` and `Degraded`, with reasons and messages.
+    /// `Available`, `Progressing` and `Degraded` (and `TLSReady` with TLS on), with reasons and messages.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The servers' certificate, with TLS on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// Where the servers' certificate and its CA are, and when it ends.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The Secret (`kubernetes.io/tls`: tls.crt, tls.key, ca.crt) mounted into the servers.
+    pub server_secret: String,
+    /// The ConfigMap whose `ca.crt` clients and sidecars verify the servers with.
+    pub ca_config_map: String,
+    /// When the current server certificate ends (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When it is renewed (RFC 3339): two thirds into its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_after: Option<String>,
 }

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod kubernetes_auth;
 pub mod rollout;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 pub use build::{build, Desired};
