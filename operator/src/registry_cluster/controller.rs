@@ -355,7 +355,8 @@ async fn token_reviewer(ctx: &Context) -> Result<kubernetes_auth::Reviewer, Stri
 /// The servers' certificate as it stands after one TLS pass.
 struct TlsPass {
     observed: TlsObserved,
-    /// When the certificate is due for renewal (unix seconds), if there is one.
+    /// When the operator must renew the certificate (unix seconds); None when it has none or
+    /// cert-manager renews it.
     renew_after: Option<u64>,
 }
 
@@ -394,7 +395,9 @@ async fn keep_tls(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let server_secret = tls::server_secret_name(valid);
     if let (Some(issuer), Some(certificate)) = (&settings.cert_manager, &desired.certificate) {
-        return keep_cert_manager_tls(ctx, valid, issuer, certificate, &secrets, &owner, now).await;
+        // cert-manager renews its certificates itself: no wake-up for that here.
+        let pass = keep_cert_manager_tls(ctx, valid, issuer, certificate, &secrets, &owner, now).await?;
+        return Ok(TlsPass { renew_after: None, ..pass });
     }
 
     let ca_name = tls::ca_secret_name(valid);
@@ -644,8 +647,9 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         Step::Steady => Duration::from_secs(30),
         _ => Duration::from_secs(5),
     };
+    // At least 5 s: a renewal time in the past must not become a busy loop.
     let until_renewal =
-        tls_state.and_then(|t| t.renew_after).map(|at| Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
+        tls_state.and_then(|t| t.renew_after).map(|at| Duration::from_secs(at.saturating_sub(unix_now()).max(5)));
     Ok(Action::requeue(until_renewal.map_or(every, |u| u.min(every))))
 }
 
