@@ -34,6 +34,8 @@ struct FakeServers {
     /// (name, leader, healthy); empty: unreachable.
     servers: Mutex<Vec<(String, bool, bool)>>,
     calls: Mutex<Vec<String>>,
+    /// What `/v1/catalog/datacenters` answers; None: the servers cannot be asked.
+    datacenters: Mutex<Option<Vec<String>>>,
 }
 
 impl FakeServers {
@@ -83,6 +85,11 @@ impl ServerAdmin for FakeServers {
                 .collect();
             Ok(AutopilotHealth { healthy: servers.iter().all(|s| s.healthy), failure_tolerance: 1, servers })
         })
+    }
+
+    fn datacenters<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        let answer = self.datacenters.lock().expect("lock").clone().ok_or_else(|| "connection refused".to_string());
+        Box::pin(async move { answer })
     }
 
     fn remove_peer<'a>(&'a self, _target: &'a Target, server: &'a str) -> BoxFuture<'a, Result<(), String>> {
@@ -744,5 +751,48 @@ async fn with_cert_manager_the_operator_keeps_a_certificate_and_publishes_its_ca
     let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
     assert_eq!(condition(&status, "TLSReady")["status"], "True", "{status}");
     assert!(status["status"]["tls"]["renewAfter"].is_string());
+    reconciler.await.expect("join").expect("ok");
+}
+
+// Federation: the WAN Service applied, and the `Federated` condition from the servers' WAN pool.
+
+#[tokio::test]
+async fn federation_health_comes_from_the_servers_wan_pool() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (ctx, mut handle) = context(servers.clone());
+    let mut rc = fixture("federation.yaml");
+    rc.metadata.generation = Some(2);
+    rc.status = running(3).status;
+
+    // The pool holds only dc2 so far: not federated, and the status says what it is joining.
+    *servers.datacenters.lock().expect("lock") = Some(vec!["dc2".into()]);
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    expect_applies(&mut handle).await;
+    let wan = serve(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/services/registry-wan?", echo).await;
+    assert_eq!(wan["spec"]["type"], "LoadBalancer");
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let federated = condition(&status, "Federated");
+    assert_eq!(
+        (federated["status"].as_str(), federated["reason"].as_str()),
+        (Some("False"), Some("NoOtherDatacenter"))
+    );
+    assert!(
+        federated["message"].as_str().is_some_and(|m| m.contains("registry-wan.roster-dc1.svc:8302")),
+        "{federated}"
+    );
+    reconciler.await.expect("join").expect("ok");
+
+    // The primary joined.
+    *servers.datacenters.lock().expect("lock") = Some(vec!["dc2".into(), "dc1".into()]);
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    expect_applies(&mut handle).await;
+    serve(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/services/registry-wan?", echo).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let federated = condition(&status, "Federated");
+    assert_eq!((federated["status"].as_str(), federated["reason"].as_str()), (Some("True"), Some("Federated")));
+    assert_eq!(status["status"]["datacenters"], json!(["dc2", "dc1"]));
     reconciler.await.expect("join").expect("ok");
 }

@@ -257,3 +257,49 @@ fn tls_settings_that_cannot_work_are_refused() {
     off.spec.tls.as_mut().expect("tls").enabled = false;
     assert!(validate(&off, DEFAULT_IMAGE).expect("TLS off: its settings do not matter").tls.is_none());
 }
+
+/// A secondary datacenter: the servers get the WAN settings (join entries resolved, the replication
+/// token from its Secret), a WAN port, and a Service of the asked type for other datacenters.
+#[test]
+fn federation_gives_the_servers_wan_settings_and_a_wan_service() {
+    let rc = fixture("federation.yaml");
+    let valid = validate(&rc, DEFAULT_IMAGE).expect("valid");
+    let d = build(&valid, rc.controller_owner_ref(&()));
+    for (name, value) in [
+        ("ROSTER_DATACENTER", "dc2"),
+        ("ROSTER_PRIMARY_DATACENTER", "dc1"),
+        ("ROSTER_WAN_ADDR", "0.0.0.0:8302"),
+        ("ROSTER_WAN_ADVERTISE", "$(POD_IP):8302"),
+        ("ROSTER_RETRY_JOIN_WAN", "registry-wan.roster-dc1.svc:8302,10.20.0.7:8302"),
+    ] {
+        assert_eq!(env_of(&d, name).as_deref(), Some(value), "{name}");
+    }
+    let c = container(&d);
+    let token = c.env.iter().flatten().find(|e| e.name == "ROSTER_ACL_REPLICATION_TOKEN").expect("token");
+    let from = token.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).expect("from the Secret");
+    assert_eq!((from.name.as_str(), from.key.as_str()), ("acl-replication", "token"));
+    assert!(c.ports.iter().flatten().any(|p| p.container_port == 8302 && p.protocol.as_deref() == Some("UDP")));
+    let wan = d.wan_service.as_ref().expect("a WAN Service");
+    assert_eq!(wan.metadata.name.as_deref(), Some("registry-wan"));
+    let spec = wan.spec.as_ref().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(port_names(spec.ports.as_ref()), [("wan".to_string(), 8302)]);
+    assert_eq!(spec.ports.as_ref().and_then(|p| p[0].protocol.clone()).as_deref(), Some("UDP"));
+    assert_eq!(spec.selector.as_ref(), d.stateful_set.spec.as_ref().and_then(|s| s.selector.match_labels.as_ref()));
+
+    // Without federation: no WAN at all.
+    let plain = build(&validate(&fixture("three-servers.yaml"), DEFAULT_IMAGE).expect("valid"), None);
+    assert!(plain.wan_service.is_none());
+    assert_eq!(env_of(&plain, "ROSTER_WAN_ADDR"), None);
+}
+
+#[test]
+fn federation_settings_that_cannot_work_are_refused() {
+    let mut rc = fixture("federation.yaml");
+    rc.spec.acl.enabled = false;
+    let f = rc.spec.federation.as_mut().expect("federation");
+    f.retry_join_wan.push("not a name".into());
+    let all = validate(&rc, DEFAULT_IMAGE).expect_err("invalid").join("\n");
+    assert!(all.contains("spec.federation.retryJoinWan[2]"), "{all}");
+    assert!(all.contains("spec.federation.replicationTokenSecret: needs spec.acl.enabled"), "{all}");
+}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Leader","type":"string","jsonPath":".status.leader"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Federated","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Federated\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +57,53 @@ pub struct RegistryClusterSpec {
     /// the operator issues from a CA it keeps (or cert-manager issues) and renews without restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Joins other datacenters' servers in the WAN pool (Consul's WAN federation): requests for
+    /// another datacenter are forwarded there, and a secondary replicates the primary's ACLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationSpec>,
+}
+
+/// WAN federation of this cluster (its `datacenter`) with others.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationSpec {
+    /// The datacenter owning ACL policies, roles and global tokens; default this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"))]
+    pub primary_datacenter: Option<String>,
+    /// WAN addresses of other datacenters' servers: `host:port`, or a Service's name (`name` in
+    /// this namespace, or `name.namespace`; port 8302), such as the other cluster's `<name>-wan`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub retry_join_wan: Vec<String>,
+    /// The Secret key holding the token a secondary's leader replicates the primary's ACLs with
+    /// (needs `acl.enabled`; the token needs `acl = "write"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_token_secret: Option<SecretKeyRef>,
+    /// Type of the `<name>-wan` Service (UDP 8302) other datacenters join through: `ClusterIP`
+    /// (default), `NodePort` or `LoadBalancer`. Servers advertise their pod IP in the pool, so pod
+    /// IPs must be routable between the datacenters.
+    #[serde(default)]
+    pub wan_service_type: WanServiceType,
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The WAN Service's type.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WanServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
 }
 
 /// The servers' TLS. The plain HTTP API on 8500 stays (probes and the operator use it).
@@ -229,6 +277,9 @@ pub struct RegistryClusterStatus {
     /// The servers' certificate, with TLS on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// With federation: the datacenters the servers' WAN pool knows (this one first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
 }
 
 /// Where the servers' certificate and its CA are, and when it ends.

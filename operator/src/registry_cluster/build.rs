@@ -46,6 +46,8 @@ pub struct Desired {
     pub pdb: PodDisruptionBudget,
     /// cert-manager's Certificate for the server Secret, when cert-manager issues it.
     pub certificate: Option<DynamicObject>,
+    /// The Service other datacenters join the WAN pool through, with federation.
+    pub wan_service: Option<Service>,
 }
 
 pub fn headless_name(c: &ValidCluster) -> String {
@@ -157,6 +159,7 @@ pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
         ..Default::default()
     }))
     .chain(c.tls.as_ref().map(|t| tls_env(c, t)).into_iter().flatten())
+    .chain(c.federation.as_ref().map(super::federation::server_env).into_iter().flatten())
     .collect()
 }
 
@@ -247,6 +250,12 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
             .chain(c.tls.as_ref().map(|_| ContainerPort {
                 name: Some("https".into()),
                 container_port: HTTPS_PORT,
+                ..Default::default()
+            }))
+            .chain(c.federation.as_ref().map(|_| ContainerPort {
+                name: Some("wan".into()),
+                container_port: super::federation::WAN_PORT,
+                protocol: Some("UDP".into()),
                 ..Default::default()
             }))
             .collect(),
@@ -367,5 +376,6 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         .tls
         .as_ref()
         .and_then(|t| t.cert_manager.as_ref().map(|issuer| tls::certificate(c, &owner, issuer, t.validity_secs)));
-    Desired { config_map, headless_service, client_service, stateful_set, pdb, certificate }
+    let wan_service = c.federation.as_ref().map(|f| super::federation::wan_service(c, f, &owner));
+    Desired { config_map, headless_service, client_service, stateful_set, pdb, certificate, wan_service }
 }

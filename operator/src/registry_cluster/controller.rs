@@ -60,6 +60,10 @@ pub trait ServerAdmin: Send + Sync {
     fn has_given_token(&self) -> bool {
         false
     }
+    /// The datacenters the servers' WAN pool knows (`/v1/catalog/datacenters`), this one first.
+    fn datacenters<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async { Err("this ServerAdmin cannot list datacenters".to_string()) })
+    }
 }
 
 /// The real thing: the cluster's client Service (or a fixed address); a token given to the
@@ -93,6 +97,20 @@ impl ServerAdmin for RegistryAdmin {
 
     fn has_given_token(&self) -> bool {
         self.token.is_some()
+    }
+
+    fn datacenters<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let response = self
+                .client(t)?
+                .raw(reqwest::Method::GET, "/v1/catalog/datacenters", Default::default(), Default::default(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status.is_success() {
+                return Err(format!("/v1/catalog/datacenters answered {}", response.status));
+            }
+            serde_json::from_slice(&response.body).map_err(|e| format!("/v1/catalog/datacenters: {e}"))
+        })
     }
 
     fn bootstrap_acl<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>> {
@@ -220,6 +238,9 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<StatefulSet
     apply(client, ns, &d.client_service).await?;
     let sts = apply(client, ns, &d.stateful_set).await?;
     apply(client, ns, &d.pdb).await?;
+    if let Some(wan) = &d.wan_service {
+        apply(client, ns, wan).await?;
+    }
     Ok(sts)
 }
 
@@ -581,6 +602,19 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
     } else {
         None
     };
+    // Federation health from the WAN pool as the servers see it.
+    let federation = match &valid.federation {
+        Some(f) => {
+            let seen = if ready_servers > 0 {
+                ctx.servers.datacenters(&target).await
+            } else {
+                Err("no server is ready".to_string())
+            };
+            let verdict = super::federation::verdict(&valid.datacenter, f, &seen);
+            Some((verdict, seen.unwrap_or_default()))
+        }
+        None => None,
+    };
     let raft = health.as_ref().map(RaftView::from);
     let plan = rollout::plan(&name, valid.replicas, current_replicas, update_revision.as_deref(), &pods, raft.as_ref());
 
@@ -627,6 +661,7 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         last_raft_index: leader.map(|l| l.last_index),
         progress: plan.step.reason(plan.scaling_down).map(|r| (r.to_string(), plan.step.message())),
         tls: tls_state.as_ref().map(|t| t.observed.clone()),
+        federation,
     };
     let new_status = status::observed(&rc, valid.replicas, &seen, now());
     match (available(rc.status.as_ref()), available(Some(&new_status))) {

@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod controller;
+pub mod federation;
 pub mod kubernetes_auth;
 pub mod rollout;
 pub mod status;

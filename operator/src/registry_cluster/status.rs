@@ -27,6 +27,8 @@ pub struct Observed {
     pub progress: Option<(String, String)>,
     /// With TLS on: the certificate's state (`TLSReady` and `status.tls`).
     pub tls: Option<TlsObserved>,
+    /// With federation: the `Federated` verdict and the datacenters the WAN pool holds.
+    pub federation: Option<(super::federation::Verdict, Vec<String>)>,
 }
 
 fn condition(
@@ -71,6 +73,7 @@ pub fn invalid(rc: &RegistryCluster, errors: &[String], now: Time) -> RegistryCl
             condition(previous, "Degraded", true, "InvalidSpec", message, generation, &now),
         ],
         tls: previous.and_then(|p| p.tls.clone()),
+        datacenters: previous.map(|p| p.datacenters.clone()).unwrap_or_default(),
     }
 }
 
@@ -96,6 +99,10 @@ pub fn observed(rc: &RegistryCluster, replicas: i32, seen: &Observed, now: Time)
         .tls
         .as_ref()
         .map(|t| condition(previous, "TLSReady", t.ready, &t.reason, t.message.clone(), generation, &now));
+    let federated_condition = seen
+        .federation
+        .as_ref()
+        .map(|(v, _)| condition(previous, "Federated", v.federated, v.reason, v.message.clone(), generation, &now));
     RegistryClusterStatus {
         phase: Some(phase.into()),
         ready_servers: ready,
@@ -138,8 +145,10 @@ pub fn observed(rc: &RegistryCluster, replicas: i32, seen: &Observed, now: Time)
         ]
         .into_iter()
         .chain(tls_condition)
+        .chain(federated_condition)
         .collect(),
         tls: seen.tls.as_ref().map(|t| t.status.clone()),
+        datacenters: seen.federation.as_ref().map(|(_, dcs)| dcs.clone()).unwrap_or_default(),
     }
 }
 
@@ -183,6 +192,7 @@ mod tests {
                 last_raft_index: Some(42),
                 progress: None,
                 tls: None,
+                federation: None,
             },
             now.clone(),
         );

@@ -328,6 +328,7 @@ mod tests {
             gossip_key_secret: None,
             kubernetes_auth: None,
             tls: None,
+            federation: None,
         }
     }
 

@@ -21,6 +21,8 @@ pub struct ValidCluster {
     pub kubernetes_auth: Option<super::kubernetes_auth::Settings>,
     /// TLS for the servers, when enabled.
     pub tls: Option<super::tls::Settings>,
+    /// WAN federation, when asked for.
+    pub federation: Option<super::federation::Settings>,
 }
 
 /// StatefulSet pod names carry a controller-revision-hash label of the name plus 11 characters,
@@ -91,6 +93,8 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
         }
     }
     let tls = spec.tls.as_ref().filter(|t| t.enabled).and_then(|t| tls_settings(t, &mut errors));
+    let federation =
+        spec.federation.as_ref().map(|f| super::federation::settings(f, dc, &namespace, spec.acl.enabled, &mut errors));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -108,6 +112,7 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
         gossip_key_secret: spec.gossip_key_secret.clone(),
         kubernetes_auth,
         tls,
+        federation,
     })
 }
 
