@@ -22,7 +22,7 @@ for helm in helm3 helm4; do
 done
 
 # Values that must be refused by values.schema.json.
-for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name injector.failurePolicy=Sometimes injector.timeoutSeconds=99 injector.nativeSidecars=maybe cluster.tls.certificateValidity=soon cluster.tls.enabled=yes; do
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name injector.failurePolicy=Sometimes injector.timeoutSeconds=99 injector.nativeSidecars=maybe cluster.tls.certificateValidity=soon cluster.tls.enabled=yes cluster.federation.wanServiceType=Public; do
     if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted $bad" >&2
         exit 1
@@ -38,7 +38,8 @@ for values in "" "--set cluster.replicas=1" "--set cluster.create=false,injector
     "--set cluster.acl.enabled=true,cluster.acl.kubernetesAuth.enabled=true,cluster.acl.kubernetesAuth.namespaces={shop,web},cluster.acl.kubernetesAuth.maxTokenTTL=24h" \
     "--set cluster.catalogSync.toRegistry=true,cluster.catalogSync.namespaces={shop}" \
     "--set cluster.tls.enabled=true,cluster.tls.certificateValidity=720h" \
-    "--set cluster.tls.enabled=true,cluster.tls.verifyIncoming=false,cluster.tls.certManager.issuerRef.name=internal-ca,cluster.tls.certManager.issuerRef.kind=ClusterIssuer"; do
+    "--set cluster.tls.enabled=true,cluster.tls.verifyIncoming=false,cluster.tls.certManager.issuerRef.name=internal-ca,cluster.tls.certManager.issuerRef.kind=ClusterIssuer" \
+    "--set cluster.datacenter=dc2,cluster.acl.enabled=true,cluster.federation.enabled=true,cluster.federation.primaryDatacenter=dc1,cluster.federation.retryJoinWan={roster-wan.dc1,10.0.0.7:8302},cluster.federation.replicationTokenSecret.name=acl-replication,cluster.federation.wanServiceType=LoadBalancer"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"
