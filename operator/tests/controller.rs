@@ -796,3 +796,24 @@ async fn federation_health_comes_from_the_servers_wan_pool() {
     assert_eq!(status["status"]["datacenters"], json!(["dc2", "dc1"]));
     reconciler.await.expect("join").expect("ok");
 }
+
+/// Without cert-manager installed the Certificate kind is unknown (404): the cluster is still built
+/// and the status says what is missing, instead of every pass failing.
+#[tokio::test]
+async fn cert_manager_missing_is_reported_not_fatal() {
+    let (ctx, mut handle) = context(FakeServers::with(&[]));
+    let reconciler = tokio::spawn(reconcile(Arc::new(fixture("tls-cert-manager.yaml")), ctx));
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    serve(
+        &mut handle,
+        Method::PATCH,
+        "/apis/cert-manager.io/v1/namespaces/shop/certificates/registry-server-tls?",
+        not_found,
+    )
+    .await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let ready = condition(&status, "TLSReady");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("CertManagerMissing")));
+    assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(30)));
+}
