@@ -22,7 +22,7 @@ for helm in helm3 helm4; do
 done
 
 # Values that must be refused by values.schema.json.
-for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name injector.failurePolicy=Sometimes injector.timeoutSeconds=99 injector.nativeSidecars=maybe; do
+for bad in cluster.replicas=4 cluster.acl.defaultPolicy=maybe cluster.acl.kubernetesAuth.maxTokenTTL=soon cluster.acl.kubernetesAuth.methodName=a/b cluster.storage.size=lots operator.replicas=9 operator.metricsPort=0 cluster.gossipKeySecret=Not_A_Name injector.failurePolicy=Sometimes injector.timeoutSeconds=99 injector.nativeSidecars=maybe cluster.tls.certificateValidity=soon cluster.tls.enabled=yes cluster.federation.wanServiceType=Public; do
     if "$bin/helm4" template r "$chart" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted $bad" >&2
         exit 1
@@ -36,7 +36,10 @@ n=0
 for values in "" "--set cluster.replicas=1" "--set cluster.create=false,injector.enabled=false" \
     "--set cluster.replicas=5,cluster.storage.storageClassName=fast,cluster.acl.enabled=true,operator.registryTokenSecret=op-token,operator.replicas=2,cluster.gossipKeySecret=roster-gossip" \
     "--set cluster.acl.enabled=true,cluster.acl.kubernetesAuth.enabled=true,cluster.acl.kubernetesAuth.namespaces={shop,web},cluster.acl.kubernetesAuth.maxTokenTTL=24h" \
-    "--set cluster.catalogSync.toRegistry=true,cluster.catalogSync.namespaces={shop}"; do
+    "--set cluster.catalogSync.toRegistry=true,cluster.catalogSync.namespaces={shop}" \
+    "--set cluster.tls.enabled=true,cluster.tls.certificateValidity=720h" \
+    "--set cluster.tls.enabled=true,cluster.tls.verifyIncoming=false,cluster.tls.certManager.issuerRef.name=internal-ca,cluster.tls.certManager.issuerRef.kind=ClusterIssuer" \
+    "--set cluster.datacenter=dc2,cluster.acl.enabled=true,cluster.federation.enabled=true,cluster.federation.primaryDatacenter=dc1,cluster.federation.retryJoinWan={roster-wan.dc1,10.0.0.7:8302},cluster.federation.replicationTokenSecret.name=acl-replication,cluster.federation.wanServiceType=LoadBalancer"; do
     n=$((n + 1))
     dir="$out/$n"
     mkdir -p "$dir"
@@ -77,4 +80,15 @@ if "$bin/helm4" template roster "$chart" --set injector.enabled=false | grep -q 
     echo "injector.enabled=false still renders the webhook" >&2
     exit 1
 fi
+# Server TLS: the RegistryCluster asks for it; cert-manager rights only when cert-manager issues.
+rendered="$("$bin/helm4" template roster "$chart" --set cluster.tls.enabled=true)"
+grep -qF -- 'certificateValidity: "2160h"' <<<"$rendered" || { echo "cluster.tls does not reach the RegistryCluster" >&2; exit 1; }
+if grep -q 'cert-manager.io' <<<"$rendered"; then
+    echo "cert-manager RBAC without cert-manager" >&2
+    exit 1
+fi
+rendered="$("$bin/helm4" template roster "$chart" --set cluster.tls.enabled=true,cluster.tls.certManager.issuerRef.name=ca)"
+for want in 'apiGroups: ["cert-manager.io"]' 'name: "ca"'; do
+    grep -qF -- "$want" <<<"$rendered" || { echo "cert-manager TLS lacks: $want" >&2; exit 1; }
+done
 echo "chart: OK"

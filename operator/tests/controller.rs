@@ -34,6 +34,8 @@ struct FakeServers {
     /// (name, leader, healthy); empty: unreachable.
     servers: Mutex<Vec<(String, bool, bool)>>,
     calls: Mutex<Vec<String>>,
+    /// What `/v1/catalog/datacenters` answers; None: the servers cannot be asked.
+    datacenters: Mutex<Option<Vec<String>>>,
 }
 
 impl FakeServers {
@@ -83,6 +85,11 @@ impl ServerAdmin for FakeServers {
                 .collect();
             Ok(AutopilotHealth { healthy: servers.iter().all(|s| s.healthy), failure_tolerance: 1, servers })
         })
+    }
+
+    fn datacenters<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        let answer = self.datacenters.lock().expect("lock").clone().ok_or_else(|| "connection refused".to_string());
+        Box::pin(async move { answer })
     }
 
     fn remove_peer<'a>(&'a self, _target: &'a Target, server: &'a str) -> BoxFuture<'a, Result<(), String>> {
@@ -547,4 +554,266 @@ async fn kubernetes_login_without_a_token_reviewer_is_a_warning() {
     serve(&mut handle, Method::PATCH, STATUS, with_status).await;
     reconciler.await.expect("join").expect("ok");
     assert!(servers.calls().is_empty(), "{:?}", servers.calls());
+}
+
+// TLS: the CA Secret, the server certificate Secret, renewal without a rolling restart, cert-manager.
+
+use roster_operator::registry_cluster::{tls, validate as validate_cluster, DEFAULT_IMAGE};
+
+const CA_SECRET: &str = "/api/v1/namespaces/shop/secrets/registry-tls-ca";
+const SERVER_SECRET: &str = "/api/v1/namespaces/shop/secrets/registry-server-tls";
+const CA_CONFIG_MAP: &str = "/api/v1/namespaces/shop/configmaps/registry-ca?";
+
+fn b64_field(v: &Value, key: &str) -> String {
+    let text = v["data"][key].as_str().unwrap_or_else(|| panic!("no {key} in {v}"));
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(text).expect("base64")).expect("utf-8")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// A Secret as JSON, as the API server returns it.
+fn secret_json(secret: &k8s_openapi::api::core::v1::Secret) -> Value {
+    let mut v = serde_json::to_value(secret).expect("json");
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Secret".into();
+    v
+}
+
+fn template(sts: &Value) -> Value {
+    sts["spec"]["template"].clone()
+}
+
+#[tokio::test]
+async fn tls_a_new_cluster_gets_a_ca_and_a_server_certificate_signed_by_it() {
+    let rc = fixture("tls.yaml");
+    let (ctx, mut handle) = context(FakeServers::with(&[]));
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
+
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    serve(&mut handle, Method::GET, CA_SECRET, not_found).await;
+    let ca = serve(&mut handle, Method::POST, "/api/v1/namespaces/shop/secrets?", |b| (201, b.clone())).await;
+    assert_eq!(ca["metadata"]["name"], "registry-tls-ca");
+    assert_eq!(ca["metadata"]["ownerReferences"][0]["kind"], "RegistryCluster");
+    assert!(b64_field(&ca, "ca.key").contains("PRIVATE KEY"));
+    assert_eq!(expect_event(&mut handle).await["reason"], "CACreated");
+    serve(&mut handle, Method::GET, SERVER_SECRET, not_found).await;
+    let server = serve(&mut handle, Method::PATCH, &format!("{SERVER_SECRET}?"), echo).await;
+    assert_eq!(server["type"], "kubernetes.io/tls");
+    assert_eq!(b64_field(&server, "ca.crt"), b64_field(&ca, "ca.crt"), "signed by the CA just made");
+    let info = tls::read_cert(&b64_field(&server, "tls.crt")).expect("a certificate");
+    assert_eq!(info.dns_names[0], "server.eu-west.consul");
+    assert_eq!(info.not_after - info.not_before, 720 * 3600 + 60, "spec.tls.certificateValidity");
+    assert_eq!(expect_event(&mut handle).await["reason"], "ServerCertificateIssued");
+    let bundle = serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
+    assert_eq!(bundle["data"]["ca.crt"].as_str(), Some(b64_field(&ca, "ca.crt").as_str()), "the CA, published");
+    assert!(bundle["data"].get("ca.key").is_none(), "never the key");
+    let sts = expect_applies(&mut handle).await;
+    assert_eq!(template(&sts)["spec"]["volumes"][0]["secret"]["secretName"], "registry-server-tls");
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let ready = condition(&status, "TLSReady");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("CertificateValid")));
+    assert_eq!(status["status"]["tls"]["serverSecret"], "registry-server-tls");
+    assert_eq!(status["status"]["tls"]["caConfigMap"], "registry-ca");
+    assert!(status["status"]["tls"]["notAfter"].as_str().is_some_and(|t| t.ends_with('Z')), "{status}");
+    assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(30)));
+}
+
+/// One pass of a running TLS cluster whose CA and server Secrets exist: returns the server Secret
+/// written (None: kept) and the StatefulSet applied.
+async fn tls_pass(
+    ctx: Arc<Context>,
+    handle: &mut ApiHandle,
+    ca_secret: Value,
+    server_secret: Value,
+) -> (Option<Value>, Value) {
+    let mut rc = fixture("tls.yaml");
+    rc.metadata.generation = Some(2);
+    rc.status = running(3).status;
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
+    serve(handle, Method::GET, STS, |_| (200, stateful_set(3, "a"))).await;
+    serve(handle, Method::GET, PODS, |_| (200, pods(&[(0, "a", true), (1, "a", true), (2, "a", true)]))).await;
+    // The CA is read, never created or written: it exists.
+    serve(handle, Method::GET, CA_SECRET, move |_| (200, ca_secret)).await;
+    serve(handle, Method::GET, SERVER_SECRET, move |_| (200, server_secret)).await;
+    let (request, send) =
+        tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await.expect("a request").expect("request");
+    let uri = request.uri().to_string();
+    let written = if uri.starts_with(&format!("{SERVER_SECRET}?")) {
+        assert_eq!(request.method(), Method::PATCH);
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        send.send_response(Response::builder().body(Body::from(bytes.clone())).expect("response"));
+        assert_eq!(expect_event(handle).await["reason"], "ServerCertificateIssued");
+        serve(handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
+        Some(serde_json::from_slice::<Value>(&bytes).expect("json"))
+    } else {
+        assert!(uri.starts_with(CA_CONFIG_MAP), "expected the CA ConfigMap, got {uri}");
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
+        None
+    };
+    let sts = expect_applies(handle).await;
+    let status = serve(handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(condition(&status, "TLSReady")["status"], "True", "{status}");
+    reconciler.await.expect("join").expect("ok");
+    (written, sts)
+}
+
+#[tokio::test]
+async fn renewal_replaces_the_certificate_in_place_and_restarts_no_server() {
+    let valid = validate_cluster(&fixture("tls.yaml"), DEFAULT_IMAGE).expect("valid");
+    let validity = valid.tls.as_ref().expect("tls").validity_secs;
+    let now = unix_now();
+    let ca = tls::new_ca(&valid, now - validity).expect("ca");
+    let ca_secret = secret_json(&tls::ca_secret(&valid, &None, &ca));
+    // Issued three quarters of its life ago: past the two-thirds mark.
+    let old = tls::issue_server(&valid, &ca, validity, now - validity * 3 / 4).expect("old certificate");
+    let old_secret = secret_json(&tls::server_secret(&valid, &None, &ca.cert_pem, &old));
+    let (ctx, mut handle) = context(FakeServers::with(&[
+        ("registry-0", true, true),
+        ("registry-1", false, true),
+        ("registry-2", false, true),
+    ]));
+
+    // Before it is due (a third of its life gone), the certificate stays.
+    let young = tls::issue_server(&valid, &ca, validity, now - validity / 3).expect("young certificate");
+    let young_secret = secret_json(&tls::server_secret(&valid, &None, &ca.cert_pem, &young));
+    let (kept, sts_before) = tls_pass(ctx.clone(), &mut handle, ca_secret.clone(), young_secret).await;
+    assert!(kept.is_none(), "not due yet");
+
+    let (renewed, sts_renewing) = tls_pass(ctx.clone(), &mut handle, ca_secret.clone(), old_secret).await;
+    let renewed = renewed.expect("the due certificate is replaced");
+    assert_eq!(renewed["metadata"]["name"], "registry-server-tls", "the same Secret the pods mount");
+    assert_eq!(b64_field(&renewed, "ca.crt"), ca.cert_pem, "from the existing CA");
+    let new_cert = b64_field(&renewed, "tls.crt");
+    assert_ne!(new_cert, old.cert_pem);
+    let (old_info, new_info) = (tls::read_cert(&old.cert_pem).expect("old"), tls::read_cert(&new_cert).expect("new"));
+    assert!(new_info.not_after > old_info.not_after + validity / 2, "a fresh lifetime");
+
+    // Next pass: the new certificate is kept, and the pod template is exactly what it was.
+    let (kept, sts_steady) = tls_pass(ctx, &mut handle, ca_secret, renewed).await;
+    assert!(kept.is_none(), "a fresh certificate is not issued again");
+    assert_eq!(template(&sts_before), template(&sts_renewing), "no rolling restart for a renewal");
+    assert_eq!(template(&sts_renewing), template(&sts_steady));
+    assert!(!template(&sts_steady).to_string().contains("BEGIN CERTIFICATE"), "no certificate bytes in the template");
+}
+
+#[tokio::test]
+async fn an_unreadable_ca_secret_is_reported_and_never_overwritten() {
+    let (ctx, mut handle) = context(FakeServers::with(&[]));
+    let reconciler = tokio::spawn(reconcile(Arc::new(fixture("tls.yaml")), ctx));
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    serve(&mut handle, Method::GET, CA_SECRET, |_| {
+        (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "registry-tls-ca"}, "data": {"ca.crt": "AAAA"}}))
+    })
+    .await;
+    // Straight on to the objects: no create, no write of any Secret.
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let ready = condition(&status, "TLSReady");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("CAUnreadable")));
+    assert!(ready["message"].as_str().is_some_and(|m| m.contains("not overwritten")), "{ready}");
+    reconciler.await.expect("join").expect("ok");
+}
+
+#[tokio::test]
+async fn with_cert_manager_the_operator_keeps_a_certificate_and_publishes_its_ca() {
+    let rc = fixture("tls-cert-manager.yaml");
+    let valid = validate_cluster(&rc, DEFAULT_IMAGE).expect("valid");
+    let (ctx, mut handle) = context(FakeServers::with(&[]));
+    const CERTIFICATE: &str = "/apis/cert-manager.io/v1/namespaces/shop/certificates/registry-server-tls?";
+
+    // cert-manager has not issued yet.
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx.clone()));
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    let certificate = serve(&mut handle, Method::PATCH, CERTIFICATE, echo).await;
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    serve(&mut handle, Method::GET, SERVER_SECRET, not_found).await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let ready = condition(&status, "TLSReady");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("WaitingForCertManager")));
+    reconciler.await.expect("join").expect("ok");
+
+    // It has: the CA it wrote is published, its dates reported; the operator issues nothing.
+    let now = unix_now();
+    let issuer_ca = tls::new_ca(&valid, now).expect("ca");
+    let cert = tls::issue_server(&valid, &issuer_ca, 86_400, now).expect("cert");
+    let secret = secret_json(&tls::server_secret(&valid, &None, &issuer_ca.cert_pem, &cert));
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    serve(&mut handle, Method::PATCH, CERTIFICATE, echo).await;
+    serve(&mut handle, Method::GET, SERVER_SECRET, move |_| (200, secret)).await;
+    let bundle = serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
+    assert_eq!(bundle["data"]["ca.crt"].as_str(), Some(issuer_ca.cert_pem.as_str()));
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    assert_eq!(condition(&status, "TLSReady")["status"], "True", "{status}");
+    assert!(status["status"]["tls"]["renewAfter"].is_string());
+    reconciler.await.expect("join").expect("ok");
+}
+
+// Federation: the WAN Service applied, and the `Federated` condition from the servers' WAN pool.
+
+#[tokio::test]
+async fn federation_health_comes_from_the_servers_wan_pool() {
+    let servers =
+        FakeServers::with(&[("registry-0", true, true), ("registry-1", false, true), ("registry-2", false, true)]);
+    let (ctx, mut handle) = context(servers.clone());
+    let mut rc = fixture("federation.yaml");
+    rc.metadata.generation = Some(2);
+    rc.status = running(3).status;
+
+    // The pool holds only dc2 so far: not federated, and the status says what it is joining.
+    *servers.datacenters.lock().expect("lock") = Some(vec!["dc2".into()]);
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx.clone()));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    expect_applies(&mut handle).await;
+    let wan = serve(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/services/registry-wan?", echo).await;
+    assert_eq!(wan["spec"]["type"], "LoadBalancer");
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let federated = condition(&status, "Federated");
+    assert_eq!(
+        (federated["status"].as_str(), federated["reason"].as_str()),
+        (Some("False"), Some("NoOtherDatacenter"))
+    );
+    assert!(
+        federated["message"].as_str().is_some_and(|m| m.contains("registry-wan.roster-dc1.svc:8302")),
+        "{federated}"
+    );
+    reconciler.await.expect("join").expect("ok");
+
+    // The primary joined.
+    *servers.datacenters.lock().expect("lock") = Some(vec!["dc2".into(), "dc1".into()]);
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
+    expect_observe(&mut handle, stateful_set(3, "a"), pods(&[(0, "a", true), (1, "a", true), (2, "a", true)])).await;
+    expect_applies(&mut handle).await;
+    serve(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/services/registry-wan?", echo).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let federated = condition(&status, "Federated");
+    assert_eq!((federated["status"].as_str(), federated["reason"].as_str()), (Some("True"), Some("Federated")));
+    assert_eq!(status["status"]["datacenters"], json!(["dc2", "dc1"]));
+    reconciler.await.expect("join").expect("ok");
+}
+
+/// Without cert-manager installed the Certificate kind is unknown (404): the cluster is still built
+/// and the status says what is missing, instead of every pass failing.
+#[tokio::test]
+async fn cert_manager_missing_is_reported_not_fatal() {
+    let (ctx, mut handle) = context(FakeServers::with(&[]));
+    let reconciler = tokio::spawn(reconcile(Arc::new(fixture("tls-cert-manager.yaml")), ctx));
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    serve(
+        &mut handle,
+        Method::PATCH,
+        "/apis/cert-manager.io/v1/namespaces/shop/certificates/registry-server-tls?",
+        not_found,
+    )
+    .await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let ready = condition(&status, "TLSReady");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("CertManagerMissing")));
+    assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(30)));
 }

@@ -149,3 +149,157 @@ fn servers_serve_dns_through_the_client_service() {
         ports.iter().filter(|p| p.port == 8600).map(|p| (p.protocol.clone(), p.port)).collect();
     assert_eq!(dns, vec![(Some("UDP".into()), 8600), (Some("TCP".into()), 8600)]);
 }
+
+fn container(d: &roster_operator::registry_cluster::Desired) -> k8s_openapi::api::core::v1::Container {
+    d.stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|p| p.containers[0].clone()).expect("pod")
+}
+
+fn port_names(ports: Option<&Vec<k8s_openapi::api::core::v1::ServicePort>>) -> Vec<(String, i32)> {
+    ports.into_iter().flatten().map(|p| (p.name.clone().unwrap_or_default(), p.port)).collect()
+}
+
+/// TLS from the operator's CA: the server Secret mounted whole (so renewals reach the files), the
+/// server told where the files are, HTTPS on 8501 on both Services, plain HTTP kept; no Certificate.
+#[test]
+fn tls_mounts_the_server_secret_and_serves_https_beside_http() {
+    let rc = fixture("tls.yaml");
+    let valid = validate(&rc, DEFAULT_IMAGE).expect("valid");
+    let tls = valid.tls.clone().expect("tls on");
+    assert_eq!(tls.validity_secs, 720 * 3600);
+    assert!(tls.verify_incoming, "verifyIncoming defaults to true");
+    assert_eq!(tls.cert_manager, None);
+    let d = build(&valid, rc.controller_owner_ref(&()));
+    assert!(d.certificate.is_none(), "the operator issues; no cert-manager Certificate");
+    for (name, value) in [
+        ("ROSTER_HTTPS_ADDR", "0.0.0.0:8501"),
+        ("ROSTER_ADVERTISE_HTTPS", "$(ROSTER_NODE_NAME).registry-server.shop.svc:8501"),
+        ("ROSTER_TLS_CA_FILE", "/etc/roster/tls/ca.crt"),
+        ("ROSTER_TLS_CERT_FILE", "/etc/roster/tls/tls.crt"),
+        ("ROSTER_TLS_KEY_FILE", "/etc/roster/tls/tls.key"),
+        ("ROSTER_TLS_VERIFY_INCOMING", "true"),
+        ("ROSTER_TLS_VERIFY_OUTGOING", "true"),
+        ("ROSTER_TLS_VERIFY_SERVER_HOSTNAME", "true"),
+        ("ROSTER_HTTP_ADDR", "0.0.0.0:8500"),
+    ] {
+        assert_eq!(env_of(&d, name).as_deref(), Some(value), "{name}");
+    }
+    let pod = d.stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    let volume = pod.volumes.as_ref().and_then(|v| v.iter().find(|v| v.name == "tls")).expect("tls volume");
+    let secret = volume.secret.as_ref().expect("from a Secret");
+    assert_eq!(secret.secret_name.as_deref(), Some("registry-server-tls"));
+    let c = container(&d);
+    let mount = c.volume_mounts.as_ref().and_then(|m| m.iter().find(|m| m.name == "tls")).expect("mounted");
+    assert_eq!(mount.mount_path, "/etc/roster/tls");
+    assert_eq!(mount.sub_path, None, "a subPath mount never sees a renewed Secret");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(c.ports.iter().flatten().any(|p| p.container_port == 8501));
+    assert_eq!(
+        c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.port.clone()),
+        Some(IntOrString::Int(8500)),
+        "probes stay on plain HTTP (the kubelet has no client certificate)"
+    );
+    assert_eq!(
+        port_names(d.client_service.spec.as_ref().and_then(|s| s.ports.as_ref())),
+        [("http".to_string(), 8500), ("dns".into(), 8600), ("dns-tcp".into(), 8600), ("https".into(), 8501)]
+    );
+    assert!(
+        port_names(d.headless_service.spec.as_ref().and_then(|s| s.ports.as_ref())).contains(&("https".into(), 8501))
+    );
+
+    // Without TLS none of it.
+    let plain = build(&validate(&fixture("three-servers.yaml"), DEFAULT_IMAGE).expect("valid"), None);
+    assert_eq!(env_of(&plain, "ROSTER_HTTPS_ADDR"), None);
+    assert!(!port_names(plain.client_service.spec.as_ref().and_then(|s| s.ports.as_ref())).iter().any(|p| p.1 == 8501));
+    let plain_pod = plain.stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    assert_eq!(plain_pod.volumes, None);
+}
+
+/// cert-manager issues: the operator asks for the same Secret, names and uses with a Certificate.
+#[test]
+fn cert_manager_gets_a_certificate_for_the_same_secret() {
+    let rc = fixture("tls-cert-manager.yaml");
+    let valid = validate(&rc, DEFAULT_IMAGE).expect("valid");
+    let d = build(&valid, rc.controller_owner_ref(&()));
+    assert_eq!(env_of(&d, "ROSTER_TLS_VERIFY_INCOMING").as_deref(), Some("false"));
+    let cert = serde_json::to_value(d.certificate.as_ref().expect("a Certificate")).expect("json");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["kind"], "Certificate");
+    assert_eq!(cert["metadata"]["name"], "registry-server-tls");
+    assert_eq!(cert["metadata"]["namespace"], "shop");
+    assert_eq!(cert["metadata"]["ownerReferences"][0]["kind"], "RegistryCluster");
+    let spec = &cert["spec"];
+    assert_eq!(spec["secretName"], "registry-server-tls", "the Secret the pods mount");
+    assert_eq!(
+        spec["issuerRef"],
+        serde_json::json!({"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(spec["dnsNames"][0], "server.eu-west.consul");
+    assert!(spec["dnsNames"].as_array().expect("names").contains(&"*.registry-server.shop.svc".into()));
+    assert_eq!(spec["ipAddresses"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(spec["duration"], "2160h");
+    let usages = spec["usages"].as_array().expect("usages");
+    assert!(usages.contains(&"server auth".into()) && usages.contains(&"client auth".into()));
+    // The pods are built the same either way.
+    let own = build(&validate(&fixture("tls.yaml"), DEFAULT_IMAGE).expect("valid"), None);
+    let volumes = |d: &roster_operator::registry_cluster::Desired| {
+        d.stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.volumes.clone())
+    };
+    assert_eq!(volumes(&own), volumes(&d));
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused() {
+    let errors = validate(&fixture("tls-bad.yaml"), DEFAULT_IMAGE).expect_err("invalid");
+    let all = errors.join("\n");
+    assert!(all.contains("spec.tls.certificateValidity") && all.contains("shorter than 1h"), "{all}");
+    assert!(all.contains("spec.tls.certManager.issuerRef.name"), "{all}");
+    let mut off = fixture("tls-bad.yaml");
+    off.spec.tls.as_mut().expect("tls").enabled = false;
+    assert!(validate(&off, DEFAULT_IMAGE).expect("TLS off: its settings do not matter").tls.is_none());
+}
+
+/// A secondary datacenter: the servers get the WAN settings (join entries resolved, the replication
+/// token from its Secret), a WAN port, and a Service of the asked type for other datacenters.
+#[test]
+fn federation_gives_the_servers_wan_settings_and_a_wan_service() {
+    let rc = fixture("federation.yaml");
+    let valid = validate(&rc, DEFAULT_IMAGE).expect("valid");
+    let d = build(&valid, rc.controller_owner_ref(&()));
+    for (name, value) in [
+        ("ROSTER_DATACENTER", "dc2"),
+        ("ROSTER_PRIMARY_DATACENTER", "dc1"),
+        ("ROSTER_WAN_ADDR", "0.0.0.0:8302"),
+        ("ROSTER_WAN_ADVERTISE", "$(POD_IP):8302"),
+        ("ROSTER_RETRY_JOIN_WAN", "registry-wan.roster-dc1.svc:8302,10.20.0.7:8302"),
+    ] {
+        assert_eq!(env_of(&d, name).as_deref(), Some(value), "{name}");
+    }
+    let c = container(&d);
+    let token = c.env.iter().flatten().find(|e| e.name == "ROSTER_ACL_REPLICATION_TOKEN").expect("token");
+    let from = token.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).expect("from the Secret");
+    assert_eq!((from.name.as_str(), from.key.as_str()), ("acl-replication", "token"));
+    assert!(c.ports.iter().flatten().any(|p| p.container_port == 8302 && p.protocol.as_deref() == Some("UDP")));
+    let wan = d.wan_service.as_ref().expect("a WAN Service");
+    assert_eq!(wan.metadata.name.as_deref(), Some("registry-wan"));
+    let spec = wan.spec.as_ref().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(port_names(spec.ports.as_ref()), [("wan".to_string(), 8302)]);
+    assert_eq!(spec.ports.as_ref().and_then(|p| p[0].protocol.clone()).as_deref(), Some("UDP"));
+    assert_eq!(spec.selector.as_ref(), d.stateful_set.spec.as_ref().and_then(|s| s.selector.match_labels.as_ref()));
+
+    // Without federation: no WAN at all.
+    let plain = build(&validate(&fixture("three-servers.yaml"), DEFAULT_IMAGE).expect("valid"), None);
+    assert!(plain.wan_service.is_none());
+    assert_eq!(env_of(&plain, "ROSTER_WAN_ADDR"), None);
+}
+
+#[test]
+fn federation_settings_that_cannot_work_are_refused() {
+    let mut rc = fixture("federation.yaml");
+    rc.spec.acl.enabled = false;
+    let f = rc.spec.federation.as_mut().expect("federation");
+    f.retry_join_wan.push("not a name".into());
+    let all = validate(&rc, DEFAULT_IMAGE).expect_err("invalid").join("\n");
+    assert!(all.contains("spec.federation.retryJoinWan[2]"), "{all}");
+    assert!(all.contains("spec.federation.replicationTokenSecret: needs spec.acl.enabled"), "{all}");
+}

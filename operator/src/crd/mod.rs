@@ -10,8 +10,8 @@ mod service_registration;
 pub use acl_policy::{AclPolicy, AclPolicySpec, AclPolicyStatus, TokenSpec};
 pub use key_value::{KeyValue, KeyValueSpec, KeyValueStatus, ValueFrom};
 pub use registry_cluster::{
-    AclSettings, DefaultPolicy, KubernetesAuth, RegistryCluster, RegistryClusterSpec, RegistryClusterStatus,
-    StorageSpec,
+    AclSettings, CertManagerSpec, DefaultPolicy, FederationSpec, IssuerRef, KubernetesAuth, RegistryCluster,
+    RegistryClusterSpec, RegistryClusterStatus, SecretKeyRef, StorageSpec, TlsSpec, TlsStatus, WanServiceType,
 };
 pub use service_registration::{CheckSpec, ServiceRegistration, ServiceRegistrationSpec, ServiceRegistrationStatus};
 

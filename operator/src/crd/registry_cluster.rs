@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Leader","type":"string","jsonPath":".status.leader"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Federated","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Federated\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -52,6 +53,108 @@ pub struct RegistryClusterSpec {
     /// Kubernetes Services in this cluster's catalog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_sync: Option<CatalogSync>,
+    /// TLS for the servers: the HTTPS API on 8501 and mutual TLS between servers, with a certificate
+    /// the operator issues from a CA it keeps (or cert-manager issues) and renews without restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Joins other datacenters' servers in the WAN pool (Consul's WAN federation): requests for
+    /// another datacenter are forwarded there, and a secondary replicates the primary's ACLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationSpec>,
+}
+
+/// WAN federation of this cluster (its `datacenter`) with others.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationSpec {
+    /// The datacenter owning ACL policies, roles and global tokens; default this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"))]
+    pub primary_datacenter: Option<String>,
+    /// WAN addresses of other datacenters' servers: `host:port`, or a Service's name (`name` in
+    /// this namespace, or `name.namespace`; port 8302), such as the other cluster's `<name>-wan`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub retry_join_wan: Vec<String>,
+    /// The Secret key holding the token a secondary's leader replicates the primary's ACLs with
+    /// (needs `acl.enabled`; the token needs `acl = "write"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_token_secret: Option<SecretKeyRef>,
+    /// Type of the `<name>-wan` Service (UDP 8302) other datacenters join through: `ClusterIP`
+    /// (default), `NodePort` or `LoadBalancer`. Servers advertise their pod IP in the pool, so pod
+    /// IPs must be routable between the datacenters.
+    #[serde(default)]
+    pub wan_service_type: WanServiceType,
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The WAN Service's type.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WanServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// The servers' TLS. The plain HTTP API on 8500 stays (probes and the operator use it).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Serve HTTPS on 8501 and dial other servers over TLS.
+    #[serde(default)]
+    pub enabled: bool,
+    /// HTTPS clients and servers dialling the RPC port must present a certificate of the CA
+    /// (Consul's `verify_incoming`). Turning TLS on in a running cluster: first with this false,
+    /// then true, so servers not yet restarted can still reach the restarted ones.
+    #[serde(default = "default_true")]
+    pub verify_incoming: bool,
+    /// How long a server certificate the operator issues is valid (a Go duration, at least 1h;
+    /// default 2160h, 90 days). It is renewed after two thirds of that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = "^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    pub certificate_validity: Option<String>,
+    /// Have cert-manager issue the server certificate (a `Certificate` the operator keeps) instead
+    /// of the operator's own CA. The issuer must put `ca.crt` in the Secret (CA, Vault issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// cert-manager as the servers' certificate issuer.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerSpec {
+    pub issuer_ref: IssuerRef,
+}
+
+/// A cert-manager issuer (cert-manager's `issuerRef`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (in the cluster's namespace) or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`, or an external issuer's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: Option<String>,
+    /// The issuer's API group; default `cert-manager.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
 }
 
 /// Catalog sync from Kubernetes: Services annotated `roster.dev/sync: "true"` (anywhere) and every
@@ -168,7 +271,29 @@ pub struct RegistryClusterStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Available`, `Progressing` and `Degraded`, with reasons and messages.
+    /// `Available`, `Progressing` and `Degraded` (and `TLSReady` with TLS on), with reasons and messages.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The servers' certificate, with TLS on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+    /// With federation: the datacenters the servers' WAN pool knows (this one first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
+}
+
+/// Where the servers' certificate and its CA are, and when it ends.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The Secret (`kubernetes.io/tls`: tls.crt, tls.key, ca.crt) mounted into the servers.
+    pub server_secret: String,
+    /// The ConfigMap whose `ca.crt` clients and sidecars verify the servers with.
+    pub ca_config_map: String,
+    /// When the current server certificate ends (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When it is renewed (RFC 3339): two thirds into its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_after: Option<String>,
 }

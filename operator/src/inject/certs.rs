@@ -74,33 +74,72 @@ fn at(secs: u64) -> Result<time::OffsetDateTime, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The CA's parameters: fixed but for its validity, so its key alone rebuilds the issuer.
-fn ca_params(not_after: u64) -> Result<rcgen::CertificateParams, String> {
+/// A new self-signed CA valid from a little before `now` until `not_after` (PEM certificate, PEM key).
+/// `path_len`: how many intermediate CAs may follow (None: unconstrained). Also used for the
+/// RegistryClusters' server CAs.
+pub fn new_ca(common_name: &str, path_len: Option<u8>, now: u64, not_after: u64) -> Result<(String, String), String> {
+    let e = |e: rcgen::Error| e.to_string();
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "roster-operator webhook CA");
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    p.is_ca = rcgen::IsCa::Ca(match path_len {
+        Some(n) => rcgen::BasicConstraints::Constrained(n),
+        None => rcgen::BasicConstraints::Unconstrained,
+    });
     p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    // Clocks of the machines that check it differ a little.
+    p.not_before = at(now.saturating_sub(300))?;
     p.not_after = at(not_after)?;
-    Ok(p)
+    let key = rcgen::KeyPair::generate().map_err(e)?;
+    let cert = p.self_signed(&key).map_err(e)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What a certificate signed by one of the operator's CAs is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeafRequest {
+    /// DNS names; the first is also the common name.
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// Also a client certificate (servers dial each other with theirs).
+    pub client_auth: bool,
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+/// A certificate and a new key for `leaf`, signed by the CA (the first certificate of
+/// `ca_bundle_pem`, and its key): (PEM certificate, PEM key).
+pub fn sign_leaf(ca_bundle_pem: &str, ca_key_pem: &str, leaf: &LeafRequest) -> Result<(String, String), String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(e)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(first_pem(ca_bundle_pem), ca_key).map_err(e)?;
+    let mut params = rcgen::CertificateParams::new(leaf.dns_names.clone()).map_err(e)?;
+    params.subject_alt_names.extend(leaf.ip_addresses.iter().copied().map(rcgen::SanType::IpAddress));
+    params.distinguished_name.push(rcgen::DnType::CommonName, leaf.dns_names.first().cloned().unwrap_or_default());
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    if leaf.client_auth {
+        params.extended_key_usages.push(rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    params.not_before = at(leaf.not_before)?;
+    params.not_after = at(leaf.not_after)?;
+    let key = rcgen::KeyPair::generate().map_err(e)?;
+    let cert = params.signed_by(&key, &issuer).map_err(e)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Issues what `renewal` asked for, keeping what it did not.
 pub fn issue(stored: Option<&Stored>, what: Renewal, names: &[String], now: u64) -> Result<Stored, String> {
-    let e = |e: rcgen::Error| e.to_string();
     let (ca_pem, ca_key_pem, ca_not_after) = match (what, stored) {
         (Renewal::Leaf | Renewal::Keep, Some(s)) => (s.ca_pem.clone(), s.ca_key_pem.clone(), s.ca_not_after),
         _ => {
-            let key = rcgen::KeyPair::generate().map_err(e)?;
-            let mut params = ca_params(now + CA_VALIDITY_SECS)?;
-            params.not_before = at(now.saturating_sub(300))?;
-            let cert = params.self_signed(&key).map_err(e)?;
+            let (cert, key) = new_ca("roster-operator webhook CA", Some(0), now, now + CA_VALIDITY_SECS)?;
             // The old CA stays in the bundle while it is still valid.
-            let mut bundle = cert.pem();
+            let mut bundle = cert;
             if let Some(old) = stored.filter(|s| s.ca_not_after > now) {
                 bundle.push_str(first_pem(&old.ca_pem));
             }
-            (bundle, key.serialize_pem(), now + CA_VALIDITY_SECS)
+            (bundle, key, now + CA_VALIDITY_SECS)
         }
     };
     if what == Renewal::Keep {
@@ -108,29 +147,20 @@ pub fn issue(stored: Option<&Stored>, what: Renewal, names: &[String], now: u64)
             return Ok(s.clone());
         }
     }
-    let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(e)?;
-    let issuer = rcgen::Issuer::new(ca_params(ca_not_after)?, ca_key);
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(e)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = at(now.saturating_sub(300))?;
     let tls_not_after = (now + LEAF_VALIDITY_SECS).min(ca_not_after);
-    params.not_after = at(tls_not_after)?;
-    let key = rcgen::KeyPair::generate().map_err(e)?;
-    let cert = params.signed_by(&key, &issuer).map_err(e)?;
-    Ok(Stored {
-        ca_pem,
-        ca_key_pem,
-        ca_not_after,
-        tls_pem: cert.pem(),
-        tls_key_pem: key.serialize_pem(),
-        tls_not_after,
-        tls_names: names.to_vec(),
-    })
+    let leaf = LeafRequest {
+        dns_names: names.to_vec(),
+        ip_addresses: Vec::new(),
+        client_auth: false,
+        not_before: now.saturating_sub(300),
+        not_after: tls_not_after,
+    };
+    let (tls_pem, tls_key_pem) = sign_leaf(&ca_pem, &ca_key_pem, &leaf)?;
+    Ok(Stored { ca_pem, ca_key_pem, ca_not_after, tls_pem, tls_key_pem, tls_not_after, tls_names: names.to_vec() })
 }
 
 /// The first PEM block of a bundle.
-fn first_pem(bundle: &str) -> &str {
+pub fn first_pem(bundle: &str) -> &str {
     const END: &str = "-----END CERTIFICATE-----";
     match bundle.find(END) {
         Some(i) => &bundle[..i + END.len()],

@@ -15,14 +15,16 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort, ServiceSpec,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 
+use super::tls::{self, HTTPS_PORT};
 use super::validate::ValidCluster;
 
 pub const HTTP_PORT: i32 = 8500;
@@ -31,6 +33,7 @@ pub const GOSSIP_PORT: i32 = 8301;
 /// Consul's DNS port (UDP and TCP), on the client Service for a CoreDNS stub domain.
 pub const DNS_PORT: i32 = 8600;
 pub const DATA_DIR: &str = "/data";
+const TLS_VOLUME: &str = "tls";
 
 /// Everything the operator applies for one cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +44,10 @@ pub struct Desired {
     pub client_service: Service,
     pub stateful_set: StatefulSet,
     pub pdb: PodDisruptionBudget,
+    /// cert-manager's Certificate for the server Secret, when cert-manager issues it.
+    pub certificate: Option<DynamicObject>,
+    /// The Service other datacenters join the WAN pool through, with federation.
+    pub wan_service: Option<Service>,
 }
 
 pub fn headless_name(c: &ValidCluster) -> String {
@@ -70,7 +77,7 @@ fn labels(c: &ValidCluster) -> BTreeMap<String, String> {
     l
 }
 
-fn meta(c: &ValidCluster, name: String, owner: &Option<OwnerReference>) -> ObjectMeta {
+pub(crate) fn meta(c: &ValidCluster, name: String, owner: &Option<OwnerReference>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(c.namespace.clone()),
@@ -151,12 +158,35 @@ pub fn server_env(c: &ValidCluster) -> Vec<EnvVar> {
         }),
         ..Default::default()
     }))
+    .chain(c.tls.as_ref().map(|t| tls_env(c, t)).into_iter().flatten())
+    .chain(c.federation.as_ref().map(super::federation::server_env).into_iter().flatten())
     .collect()
+}
+
+/// HTTPS beside plain HTTP, and mutual TLS between servers, from the mounted server Secret. Paths
+/// only: the certificate's bytes never reach the pod template, so renewing it restarts nothing.
+fn tls_env(c: &ValidCluster, t: &tls::Settings) -> Vec<EnvVar> {
+    let file = |key: &str| format!("{}/{key}", tls::MOUNT_PATH);
+    vec![
+        env("ROSTER_HTTPS_ADDR", format!("0.0.0.0:{HTTPS_PORT}")),
+        // Servers forward to each other's HTTPS API: by the name the certificate carries.
+        env(
+            "ROSTER_ADVERTISE_HTTPS",
+            format!("$(ROSTER_NODE_NAME).{}.{}.svc:{HTTPS_PORT}", headless_name(c), c.namespace),
+        ),
+        env("ROSTER_TLS_CA_FILE", file(tls::CA_CRT)),
+        env("ROSTER_TLS_CERT_FILE", file(tls::TLS_CRT)),
+        env("ROSTER_TLS_KEY_FILE", file(tls::TLS_KEY)),
+        env("ROSTER_TLS_VERIFY_INCOMING", t.verify_incoming.to_string()),
+        env("ROSTER_TLS_VERIFY_OUTGOING", "true"),
+        env("ROSTER_TLS_VERIFY_SERVER_HOSTNAME", "true"),
+    ]
 }
 
 pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
     let headless = headless_name(c);
     let selector = selector_labels(c);
+    let https = c.tls.as_ref().map(|_| port("https", HTTPS_PORT, "TCP"));
     let config_map = ConfigMap {
         metadata: meta(c, config_map_name(c), &owner),
         data: Some(BTreeMap::from([("bootstrap-expect".to_string(), c.replicas.to_string())])),
@@ -169,11 +199,12 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
             // Servers must resolve each other before any is ready, or a new cluster never bootstraps.
             publish_not_ready_addresses: Some(true),
             selector: Some(selector.clone()),
-            ports: Some(vec![
-                port("http", HTTP_PORT, "TCP"),
-                port("rpc", RPC_PORT, "TCP"),
-                port("gossip", GOSSIP_PORT, "UDP"),
-            ]),
+            ports: Some(
+                [port("http", HTTP_PORT, "TCP"), port("rpc", RPC_PORT, "TCP"), port("gossip", GOSSIP_PORT, "UDP")]
+                    .into_iter()
+                    .chain(https.clone())
+                    .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -182,11 +213,12 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         metadata: meta(c, c.name.clone(), &owner),
         spec: Some(ServiceSpec {
             selector: Some(selector.clone()),
-            ports: Some(vec![
-                port("http", HTTP_PORT, "TCP"),
-                port("dns", DNS_PORT, "UDP"),
-                port("dns-tcp", DNS_PORT, "TCP"),
-            ]),
+            ports: Some(
+                [port("http", HTTP_PORT, "TCP"), port("dns", DNS_PORT, "UDP"), port("dns-tcp", DNS_PORT, "TCP")]
+                    .into_iter()
+                    .chain(https)
+                    .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -196,23 +228,38 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         image: Some(c.image.clone()),
         args: Some(vec!["server".into()]),
         env: Some(server_env(c)),
-        ports: Some(vec![
-            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
-            ContainerPort { name: Some("rpc".into()), container_port: RPC_PORT, ..Default::default() },
-            ContainerPort {
-                name: Some("gossip".into()),
-                container_port: GOSSIP_PORT,
+        ports: Some(
+            [
+                ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
+                ContainerPort { name: Some("rpc".into()), container_port: RPC_PORT, ..Default::default() },
+                ContainerPort {
+                    name: Some("gossip".into()),
+                    container_port: GOSSIP_PORT,
+                    protocol: Some("UDP".into()),
+                    ..Default::default()
+                },
+                ContainerPort {
+                    name: Some("dns".into()),
+                    container_port: DNS_PORT,
+                    protocol: Some("UDP".into()),
+                    ..Default::default()
+                },
+                ContainerPort { name: Some("dns-tcp".into()), container_port: DNS_PORT, ..Default::default() },
+            ]
+            .into_iter()
+            .chain(c.tls.as_ref().map(|_| ContainerPort {
+                name: Some("https".into()),
+                container_port: HTTPS_PORT,
+                ..Default::default()
+            }))
+            .chain(c.federation.as_ref().map(|_| ContainerPort {
+                name: Some("wan".into()),
+                container_port: super::federation::WAN_PORT,
                 protocol: Some("UDP".into()),
                 ..Default::default()
-            },
-            ContainerPort {
-                name: Some("dns".into()),
-                container_port: DNS_PORT,
-                protocol: Some("UDP".into()),
-                ..Default::default()
-            },
-            ContainerPort { name: Some("dns-tcp".into()), container_port: DNS_PORT, ..Default::default() },
-        ]),
+            }))
+            .collect(),
+        ),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".into()),
@@ -223,11 +270,17 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
             ..Default::default()
         }),
         resources: c.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".into(),
-            mount_path: DATA_DIR.into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            [VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() }]
+                .into_iter()
+                .chain(c.tls.as_ref().map(|_| VolumeMount {
+                    name: TLS_VOLUME.into(),
+                    mount_path: tls::MOUNT_PATH.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                }))
+                .collect(),
+        ),
         ..Default::default()
     };
     let pod_labels = labels(c);
@@ -251,6 +304,19 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    // The whole Secret as a volume (no subPath): the kubelet swaps in renewed files,
+                    // which the servers re-read. Group-readable for the nonroot user (fsGroup).
+                    volumes: c.tls.as_ref().map(|_| {
+                        vec![Volume {
+                            name: TLS_VOLUME.into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(tls::server_secret_name(c)),
+                                default_mode: Some(0o440),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]
+                    }),
                     // SIGTERM makes a leader hand off leadership first; give it time.
                     termination_grace_period_seconds: Some(30),
                     // The image runs as distroless' nonroot user; the data volume must be its.
@@ -306,5 +372,10 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         }),
         ..Default::default()
     };
-    Desired { config_map, headless_service, client_service, stateful_set, pdb }
+    let certificate = c
+        .tls
+        .as_ref()
+        .and_then(|t| t.cert_manager.as_ref().map(|issuer| tls::certificate(c, &owner, issuer, t.validity_secs)));
+    let wan_service = c.federation.as_ref().map(|f| super::federation::wan_service(c, f, &owner));
+    Desired { config_map, headless_service, client_service, stateful_set, pdb, certificate, wan_service }
 }

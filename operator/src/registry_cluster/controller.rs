@@ -11,8 +11,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -22,9 +23,10 @@ use registry::api::{AclAuthMethod, AclBindingRule, AutopilotHealth};
 use serde::Serialize;
 
 use super::rollout::{self, PodView, RaftView, Step};
-use super::status::{self, Observed};
+use super::status::{self, Observed, TlsObserved};
+use super::tls::{self, Decision};
 use super::{build, kubernetes_auth, validate, Desired, ValidCluster, DEFAULT_IMAGE};
-use crate::crd::{RegistryCluster, RegistryClusterStatus};
+use crate::crd::{RegistryCluster, RegistryClusterStatus, TlsStatus};
 use crate::MANAGER;
 
 /// Which cluster's servers to ask, and with which ACL token.
@@ -57,6 +59,10 @@ pub trait ServerAdmin: Send + Sync {
     /// Whether the operator was given a token of its own (then it bootstraps nothing).
     fn has_given_token(&self) -> bool {
         false
+    }
+    /// The datacenters the servers' WAN pool knows (`/v1/catalog/datacenters`), this one first.
+    fn datacenters<'a>(&'a self, _target: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async { Err("this ServerAdmin cannot list datacenters".to_string()) })
     }
 }
 
@@ -91,6 +97,20 @@ impl ServerAdmin for RegistryAdmin {
 
     fn has_given_token(&self) -> bool {
         self.token.is_some()
+    }
+
+    fn datacenters<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let response = self
+                .client(t)?
+                .raw(reqwest::Method::GET, "/v1/catalog/datacenters", Default::default(), Default::default(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status.is_success() {
+                return Err(format!("/v1/catalog/datacenters answered {}", response.status));
+            }
+            serde_json::from_slice(&response.body).map_err(|e| format!("/v1/catalog/datacenters: {e}"))
+        })
     }
 
     fn bootstrap_acl<'a>(&'a self, t: &'a Target) -> BoxFuture<'a, Result<Option<String>, String>> {
@@ -183,6 +203,22 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
 async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -202,6 +238,9 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<StatefulSet
     apply(client, ns, &d.client_service).await?;
     let sts = apply(client, ns, &d.stateful_set).await?;
     apply(client, ns, &d.pdb).await?;
+    if let Some(wan) = &d.wan_service {
+        apply(client, ns, wan).await?;
+    }
     Ok(sts)
 }
 
@@ -334,6 +373,177 @@ async fn token_reviewer(ctx: &Context) -> Result<kubernetes_auth::Reviewer, Stri
     }
 }
 
+/// The servers' certificate as it stands after one TLS pass.
+struct TlsPass {
+    observed: TlsObserved,
+    /// When the operator must renew the certificate (unix seconds); None when it has none or
+    /// cert-manager renews it.
+    renew_after: Option<u64>,
+}
+
+fn tls_pass(valid: &ValidCluster, ready: bool, reason: &str, message: String, cert: Option<&tls::CertInfo>) -> TlsPass {
+    TlsPass {
+        observed: TlsObserved {
+            ready,
+            reason: reason.into(),
+            message,
+            status: TlsStatus {
+                server_secret: tls::server_secret_name(valid),
+                ca_config_map: tls::ca_config_map_name(valid),
+                not_after: cert.map(|c| rfc3339(c.not_after)),
+                renew_after: cert.map(|c| rfc3339(c.renew_after())),
+            },
+        },
+        renew_after: cert.map(tls::CertInfo::renew_after),
+    }
+}
+
+/// Keeps the servers' certificate: the CA Secret (created once, reused, never overwritten), the
+/// server Secret (issued again when `tls::decide` says so, into the same Secret, so the pods are not
+/// restarted) and the CA ConfigMap for clients. With cert-manager, its Certificate instead, and
+/// only the CA is published. Problems with the material are reported in `TLSReady`; API errors fail
+/// the pass.
+async fn keep_tls(
+    ctx: &Context,
+    rc: &RegistryCluster,
+    valid: &ValidCluster,
+    settings: &tls::Settings,
+    desired: &Desired,
+    now: u64,
+) -> Result<TlsPass, Error> {
+    let ns = &valid.namespace;
+    let owner = rc.controller_owner_ref(&());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let server_secret = tls::server_secret_name(valid);
+    if let (Some(issuer), Some(certificate)) = (&settings.cert_manager, &desired.certificate) {
+        // cert-manager renews its certificates itself: no wake-up for that here.
+        let pass = keep_cert_manager_tls(ctx, valid, issuer, certificate, &secrets, &owner, now).await?;
+        return Ok(TlsPass { renew_after: None, ..pass });
+    }
+
+    let ca_name = tls::ca_secret_name(valid);
+    let ca = match secrets.get_opt(&ca_name).await? {
+        Some(secret) => match tls::ca_from_secret(&secret) {
+            Some(ca) => ca,
+            None => {
+                let why = format!(
+                    "Secret {ca_name} holds no usable ca.crt and ca.key; it is not overwritten (servers' \
+                     certificates may depend on it): repair or delete it"
+                );
+                return Ok(tls_pass(valid, false, "CAUnreadable", why, None));
+            }
+        },
+        None => {
+            let ca = match tls::new_ca(valid, now) {
+                Ok(ca) => ca,
+                Err(e) => return Ok(tls_pass(valid, false, "IssueFailed", format!("making the CA: {e}"), None)),
+            };
+            // Create, never apply: a CA someone else wrote meanwhile must win, not be replaced.
+            match secrets.create(&PostParams::default(), &tls::ca_secret(valid, &owner, &ca)).await {
+                Ok(_) => {
+                    let note = format!("CA created in Secret {ca_name}");
+                    event(ctx, rc, EventType::Normal, "CACreated", "IssueCertificate", note).await;
+                    ca
+                }
+                Err(e) if is_status(&e, 409) => {
+                    match secrets.get_opt(&ca_name).await?.as_ref().and_then(tls::ca_from_secret) {
+                        Some(theirs) => theirs,
+                        None => {
+                            return Ok(tls_pass(valid, false, "CAUnreadable", format!("Secret {ca_name}: {e}"), None))
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let current = secrets.get_opt(&server_secret).await?.map(|s| tls::Current::from_secret(&s));
+    let cert = match tls::decide(current.as_ref(), &ca.cert_pem, &tls::server_dns_names(valid), now) {
+        Decision::Keep(info) => info,
+        Decision::Issue(reason) => {
+            let issued = tls::issue_server(valid, &ca, settings.validity_secs, now)
+                .and_then(|cert| Ok((tls::read_cert(&cert.cert_pem)?, cert)));
+            let (info, cert) = match issued {
+                Ok(issued) => issued,
+                Err(e) => {
+                    let why = format!("issuing the server certificate: {e}");
+                    return Ok(tls_pass(valid, false, "IssueFailed", why, None));
+                }
+            };
+            apply(&ctx.client, ns, &tls::server_secret(valid, &owner, &ca.cert_pem, &cert)).await?;
+            let note = format!(
+                "{reason}: issued a new one into Secret {server_secret}, valid until {}",
+                rfc3339(info.not_after)
+            );
+            event(ctx, rc, EventType::Normal, "ServerCertificateIssued", "IssueCertificate", note).await;
+            info
+        }
+    };
+    apply(&ctx.client, ns, &tls::ca_config_map(valid, &owner, &ca.cert_pem)).await?;
+    let message = format!(
+        "server certificate valid until {}; renewed after {}",
+        rfc3339(cert.not_after),
+        rfc3339(cert.renew_after())
+    );
+    Ok(tls_pass(valid, true, "CertificateValid", message, Some(&cert)))
+}
+
+/// cert-manager issues and renews; the operator keeps the Certificate, publishes the CA cert-manager
+/// wrote into the Secret, and reports the certificate's dates.
+async fn keep_cert_manager_tls(
+    ctx: &Context,
+    valid: &ValidCluster,
+    issuer: &tls::IssuerRef,
+    certificate: &DynamicObject,
+    secrets: &Api<Secret>,
+    owner: &Option<OwnerReference>,
+    now: u64,
+) -> Result<TlsPass, Error> {
+    let ns = &valid.namespace;
+    let server_secret = tls::server_secret_name(valid);
+    let certificates: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &tls::certificate_resource());
+    let params = PatchParams::apply(MANAGER).force();
+    match certificates.patch(&server_secret, &params, &Patch::Apply(certificate)).await {
+        Ok(_) => {}
+        // No Certificate kind: cert-manager is not installed. Say so rather than fail every pass.
+        Err(e) if is_status(&e, 404) => {
+            let why = "spec.tls.certManager is set but the API server has no certificates.cert-manager.io: \
+                       install cert-manager";
+            return Ok(tls_pass(valid, false, "CertManagerMissing", why.into(), None));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let waiting = format!("waiting for cert-manager ({} {}) to write Secret {server_secret}", issuer.kind, issuer.name);
+    let Some(current) = secrets.get_opt(&server_secret).await?.map(|s| tls::Current::from_secret(&s)) else {
+        return Ok(tls_pass(valid, false, "WaitingForCertManager", waiting, None));
+    };
+    let Some(cert_pem) = current.cert_pem.as_deref() else {
+        return Ok(tls_pass(valid, false, "WaitingForCertManager", waiting, None));
+    };
+    let cert = match tls::read_cert(cert_pem) {
+        Ok(cert) => cert,
+        Err(e) => {
+            let why = format!("Secret {server_secret}: tls.crt: {e}");
+            return Ok(tls_pass(valid, false, "CertificateUnreadable", why, None));
+        }
+    };
+    let Some(ca_pem) = current.ca_pem.filter(|c| !c.trim().is_empty()) else {
+        let why = format!(
+            "the issuer put no ca.crt in Secret {server_secret}; servers need it to verify each other \
+             (use a CA or Vault issuer)"
+        );
+        return Ok(tls_pass(valid, false, "NoCA", why, Some(&cert)));
+    };
+    apply(&ctx.client, ns, &tls::ca_config_map(valid, owner, &ca_pem)).await?;
+    if now >= cert.not_after {
+        let why = format!("the certificate in Secret {server_secret} ended at {}", rfc3339(cert.not_after));
+        return Ok(tls_pass(valid, false, "CertificateExpired", why, Some(&cert)));
+    }
+    let message =
+        format!("server certificate from cert-manager valid until {}; cert-manager renews it", rfc3339(cert.not_after));
+    Ok(tls_pass(valid, true, "CertificateValid", message, Some(&cert)))
+}
+
 fn available(status: Option<&RegistryClusterStatus>) -> Option<bool> {
     status?.conditions.iter().find(|c| c.type_ == "Available").map(|c| c.status == "True")
 }
@@ -392,6 +602,19 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
     } else {
         None
     };
+    // Federation health from the WAN pool as the servers see it.
+    let federation = match &valid.federation {
+        Some(f) => {
+            let seen = if ready_servers > 0 {
+                ctx.servers.datacenters(&target).await
+            } else {
+                Err("no server is ready".to_string())
+            };
+            let verdict = super::federation::verdict(&valid.datacenter, f, &seen);
+            Some((verdict, seen.unwrap_or_default()))
+        }
+        None => None,
+    };
     let raft = health.as_ref().map(RaftView::from);
     let plan = rollout::plan(&name, valid.replicas, current_replicas, update_revision.as_deref(), &pods, raft.as_ref());
 
@@ -400,6 +623,11 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
     if let Some(spec) = desired.stateful_set.spec.as_mut() {
         spec.replicas = Some(plan.replicas);
     }
+    // Certificates before the StatefulSet, so new pods find their Secret to mount.
+    let tls_state = match &valid.tls {
+        Some(settings) => Some(keep_tls(&ctx, &rc, &valid, settings, &desired, unix_now()).await?),
+        None => None,
+    };
     apply_all(&ctx.client, &ns, &desired).await?;
 
     // At most one Raft-aware step per pass; the next pass sees its effect.
@@ -432,6 +660,8 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         leader: leader.map(|l| l.name.clone()),
         last_raft_index: leader.map(|l| l.last_index),
         progress: plan.step.reason(plan.scaling_down).map(|r| (r.to_string(), plan.step.message())),
+        tls: tls_state.as_ref().map(|t| t.observed.clone()),
+        federation,
     };
     let new_status = status::observed(&rc, valid.replicas, &seen, now());
     match (available(rc.status.as_ref()), available(Some(&new_status))) {
@@ -446,11 +676,16 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
         _ => {}
     }
     patch_status(&clusters, &name, new_status).await?;
-    // Owned objects and server pods wake us on change; while something is under way, look again soon.
-    Ok(match plan.step {
-        Step::Steady => Action::requeue(Duration::from_secs(30)),
-        _ => Action::requeue(Duration::from_secs(5)),
-    })
+    // Owned objects and server pods wake us on change; while something is under way, look again soon;
+    // and no later than a certificate's renewal time.
+    let every = match plan.step {
+        Step::Steady => Duration::from_secs(30),
+        _ => Duration::from_secs(5),
+    };
+    // At least 5 s: a renewal time in the past must not become a busy loop.
+    let until_renewal =
+        tls_state.and_then(|t| t.renew_after).map(|at| Duration::from_secs(at.saturating_sub(unix_now()).max(5)));
+    Ok(Action::requeue(until_renewal.map_or(every, |u| u.min(every))))
 }
 
 pub fn error_policy(rc: Arc<RegistryCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -483,6 +718,8 @@ pub async fn run(
         .owns(Api::<Service>::all(client.clone()), ours())
         .owns(Api::<ConfigMap>::all(client.clone()), ours())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), ours())
+        // The CA and server certificate Secrets: a deleted or edited one is put back at once.
+        .owns(Api::<Secret>::all(client.clone()), ours())
         .watches(Api::<Pod>::all(client), server_pods, cluster_of_pod);
     crate::telemetry::drive(controller, "registry-cluster", reconcile, error_policy, ctx, metrics).await;
 }

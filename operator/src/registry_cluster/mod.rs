@@ -5,9 +5,11 @@
 
 pub mod build;
 pub mod controller;
+pub mod federation;
 pub mod kubernetes_auth;
 pub mod rollout;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 pub use build::{build, Desired};

@@ -5,7 +5,17 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{RegistryCluster, RegistryClusterStatus};
+use crate::crd::{RegistryCluster, RegistryClusterStatus, TlsStatus};
+
+/// The state of the servers' certificate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsObserved {
+    /// A usable certificate is in the server Secret.
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+    pub status: TlsStatus,
+}
 
 /// What the operator saw of a running cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -15,6 +25,10 @@ pub struct Observed {
     pub last_raft_index: Option<u64>,
     /// A scale-down or rolling update under way: the `Progressing` reason and message.
     pub progress: Option<(String, String)>,
+    /// With TLS on: the certificate's state (`TLSReady` and `status.tls`).
+    pub tls: Option<TlsObserved>,
+    /// With federation: the `Federated` verdict and the datacenters the WAN pool holds.
+    pub federation: Option<(super::federation::Verdict, Vec<String>)>,
 }
 
 fn condition(
@@ -58,6 +72,8 @@ pub fn invalid(rc: &RegistryCluster, errors: &[String], now: Time) -> RegistryCl
             condition(previous, "Progressing", false, "InvalidSpec", message.clone(), generation, &now),
             condition(previous, "Degraded", true, "InvalidSpec", message, generation, &now),
         ],
+        tls: previous.and_then(|p| p.tls.clone()),
+        datacenters: previous.map(|p| p.datacenters.clone()).unwrap_or_default(),
     }
 }
 
@@ -79,6 +95,14 @@ pub fn observed(rc: &RegistryCluster, replicas: i32, seen: &Observed, now: Time)
         "Degraded"
     };
     let servers = format!("{ready} of {replicas} servers ready (quorum {quorum})");
+    let tls_condition = seen
+        .tls
+        .as_ref()
+        .map(|t| condition(previous, "TLSReady", t.ready, &t.reason, t.message.clone(), generation, &now));
+    let federated_condition = seen
+        .federation
+        .as_ref()
+        .map(|(v, _)| condition(previous, "Federated", v.federated, v.reason, v.message.clone(), generation, &now));
     RegistryClusterStatus {
         phase: Some(phase.into()),
         ready_servers: ready,
@@ -118,7 +142,13 @@ pub fn observed(rc: &RegistryCluster, replicas: i32, seen: &Observed, now: Time)
                 generation,
                 &now,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(tls_condition)
+        .chain(federated_condition)
+        .collect(),
+        tls: seen.tls.as_ref().map(|t| t.status.clone()),
+        datacenters: seen.federation.as_ref().map(|(_, dcs)| dcs.clone()).unwrap_or_default(),
     }
 }
 
@@ -161,6 +191,8 @@ mod tests {
                 leader: Some("registry-0".into()),
                 last_raft_index: Some(42),
                 progress: None,
+                tls: None,
+                federation: None,
             },
             now.clone(),
         );
@@ -202,5 +234,28 @@ mod tests {
         let d = get(&s, "Degraded");
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "InvalidSpec"));
         assert!(d.message.contains("spec.replicas"));
+    }
+
+    #[test]
+    fn tls_shows_as_a_condition_and_in_the_status_only_when_on() {
+        let rc = cluster();
+        let now = time("2026-11-25T10:00:00Z");
+        let plain = observed(&rc, 3, &Observed { ready_servers: 3, ..Default::default() }, now.clone());
+        assert!(plain.conditions.iter().all(|c| c.type_ != "TLSReady") && plain.tls.is_none());
+        let tls = TlsObserved {
+            ready: true,
+            reason: "CertificateValid".into(),
+            message: "valid until 2027-02-23T10:00:00Z".into(),
+            status: TlsStatus {
+                server_secret: "registry-server-tls".into(),
+                ca_config_map: "registry-ca".into(),
+                not_after: Some("2027-02-23T10:00:00Z".into()),
+                renew_after: Some("2027-01-24T10:00:00Z".into()),
+            },
+        };
+        let s = observed(&rc, 3, &Observed { ready_servers: 3, tls: Some(tls.clone()), ..Default::default() }, now);
+        let c = get(&s, "TLSReady");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "CertificateValid"));
+        assert_eq!(s.tls, Some(tls.status));
     }
 }

@@ -19,6 +19,10 @@ pub struct ValidCluster {
     pub gossip_key_secret: Option<String>,
     /// The `kubernetes` auth method to keep on the servers, when asked for.
     pub kubernetes_auth: Option<super::kubernetes_auth::Settings>,
+    /// TLS for the servers, when enabled.
+    pub tls: Option<super::tls::Settings>,
+    /// WAN federation, when asked for.
+    pub federation: Option<super::federation::Settings>,
 }
 
 /// StatefulSet pod names carry a controller-revision-hash label of the name plus 11 characters,
@@ -88,6 +92,9 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
             errors.push(format!("spec.acl.kubernetesAuth.maxTokenTTL: {ttl:?} is not a duration (for example 24h)"));
         }
     }
+    let tls = spec.tls.as_ref().filter(|t| t.enabled).and_then(|t| tls_settings(t, &mut errors));
+    let federation =
+        spec.federation.as_ref().map(|f| super::federation::settings(f, dc, &namespace, spec.acl.enabled, &mut errors));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -104,7 +111,43 @@ pub fn validate(rc: &RegistryCluster, default_image: &str) -> Result<ValidCluste
         resources: spec.resources.clone(),
         gossip_key_secret: spec.gossip_key_secret.clone(),
         kubernetes_auth,
+        tls,
+        federation,
     })
+}
+
+/// An enabled `spec.tls`, checked, with its defaults; problems go to `errors`.
+fn tls_settings(spec: &crate::crd::TlsSpec, errors: &mut Vec<String>) -> Option<super::tls::Settings> {
+    use super::tls::{IssuerRef, Settings, DEFAULT_VALIDITY_SECS, MIN_VALIDITY_SECS};
+    let before = errors.len();
+    let validity_secs = match &spec.certificate_validity {
+        None => DEFAULT_VALIDITY_SECS,
+        Some(text) => match registry::api::parse_go_duration(text) {
+            Ok(d) if d.as_secs() >= MIN_VALIDITY_SECS => d.as_secs(),
+            Ok(_) => {
+                errors.push(format!("spec.tls.certificateValidity: {text:?} is shorter than 1h"));
+                0
+            }
+            Err(_) => {
+                errors.push(format!("spec.tls.certificateValidity: {text:?} is not a duration (for example 2160h)"));
+                0
+            }
+        },
+    };
+    let cert_manager = spec.cert_manager.as_ref().map(|m| &m.issuer_ref).map(|issuer| {
+        if issuer.name.trim().is_empty() {
+            errors.push("spec.tls.certManager.issuerRef.name: required".to_string());
+        }
+        IssuerRef {
+            name: issuer.name.clone(),
+            kind: issuer.kind.clone().unwrap_or_else(|| "Issuer".into()),
+            group: issuer.group.clone().unwrap_or_else(|| "cert-manager.io".into()),
+        }
+    });
+    if errors.len() > before {
+        return None;
+    }
+    Some(Settings { verify_incoming: spec.verify_incoming, validity_secs, cert_manager })
 }
 
 #[cfg(test)]
