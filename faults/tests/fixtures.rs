@@ -56,3 +56,23 @@ fn consistent_read_from_a_restarted_leader_with_a_stale_commit_index_is_caught()
     assert_eq!(ops.len(), h.ops.len() - 2);
     assert!(checker::check(&ops, &STRICT).ok());
 }
+
+#[test]
+fn default_reads_from_a_leader_whose_raft_core_stopped_on_a_full_disk_are_caught() {
+    // Before the fix, server-1 (the leader) went on serving after its log write failed with ENOSPC
+    // and its Raft core stopped: still believing it led, it answered default-mode reads from a state
+    // frozen at the failure for the rest of the run, and never caught up once the disk had room.
+    let h = load("default-read-from-leader-whose-log-write-failed.json");
+    let with_default = checker::check(&h.ops, &WITH_DEFAULT);
+    assert_eq!(with_default.violations().count(), 2, "{:?}", with_default.keys);
+    assert!(checker::check(&h.ops, &STRICT).ok());
+    // Without the default reads server-1 answered, it is linearizable.
+    let ops: Vec<_> = h
+        .ops
+        .iter()
+        .filter(|o| !(o.read_mode() == Some(ReadMode::Default) && o.server.map(|s| s.0) == Some(0)))
+        .cloned()
+        .collect();
+    assert!(ops.len() < h.ops.len());
+    assert!(checker::check(&ops, &WITH_DEFAULT).ok());
+}
