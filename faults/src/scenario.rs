@@ -136,6 +136,8 @@ pub struct Summary {
     pub caught_up: Vec<Option<Duration>>,
     /// Transaction workload: reads that saw one key of a pair without the other's matching write.
     pub torn: Vec<String>,
+    /// Reads of one key that returned one ModifyIndex with different values.
+    pub index_conflicts: Vec<String>,
     pub elapsed: Duration,
     pub check_time: Duration,
     pub history_file: PathBuf,
@@ -152,7 +154,7 @@ impl Summary {
         };
         format!(
             "{}: seed {} ops {} (reads {}, acked writes {}, unknown writes {}) keys {} faults {} | violations {} \
-             (with default reads {}) torn {} undecided {} lost {} stale-non-monotonic {} | fault->writable ms [{}] \
+             (with default reads {}) torn {} index conflicts {} undecided {} lost {} stale-non-monotonic {} | fault->writable ms [{}] \
              heal->writable ms [{}] heal->writable everywhere ms [{}] rejoin {:?} caught up ms [{}] | {:.1}s run, \
              {:.1}s check",
             self.name,
@@ -166,6 +168,7 @@ impl Summary {
             self.violations.len(),
             self.default_read_violations.len(),
             self.torn.len(),
+            self.index_conflicts.len(),
             self.undecided.len(),
             self.lost_writes,
             self.stale_non_monotonic,
@@ -589,6 +592,10 @@ pub async fn run(s: &Scenario) -> Summary {
         rejoin: fault_log.rejoin,
         caught_up: fault_log.caught_up,
         torn,
+        index_conflicts: checker::index_conflicts(&ops)
+            .into_iter()
+            .map(|(k, i, v)| format!("{k}: ModifyIndex {i} read with values {v:?}"))
+            .collect(),
         elapsed,
         check_time,
         history_file,
@@ -597,6 +604,7 @@ pub async fn run(s: &Scenario) -> Summary {
         || summary.lost_writes > 0
         || summary.stale_non_monotonic > 0
         || !summary.torn.is_empty()
+        || !summary.index_conflicts.is_empty()
     {
         c.keep_logs(&dir.join(format!("{}-logs", s.name)));
         for l in lost.iter().take(20) {
@@ -605,7 +613,7 @@ pub async fn run(s: &Scenario) -> Summary {
         for x in stale.iter().take(20) {
             eprintln!("stale read went back: {x:?}");
         }
-        for x in summary.torn.iter().take(20) {
+        for x in summary.torn.iter().chain(&summary.index_conflicts).take(20) {
             eprintln!("{x}");
         }
     }

@@ -79,6 +79,11 @@ async fn run_with(name: &str, servers: usize, port: u16, fault: Fault, txn: bool
     let history = summary.history_file.display();
     assert!(summary.ops >= s.ops, "only {} operations recorded", summary.ops);
     assert!(summary.faults.len() >= s.min_faults, "only {} fault rounds", summary.faults.len());
+    assert!(
+        summary.index_conflicts.is_empty(),
+        "one ModifyIndex, two values: {:?}; history in {history}",
+        summary.index_conflicts
+    );
     assert!(summary.torn.is_empty(), "transactions not atomic: {:?}; history in {history}", summary.torn);
     assert!(summary.violations.is_empty(), "linearizability violations {:?}; history in {history}", summary.violations);
     assert!(summary.undecided.is_empty(), "checker could not decide {:?}; history in {history}", summary.undecided);
