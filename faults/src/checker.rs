@@ -399,6 +399,21 @@ pub fn stale_monotonicity(ops: &[Operation]) -> Vec<NonMonotonic> {
     out
 }
 
+/// A key's ModifyIndex names one version of it: two reads of a key (any mode) that return the same
+/// ModifyIndex with different values are a conflict, whatever the order. Returns (key, index, values).
+pub fn index_conflicts(ops: &[Operation]) -> Vec<(String, u64, Vec<Value>)> {
+    let mut seen: BTreeMap<(&str, u64), Vec<Value>> = BTreeMap::new();
+    for o in ops.iter().filter(|o| o.ret.is_some()) {
+        if let RegOp::Read { value: Some(v), index: Some(i), .. } = o.op {
+            let values = seen.entry((o.key.as_str(), i)).or_default();
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+    }
+    seen.into_iter().filter(|(_, v)| v.len() > 1).map(|((k, i), v)| (k.to_string(), i, v)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

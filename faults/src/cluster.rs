@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use registry::api::RaftConfiguration;
 use tempfile::TempDir;
 
+use crate::disk::Tmpfs;
 use crate::netns::Net;
 
 /// The `roster` binary: `ROSTER_BIN`, else the workspace's `target/debug/roster`.
@@ -59,20 +60,29 @@ pub struct Cluster {
     log_from: Vec<u64>,
     /// The servers' namespaces, if they run in namespaces. Dropped after the servers are killed.
     net: Option<Net>,
+    /// Server i's data directory is on `disks[i]`, if the cluster was started with small disks.
+    /// Unmounted after the servers are killed.
+    disks: Vec<Tmpfs>,
 }
 
 impl Cluster {
     /// `n` servers on 127.0.13.1..n: HTTP on `port`, RPC on `port + 1`, gossip on `port + 2`.
     pub fn start(n: usize, port: u16) -> Cluster {
-        Cluster::start_on(n, port, None)
+        Cluster::start_on(n, port, None, None)
+    }
+
+    /// As [`Cluster::start`], each server's data directory on a tmpfs of its own of `mb` MB
+    /// ([`Cluster::fill_disk`]).
+    pub fn start_with_small_disks(n: usize, port: u16, mb: u64) -> Cluster {
+        Cluster::start_on(n, port, None, Some(mb))
     }
 
     /// `n` servers, each in one of `net`'s namespaces, on 10.213.X.1..n (ports as [`Cluster::start`]).
     pub fn start_in_namespaces(n: usize, port: u16, net: Net) -> Cluster {
-        Cluster::start_on(n, port, Some(net))
+        Cluster::start_on(n, port, Some(net), None)
     }
 
-    fn start_on(n: usize, port: u16, net: Option<Net>) -> Cluster {
+    fn start_on(n: usize, port: u16, net: Option<Net>, disk_mb: Option<u64>) -> Cluster {
         let tmp = tempfile::Builder::new().prefix("roster-faults").tempdir().expect("temp dir");
         let src = roster_bin();
         assert!(
@@ -86,6 +96,12 @@ impl Cluster {
         if std::fs::hard_link(&src, &bin).is_err() {
             std::fs::copy(&src, &bin).expect("copy roster binary");
         }
+        let disks: Vec<Tmpfs> = match disk_mb {
+            Some(mb) => (1..=n)
+                .map(|i| Tmpfs::mount(tmp.path(), &format!("s{i}"), mb).unwrap_or_else(|e| panic!("tmpfs: {e}")))
+                .collect(),
+            None => Vec::new(),
+        };
         let host = |i: usize| net.as_ref().map_or_else(|| format!("127.0.13.{i}"), |net| net.addr(i - 1));
         let servers: Vec<Server> = (1..=n)
             .map(|i| Server {
@@ -93,7 +109,7 @@ impl Cluster {
                 http: format!("{}:{port}", host(i)),
                 rpc: format!("{}:{}", host(i), port + 1),
                 gossip: format!("{}:{}", host(i), port + 2),
-                dir: tmp.path().join(format!("s{i}")),
+                dir: disks.get(i - 1).map_or_else(|| tmp.path().join(format!("s{i}")), |d| d.path().join("data")),
                 log: tmp.path().join(format!("s{i}.log")),
                 child: None,
                 paused: false,
@@ -107,7 +123,8 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(1))
             .build()
             .expect("http client");
-        let mut c = Cluster { tmp, bin, servers, incarnations, http, join, gossip_seeds, log_from: vec![0; n], net };
+        let mut c =
+            Cluster { tmp, bin, servers, incarnations, http, join, gossip_seeds, log_from: vec![0; n], net, disks };
         for i in 0..n {
             c.spawn(i);
         }
@@ -172,6 +189,29 @@ impl Cluster {
     pub fn wipe(&mut self, i: usize) {
         assert!(!self.servers[i].running(), "wipe a running server");
         let _ = std::fs::remove_dir_all(&self.servers[i].dir);
+    }
+
+    /// Fills server `i`'s disk (see [`Cluster::start_with_small_disks`]); returns the bytes written.
+    pub fn fill_disk(&self, i: usize) -> Result<u64, String> {
+        self.disks.get(i).ok_or("no small disk for this server")?.fill()
+    }
+
+    /// Frees server `i`'s disk again.
+    pub fn free_disk(&self, i: usize) {
+        if let Some(d) = self.disks.get(i) {
+            d.free();
+        }
+    }
+
+    /// If server `i` exited without the harness stopping it: its exit status (it is marked stopped).
+    pub fn exited(&mut self, i: usize) -> Option<String> {
+        let s = &mut self.servers[i];
+        if let Some(Ok(Some(status))) = s.child.as_mut().map(Child::try_wait) {
+            s.child = None;
+            s.paused = false;
+            return Some(status.to_string());
+        }
+        None
     }
 
     fn signal(&self, i: usize, sig: &str) {
@@ -335,6 +375,44 @@ impl Cluster {
         Some(start.elapsed())
     }
 
+    /// The ModifyIndex of `faults-probe` as server `i` reads it (`?stale`: from its own state, or
+    /// `?consistent`).
+    async fn probe_index(&self, i: usize, mode: &str) -> Option<u64> {
+        let url = format!("http://{}/v1/kv/faults-probe?{mode}", self.servers[i].http);
+        let r = self.http.get(url).timeout(Duration::from_secs(1)).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: serde_json::Value = r.json().await.ok()?;
+        v.as_array()?.first()?.get("ModifyIndex")?.as_u64()
+    }
+
+    /// After a fault on server `i`: writes a probe through the cluster, then waits until server `i`'s
+    /// own state (a `?stale` read through it) has that write. How long that took, or None after
+    /// `timeout` (the server did not catch up).
+    pub async fn wait_caught_up(&self, i: usize, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        self.wait_writable(timeout).await?;
+        let mut target = None;
+        while start.elapsed() < timeout {
+            if target.is_none() {
+                for j in self.live() {
+                    if let Some(x) = self.probe_index(j, "consistent").await {
+                        target = Some(x);
+                        break;
+                    }
+                }
+            }
+            if let Some(t) = target {
+                if self.probe_index(i, "stale").await.is_some_and(|x| x >= t) {
+                    return Some(start.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// The Raft configuration as the leader reports it.
     pub async fn raft_configuration(&self) -> Option<RaftConfiguration> {
         for i in self.live() {
@@ -406,5 +484,7 @@ impl Drop for Cluster {
             self.resume(i);
             self.kill(i);
         }
+        // Unmounted before the temp dir they are in is deleted.
+        self.disks.clear();
     }
 }

@@ -7,9 +7,11 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod disk;
 pub mod history;
 pub mod lock;
 pub mod locks;
 pub mod netns;
 pub mod scenario;
+pub mod txn;
 pub mod workload;

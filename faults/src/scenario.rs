@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use crate::checker::{self, Options};
@@ -38,12 +38,20 @@ pub enum Fault {
     /// Partial partition: one follower (the bridge) hears everyone; the leader's side and the other
     /// side do not hear each other (3 servers: leader | other, both with the bridge).
     BridgeNode,
+    /// Each server's data directory on a small tmpfs: fill one server's (the leader every other
+    /// round, else a follower) until writes fail with ENOSPC, keep it full 3-5 s, free it; restart
+    /// the server if it exited; it must catch up.
+    DiskFull,
+    /// A partition (one of the three above at random) and, while it holds, a process fault on a
+    /// random server: SIGKILL (restarted at the heal, data kept), SIGSTOP (SIGCONT at the heal) or
+    /// SIGKILL and restart at once; the heal ends the two in a random order.
+    Combined,
 }
 
 impl Fault {
     /// Partitions need the servers in network namespaces.
     pub fn is_partition(self) -> bool {
-        matches!(self, Fault::LeaderIsolated | Fault::LeaderInMinority | Fault::BridgeNode)
+        matches!(self, Fault::LeaderIsolated | Fault::LeaderInMinority | Fault::BridgeNode | Fault::Combined)
     }
 }
 
@@ -62,6 +70,8 @@ pub struct Scenario {
     pub seed: u64,
     /// How long a partition is held, in ms (a random duration in this range each round).
     pub partition_ms: (u64, u64),
+    /// The transaction workload ([`crate::txn`]) instead of single-key register operations.
+    pub txn: bool,
 }
 
 impl Scenario {
@@ -89,6 +99,7 @@ impl Scenario {
                     (a < b).then_some((a, b))
                 })
                 .unwrap_or((3_000, 5_000)),
+            txn: false,
         }
     }
 }
@@ -120,6 +131,13 @@ pub struct Summary {
     pub heal_to_writable_everywhere: Vec<Option<Duration>>,
     /// Wipe scenario: from the restart to the configuration having every server as a voter once.
     pub rejoin: Vec<Result<Duration, String>>,
+    /// Full disk: from the space being freed (and the server restarted if it exited) to the server's
+    /// own state having a write made after that (None: not within 60 s).
+    pub caught_up: Vec<Option<Duration>>,
+    /// Transaction workload: reads that saw one key of a pair without the other's matching write.
+    pub torn: Vec<String>,
+    /// Reads of one key that returned one ModifyIndex with different values.
+    pub index_conflicts: Vec<String>,
     pub elapsed: Duration,
     pub check_time: Duration,
     pub history_file: PathBuf,
@@ -136,8 +154,9 @@ impl Summary {
         };
         format!(
             "{}: seed {} ops {} (reads {}, acked writes {}, unknown writes {}) keys {} faults {} | violations {} \
-             (with default reads {}) undecided {} lost {} stale-non-monotonic {} | fault->writable ms [{}] \
-             heal->writable ms [{}] heal->writable everywhere ms [{}] rejoin {:?} | {:.1}s run, {:.1}s check",
+             (with default reads {}) torn {} index conflicts {} undecided {} lost {} stale-non-monotonic {} | fault->writable ms [{}] \
+             heal->writable ms [{}] heal->writable everywhere ms [{}] rejoin {:?} caught up ms [{}] | {:.1}s run, \
+             {:.1}s check",
             self.name,
             self.seed,
             self.ops,
@@ -148,6 +167,8 @@ impl Summary {
             self.faults.len(),
             self.violations.len(),
             self.default_read_violations.len(),
+            self.torn.len(),
+            self.index_conflicts.len(),
             self.undecided.len(),
             self.lost_writes,
             self.stale_non_monotonic,
@@ -155,6 +176,7 @@ impl Summary {
             ms(&self.heal_to_writable),
             ms(&self.heal_to_writable_everywhere),
             self.rejoin.iter().map(|r| r.as_ref().map(|d| d.as_millis()).map_err(|e| e.clone())).collect::<Vec<_>>(),
+            ms(&self.caught_up),
             self.elapsed.as_secs_f64(),
             self.check_time.as_secs_f64(),
         )
@@ -180,6 +202,7 @@ struct FaultLog {
     heal_to_writable: Vec<Option<Duration>>,
     heal_to_writable_everywhere: Vec<Option<Duration>>,
     rejoin: Vec<Result<Duration, String>>,
+    caught_up: Vec<Option<Duration>>,
     /// Why the run stopped early: a server exited that the harness did not stop.
     aborted: Option<String>,
 }
@@ -199,6 +222,7 @@ async fn fault_loop(
         heal_to_writable: Vec::new(),
         heal_to_writable_everywhere: Vec::new(),
         rejoin: Vec::new(),
+        caught_up: Vec::new(),
         aborted: None,
     };
     let mut round = 0usize;
@@ -215,6 +239,16 @@ async fn fault_loop(
                 Fault::WipeRestart,
                 Fault::LeaderQuickRestart,
             ][rng.random_range(0..5)],
+            Fault::Combined => {
+                let n = cluster.lock().await.servers.len();
+                // A minority of more than the leader alone needs 5 servers.
+                let kinds: &[Fault] = if n >= 5 {
+                    &[Fault::LeaderIsolated, Fault::LeaderInMinority, Fault::BridgeNode]
+                } else {
+                    &[Fault::LeaderIsolated, Fault::BridgeNode]
+                };
+                kinds[rng.random_range(0..kinds.len())]
+            }
             f => f,
         };
         let mut c = cluster.lock().await;
@@ -249,16 +283,96 @@ async fn fault_loop(
                     g.iter().map(|g| format!("[{}]", names(g))).collect::<Vec<_>>().join(" | ")
                 }
             };
-            log.faults.push(format!("{kind:?} {described} (leader was server-{}) for {down:?}", leader + 1));
+            let mut described = format!("{kind:?} {described} (leader was server-{}) for {down:?}", leader + 1);
+            // Combined: a process fault while the partition holds. 0: SIGKILL until the heal; 1: SIGSTOP
+            // until the heal; 2: SIGKILL and restart 0.2-0.6 s later.
+            let mut process_fault = None;
+            if fault == Fault::Combined {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
+                let target = rng.random_range(0..n);
+                let what = rng.random_range(0..3u8);
+                match what {
+                    1 => c.pause(target),
+                    _ => c.kill(target),
+                }
+                let at = injected.elapsed().as_millis();
+                if what == 2 {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+                    c.restart(target);
+                }
+                let name = ["SIGKILL until the heal", "SIGSTOP until the heal", "SIGKILL and restart at once"];
+                described.push_str(&format!("; at {at} ms server-{} {}", target + 1, name[usize::from(what)]));
+                process_fault = Some(target);
+            }
+            let network_first = rng.random_bool(0.5);
+            if process_fault.is_some() {
+                described.push_str(if network_first { "; heal network first" } else { "; heal processes first" });
+            }
+            log.faults.push(described);
             if verbose() {
                 eprintln!("fault: {}", log.faults.last().map_or("", String::as_str));
             }
-            log.fault_to_writable.push(c.wait_writable(down).await);
+            log.fault_to_writable.push(c.wait_writable(down.saturating_sub(injected.elapsed())).await);
             tokio::time::sleep(down.saturating_sub(injected.elapsed())).await;
+            if let (Some(t), false) = (process_fault, network_first) {
+                c.resume(t);
+                c.restart(t);
+            }
             c.heal_network();
+            if let (Some(t), true) = (process_fault, network_first) {
+                c.resume(t);
+                c.restart(t);
+            }
             log.heal_to_writable.push(c.wait_writable(Duration::from_secs(30)).await);
             let everywhere = c.wait_writable_everywhere(Duration::from_secs(30)).await;
             log.heal_to_writable_everywhere.push(everywhere);
+            drop(c);
+            round += 1;
+            rounds.store(round, Ordering::SeqCst);
+            continue;
+        }
+        if kind == Fault::DiskFull {
+            let target = if round.is_multiple_of(2) {
+                leader
+            } else {
+                *(0..n).filter(|&i| i != leader).collect::<Vec<_>>().choose(&mut rng).unwrap_or(&leader)
+            };
+            let down = Duration::from_millis(rng.random_range(3_000..5_000));
+            let injected = Instant::now();
+            let filled = c.fill_disk(target);
+            log.fault_to_writable.push(c.wait_writable(down).await);
+            tokio::time::sleep(down.saturating_sub(injected.elapsed())).await;
+            // The server fails only when its log needs a page the file does not have yet, which can
+            // take seconds: the disk stays full until it exits, up to DISK_FULL_MAX.
+            let mut exit = c.exited(target);
+            while exit.is_none() && injected.elapsed() < DISK_FULL_MAX {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                exit = c.exited(target);
+            }
+            let held = injected.elapsed();
+            c.free_disk(target);
+            let healed = Instant::now();
+            if exit.is_some() {
+                c.restart(target);
+            }
+            log.heal_to_writable.push(c.wait_writable(Duration::from_secs(30)).await);
+            log.caught_up.push(c.wait_caught_up(target, Duration::from_secs(60)).await.map(|_| healed.elapsed()));
+            log.faults.push(format!(
+                "{kind:?} server-{} (leader was server-{}) filled with {} for {held:.1?}: {}",
+                target + 1,
+                leader + 1,
+                match filled {
+                    Ok(b) => format!("{} kB", b / 1024),
+                    Err(e) => format!("error {e}"),
+                },
+                match exit {
+                    Some(status) => format!("it exited ({status}), restarted once freed"),
+                    None => "it kept running".to_string(),
+                }
+            ));
+            if verbose() {
+                eprintln!("fault: {}", log.faults.last().map_or("", String::as_str));
+            }
             drop(c);
             round += 1;
             rounds.store(round, Ordering::SeqCst);
@@ -339,12 +453,19 @@ fn partition_groups(kind: Fault, leader: usize, n: usize, rng: &mut StdRng) -> S
     }
 }
 
+/// The size of each server's disk in the full-disk scenario.
+pub const DISK_MB: u64 = 64;
+/// How long a disk is kept full at most, waiting for its server to fail.
+const DISK_FULL_MAX: Duration = Duration::from_secs(15);
+
 /// Runs the scenario and checks its history. Panics only on harness failures (no cluster).
 pub async fn run(s: &Scenario) -> Summary {
     let started = Instant::now();
     let mut cluster = if s.fault.is_partition() {
         let net = crate::netns::Net::create(s.servers).unwrap_or_else(|e| panic!("network namespaces: {e}"));
         Cluster::start_in_namespaces(s.servers, s.port, net)
+    } else if s.fault == Fault::DiskFull {
+        Cluster::start_with_small_disks(s.servers, s.port, DISK_MB)
     } else {
         Cluster::start(s.servers, s.port)
     };
@@ -376,7 +497,12 @@ pub async fn run(s: &Scenario) -> Summary {
         prefix: format!("faults/{}", s.name),
         seed: s.seed,
     };
-    let workload = tokio::spawn(workload::run(w, shared.clone()));
+    let workload = if s.txn {
+        tokio::spawn(crate::txn::run(w, shared.clone()))
+    } else {
+        let shared = shared.clone();
+        tokio::spawn(async move { (workload::run(w, shared).await, Vec::new()) })
+    };
     // Wait for enough operations and fault rounds.
     let limit = Instant::now() + Duration::from_secs(3_600);
     let mut last_report = Instant::now();
@@ -402,7 +528,7 @@ pub async fn run(s: &Scenario) -> Summary {
     if let Some(why) = &fault_log.aborted {
         panic!("[{}] servers exited that the harness did not stop: {why}", s.name);
     }
-    let mut ops: Vec<Operation> = workload.await.expect("workload");
+    let (mut ops, mut torn): (Vec<Operation>, Vec<String>) = workload.await.expect("workload");
 
     // Heal everything and read every key's final value.
     let mut c = Arc::try_unwrap(cluster).ok().expect("cluster still shared").into_inner();
@@ -415,6 +541,12 @@ pub async fn run(s: &Scenario) -> Summary {
         Err(e) => panic!("{e} (leader {healed_leader:?})\n{}", c.logs()),
     };
     ops.extend(final_ops);
+    if s.txn {
+        match crate::txn::final_atomicity(&servers, &keys, Duration::from_secs(120)).await {
+            Ok(t) => torn.extend(t),
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        }
+    }
     let elapsed = started.elapsed();
 
     // Saved before checking, so that a check that never ends still leaves the history behind.
@@ -458,17 +590,31 @@ pub async fn run(s: &Scenario) -> Summary {
         heal_to_writable: fault_log.heal_to_writable,
         heal_to_writable_everywhere: fault_log.heal_to_writable_everywhere,
         rejoin: fault_log.rejoin,
+        caught_up: fault_log.caught_up,
+        torn,
+        index_conflicts: checker::index_conflicts(&ops)
+            .into_iter()
+            .map(|(k, i, v)| format!("{k}: ModifyIndex {i} read with values {v:?}"))
+            .collect(),
         elapsed,
         check_time,
         history_file,
     };
-    if !summary.violations.is_empty() || summary.lost_writes > 0 || summary.stale_non_monotonic > 0 {
+    if !summary.violations.is_empty()
+        || summary.lost_writes > 0
+        || summary.stale_non_monotonic > 0
+        || !summary.torn.is_empty()
+        || !summary.index_conflicts.is_empty()
+    {
         c.keep_logs(&dir.join(format!("{}-logs", s.name)));
         for l in lost.iter().take(20) {
             eprintln!("lost write: {l:?}");
         }
         for x in stale.iter().take(20) {
             eprintln!("stale read went back: {x:?}");
+        }
+        for x in summary.torn.iter().chain(&summary.index_conflicts).take(20) {
+            eprintln!("{x}");
         }
     }
     summary

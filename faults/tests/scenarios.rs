@@ -9,8 +9,8 @@
 use std::io::Write;
 
 use roster_faults::locks::LockFaults;
-use roster_faults::netns;
 use roster_faults::scenario::{self, Fault, Scenario};
+use roster_faults::{disk, netns};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -36,13 +36,36 @@ fn namespaces_or_skip(test: &str) -> bool {
 /// fewer than the others', for the four of them to take about a minute.
 const PARTITION_SHORT_OPS: usize = 300;
 
+/// Whether a tmpfs can be mounted here (root), else as [`namespaces_or_skip`] (failing instead with
+/// ROSTER_FAULTS_REQUIRE_NETNS, which CI running as root sets).
+fn tmpfs_or_skip(test: &str) -> bool {
+    match disk::available() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("ROSTER_FAULTS_REQUIRE_NETNS").is_some() => {
+            panic!("{test}: a tmpfs mount required (ROSTER_FAULTS_REQUIRE_NETNS) but unavailable: {why}")
+        }
+        Err(why) => {
+            let _ = writeln!(std::io::stderr(), "SKIP {test}: cannot mount a tmpfs: {why}; full disk NOT tested");
+            false
+        }
+    }
+}
+
 async fn run(name: &str, servers: usize, port: u16, fault: Fault) {
+    run_with(name, servers, port, fault, false).await;
+}
+
+async fn run_with(name: &str, servers: usize, port: u16, fault: Fault, txn: bool) {
     if fault.is_partition() && !namespaces_or_skip(name) {
+        return;
+    }
+    if fault == Fault::DiskFull && !tmpfs_or_skip(name) {
         return;
     }
     let _guard = ONE_AT_A_TIME.lock().await;
     let mut s = Scenario::from_env(name, servers, port, fault);
-    if fault.is_partition() && std::env::var_os("ROSTER_FAULTS_OPS").is_none() {
+    s.txn = txn;
+    if (fault.is_partition() || fault == Fault::DiskFull || txn) && std::env::var_os("ROSTER_FAULTS_OPS").is_none() {
         s.ops = PARTITION_SHORT_OPS;
     }
     let summary = scenario::run(&s).await;
@@ -56,6 +79,12 @@ async fn run(name: &str, servers: usize, port: u16, fault: Fault) {
     let history = summary.history_file.display();
     assert!(summary.ops >= s.ops, "only {} operations recorded", summary.ops);
     assert!(summary.faults.len() >= s.min_faults, "only {} fault rounds", summary.faults.len());
+    assert!(
+        summary.index_conflicts.is_empty(),
+        "one ModifyIndex, two values: {:?}; history in {history}",
+        summary.index_conflicts
+    );
+    assert!(summary.torn.is_empty(), "transactions not atomic: {:?}; history in {history}", summary.torn);
     assert!(summary.violations.is_empty(), "linearizability violations {:?}; history in {history}", summary.violations);
     assert!(summary.undecided.is_empty(), "checker could not decide {:?}; history in {history}", summary.undecided);
     assert_eq!(summary.lost_writes, 0, "lost acknowledged writes; history in {history}");
@@ -68,6 +97,11 @@ async fn run(name: &str, servers: usize, port: u16, fault: Fault) {
     for r in &summary.rejoin {
         assert!(r.is_ok(), "wiped server did not rejoin: {r:?}");
     }
+    assert!(
+        summary.caught_up.iter().all(Option::is_some),
+        "a server whose disk was full did not catch up within 60 s of the space being freed: {:?}",
+        summary.faults
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -165,4 +199,19 @@ async fn lock_safety_with_session_destroys_and_partitions() {
     assert!(summary.acquired > 0, "nobody ever held the lock");
     assert!(summary.invalidations > 0, "no session was invalidated");
     assert!(summary.violations.is_empty(), "lock safety violations: {:#?}", summary.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_with_a_full_disk() {
+    run("disk-full", 3, 20010, Fault::DiskFull).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_on_key_pairs_with_mixed_faults() {
+    run_with("txn-mixed", 3, 20020, Fault::Mixed, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_servers_partitions_combined_with_kills_and_pauses() {
+    run("combined-5", 5, 20030, Fault::Combined).await;
 }

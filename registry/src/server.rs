@@ -183,12 +183,38 @@ pub async fn run(
     shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (app, tasks) = start(config).await?;
-    tokio::select! {
-        _ = shutdown_signal => {}
-        _ = app.leave.notified() => tracing::info!("leaving: asked through /v1/agent/leave"),
+    let mut raft_metrics = app.raft.metrics();
+    let fatal = tokio::select! {
+        _ = shutdown_signal => None,
+        _ = app.leave.notified() => {
+            tracing::info!("leaving: asked through /v1/agent/leave");
+            None
+        }
+        // The Raft core stops for good on a storage error (its log could not be written: a full or
+        // failing disk). Serving on would answer from a frozen state (a former leader would even go
+        // on believing it leads and answer default-mode reads from it) and never catch up, even once
+        // the disk has room again: exit instead, as etcd does, for a supervisor to restart the server
+        // (the log reopens intact).
+        m = raft_metrics.wait_for(|m| raft_failed(&m.running_state).is_some()) => {
+            m.ok().and_then(|m| raft_failed(&m.running_state))
+        }
+    };
+    if let Some(e) = &fatal {
+        tracing::error!(error = %e, "the Raft core stopped: shutting down");
     }
     stop(app, tasks).await;
-    Ok(())
+    match fatal {
+        Some(e) => Err(anyhow::anyhow!("the Raft core stopped: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// A Raft core's fatal error other than being shut down.
+fn raft_failed(state: &Result<(), openraft::error::Fatal<crate::raft::NodeId>>) -> Option<String> {
+    match state {
+        Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// Everything `start` spawned.
@@ -416,7 +442,8 @@ async fn start_gossip(config: &Config, me: &ServerNode, addr: SocketAddr) -> any
 /// Graceful stop: hand leadership off, stop serving, then shut Raft down.
 pub async fn stop(app: Arc<App>, tasks: Tasks) {
     tracing::info!("shutting down");
-    if app.is_leader() {
+    // A stopped Raft core has nothing to hand off (its metrics may still say it leads).
+    if app.is_leader() && app.raft.metrics().borrow().running_state.is_ok() {
         if let Err(e) = crate::cluster::hand_off_leadership(&app, None).await {
             tracing::warn!(error = %e, "leadership hand-off failed");
         }
