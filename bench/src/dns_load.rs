@@ -120,7 +120,7 @@ async fn one_socket(
                 continue;
             }
             checked += 1;
-            match check(answer, want, checked % 64 == 0) {
+            match check(answer, want, checked.is_multiple_of(64)) {
                 Ok(()) => run.hist.record(now - sent),
                 Err(e) => fail(&mut run, format!("{e:#}")),
             }
