@@ -39,7 +39,7 @@ pub async fn serve<C: Catalog>(socket: UdpSocket, handler: Arc<Handler<C>>) {
                 continue;
             }
         };
-        for (i, (len, from)) in received.into_iter().enumerate() {
+        for (i, len, from) in received {
             let Some(src) = socket_addr(&from) else { continue };
             // Like hickory's server: never answer port 0.
             if src.port() == 0 {
@@ -66,14 +66,15 @@ pub async fn serve<C: Catalog>(socket: UdpSocket, handler: Arc<Handler<C>>) {
     }
 }
 
-/// Reads what is queued, up to a batch: lengths and senders, the bytes in `buffers` by position.
-fn receive(socket: &UdpSocket, buffers: &mut [[u8; MAX_QUESTION]]) -> io::Result<Vec<(usize, SockaddrStorage)>> {
+/// Reads what is queued, up to a batch: each question's buffer position, length and sender.
+fn receive(socket: &UdpSocket, buffers: &mut [[u8; MAX_QUESTION]]) -> io::Result<Vec<(usize, usize, SockaddrStorage)>> {
     let mut slices: Vec<[io::IoSliceMut<'_>; 1]> =
         buffers.iter_mut().map(|b| [io::IoSliceMut::new(&mut b[..])]).collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
     let got = recvmmsg(socket.as_raw_fd(), &mut headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
         .map_err(io::Error::from)?;
-    Ok(got.filter_map(|m| Some((m.bytes, m.address?))).collect())
+    // Positions kept: a message without a sender is skipped, not allowed to shift the others.
+    Ok(got.enumerate().filter_map(|(i, m)| Some((i, m.bytes, m.address?))).collect())
 }
 
 /// Sends every reply, in as few system calls as the socket's buffer allows.
