@@ -74,6 +74,8 @@ pub struct App {
     pub events: Arc<crate::gossip::events::EventBuffer>,
     /// ACL replication from the primary datacenter, when this is a secondary (`/v1/acl/replication`).
     pub acl_replication: crate::acl_replication::Replication,
+    /// Tokens this (secondary) datacenter asked its primary about.
+    pub remote_tokens: crate::acl_remote::RemoteTokens,
 }
 
 impl App {

@@ -51,10 +51,13 @@ pub struct Config {
     /// The token a secondary's leader reads the primary's ACLs with (Consul's
     /// `acl.tokens.replication`; needs `acl = "write"` to see token secrets). None: no replication.
     pub acl_replication_token: Option<String>,
-    /// What a secondary does about tokens while the primary is unreachable (Consul's
-    /// `acl.down_policy`: `extend-cache` default, `async-cache`, `allow`, `deny`). Token resolution
-    /// here always uses the replicated copy, which is what `extend-cache` keeps answering from.
+    /// What a secondary does about a token it must ask the primary for while the primary is
+    /// unreachable (Consul's `acl.down_policy`: `extend-cache` default, `async-cache`, `allow`,
+    /// `deny`; see `acl::token_cache`). Replicated tokens resolve from the copy and need no asking.
     pub acl_down_policy: String,
+    /// How long a token resolved by asking the primary is trusted (Consul's `acl.token_ttl`, a Go
+    /// duration such as "30s").
+    pub acl_token_ttl: String,
     /// LAN gossip listener (UDP; Consul's serf_lan port is 8301). None: no gossip, so sidecars'
     /// health is not tracked by failure detection.
     pub gossip_addr: Option<SocketAddr>,
@@ -171,6 +174,7 @@ impl Default for Config {
             primary_datacenter: None,
             acl_replication_token: None,
             acl_down_policy: "extend-cache".into(),
+            acl_token_ttl: "30s".into(),
             gossip_addr: None,
             gossip_advertise: None,
             gossip_seeds: Vec::new(),
@@ -218,6 +222,16 @@ impl Config {
     /// The datacenter that owns ACL policies, roles and global tokens.
     pub fn primary_datacenter(&self) -> &str {
         self.primary_datacenter.as_deref().filter(|p| !p.is_empty()).unwrap_or(&self.datacenter)
+    }
+
+    /// `acl_token_ttl` (validated).
+    pub fn acl_token_ttl(&self) -> std::time::Duration {
+        crate::api::parse_go_duration(&self.acl_token_ttl).unwrap_or(std::time::Duration::from_secs(30))
+    }
+
+    /// What to do about tokens while the primary (or, for a sidecar, every server) is unreachable.
+    pub fn acl_down_policy(&self) -> crate::acl::token_cache::DownPolicy {
+        self.acl_down_policy.parse().unwrap_or(crate::acl::token_cache::DownPolicy::ExtendCache)
     }
 
     /// A secondary with ACLs on and a replication token: its leader copies the primary's ACLs.
@@ -277,12 +291,9 @@ impl Config {
         if self.acl_default_policy != "allow" && self.acl_default_policy != "deny" {
             return Err(format!("acl_default_policy must be \"allow\" or \"deny\", not {:?}", self.acl_default_policy));
         }
-        if !matches!(self.acl_down_policy.as_str(), "allow" | "deny" | "extend-cache" | "async-cache") {
-            return Err(format!(
-                "acl_down_policy must be \"allow\", \"deny\", \"extend-cache\" or \"async-cache\", not {:?}",
-                self.acl_down_policy
-            ));
-        }
+        self.acl_down_policy.parse::<crate::acl::token_cache::DownPolicy>()?;
+        crate::api::parse_go_duration(&self.acl_token_ttl)
+            .map_err(|e| format!("acl_token_ttl {:?}: {e}", self.acl_token_ttl))?;
         if let Some(p) = self.primary_datacenter.as_deref().filter(|p| !p.is_empty()) {
             if !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
                 return Err(format!("primary_datacenter {p:?}: use lowercase letters, digits, - and _"));
@@ -345,6 +356,9 @@ pub struct ServerArgs {
     /// extend-cache (default), async-cache, allow or deny: tokens while the primary is unreachable.
     #[arg(long, env = "ROSTER_ACL_DOWN_POLICY")]
     pub acl_down_policy: Option<String>,
+    /// How long a token resolved by asking the primary is trusted (Go duration; default 30s).
+    #[arg(long, env = "ROSTER_ACL_TOKEN_TTL")]
+    pub acl_token_ttl: Option<String>,
     #[arg(long, env = "ROSTER_GOSSIP_ADDR")]
     pub gossip_addr: Option<SocketAddr>,
     #[arg(long, env = "ROSTER_GOSSIP_ADVERTISE")]
@@ -442,6 +456,7 @@ impl ServerArgs {
             acl_enabled,
             acl_default_policy,
             acl_down_policy,
+            acl_token_ttl,
             gossip_interval_ms,
             reap_after_secs,
             enable_script_checks,

@@ -24,6 +24,8 @@ pub mod raft;
 #[cfg(feature = "acl")]
 pub mod acl;
 #[cfg(feature = "server")]
+pub mod acl_remote;
+#[cfg(feature = "server")]
 pub mod acl_replication;
 #[cfg(feature = "agent")]
 pub mod agent;

@@ -160,6 +160,9 @@ struct DevArgs {
     /// extend-cache, async-cache, allow or deny: tokens while the primary is unreachable.
     #[arg(long, default_value = "extend-cache")]
     acl_down_policy: String,
+    /// How long a token resolved by asking the primary is trusted (Go duration).
+    #[arg(long, default_value = "30s")]
+    acl_token_ttl: String,
     /// Gossip encryption key (`roster keygen`); sidecars joining need the same.
     #[arg(long, env = "ROSTER_GOSSIP_KEY", hide_env_values = true)]
     gossip_key: Option<String>,
@@ -197,6 +200,7 @@ fn main() -> std::process::ExitCode {
                 primary_datacenter,
                 acl_replication_token,
                 acl_down_policy,
+                acl_token_ttl,
                 gossip_key,
                 dns_addr,
                 domain,
@@ -240,6 +244,7 @@ fn main() -> std::process::ExitCode {
                 primary_datacenter,
                 acl_replication_token,
                 acl_down_policy,
+                acl_token_ttl,
                 gossip_key,
                 dns_addr,
                 dns_addr_optional,

@@ -320,6 +320,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         meta: crate::api::Meta::from([("consul-network-segment".to_string(), String::new())]),
     };
     let (agent, check_updates) = crate::agent::Agent::new(node, config.enable_script_checks);
+    let remote_tokens = crate::acl_remote::RemoteTokens::new(&config);
     let app = Arc::new(App {
         id,
         me,
@@ -345,6 +346,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         leave: tokio::sync::Notify::new(),
         events: Default::default(),
         acl_replication: Default::default(),
+        remote_tokens,
     });
 
     let mut handles = Vec::new();

@@ -22,6 +22,8 @@ struct Server {
     name: String,
     ip: String,
     dir: PathBuf,
+    /// Flags of this server beyond the common ones.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -46,20 +48,30 @@ impl Drop for Server {
 
 struct Federation {
     _tmp: tempfile::TempDir,
-    /// dc1 on 127.0.0.11, dc2 on 127.0.0.12-13.
+    /// The primary dc1 first, on 127.0.0.<first_ip>, the others on the next addresses.
     servers: Vec<Server>,
     http: reqwest::Client,
 }
 
 impl Federation {
+    /// dc1 (one server) on 127.0.0.11, a replicating dc2 (two servers) on 127.0.0.12-13.
     fn new() -> Federation {
+        let replicating = ["--acl-replication-token", REPLICATION].map(String::from).to_vec();
+        Federation::of(11, &[("dc1", vec![]), ("dc2", replicating.clone()), ("dc2", replicating)])
+    }
+
+    /// One server per `(datacenter, flags)`; dc1 is the primary and holds the management token.
+    fn of(first_ip: u8, specs: &[(&'static str, Vec<String>)]) -> Federation {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let servers = (1..=3)
-            .map(|i| Server {
-                dc: if i == 1 { "dc1" } else { "dc2" },
-                name: format!("server-{i}"),
-                ip: format!("127.0.0.{}", 10 + i),
-                dir: tmp.path().join(format!("s{i}")),
+        let servers = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (dc, args))| Server {
+                dc,
+                name: format!("server-{}", i + 1),
+                ip: format!("127.0.0.{}", first_ip as usize + i),
+                dir: tmp.path().join(format!("s{}", i + 1)),
+                args: args.clone(),
                 child: None,
             })
             .collect();
@@ -73,6 +85,7 @@ impl Federation {
     fn start(&mut self, i: usize) {
         let dc = self.servers[i].dc;
         let lan: Vec<String> = self.servers.iter().filter(|s| s.dc == dc).map(|s| format!("{}:{RPC}", s.ip)).collect();
+        let primary_wan = format!("{}:{WAN}", self.servers[0].ip);
         let s = &self.servers[i];
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roster"));
         cmd.args(["server", "--node-name", &s.name, "--datacenter", dc])
@@ -81,11 +94,12 @@ impl Federation {
             .args(["--http-addr", &s.http(), "--rpc-addr", &format!("{}:{RPC}", s.ip)])
             .args(["--wan-addr", &format!("{}:{WAN}", s.ip), "--dns-addr", "off"])
             .args(["--bootstrap-expect", &lan.len().to_string(), "--retry-join", &lan.join(",")])
-            .args(["--acl-enabled", "true", "--acl-default-policy", "deny", "--primary-datacenter", "dc1"]);
+            .args(["--acl-enabled", "true", "--acl-default-policy", "deny", "--primary-datacenter", "dc1"])
+            .args(&s.args);
         if dc == "dc1" {
             cmd.args(["--acl-initial-management", ROOT]);
         } else {
-            cmd.args(["--retry-join-wan", &format!("127.0.0.11:{WAN}"), "--acl-replication-token", REPLICATION]);
+            cmd.args(["--retry-join-wan", &primary_wan]);
         }
         let log = std::fs::File::create(s.dir.with_extension("log")).expect("log file");
         let child =
@@ -155,9 +169,11 @@ async fn a_secondary_replicates_the_primarys_acls_and_keeps_them_while_it_is_dow
 
     f.start(1);
     f.start(2);
-    // The reader works in dc2 once replicated: a missing key is a 404, not "ACL not found".
+    // The reader works in dc2 (asked of dc1 until the first replication round, then from the copy):
+    // a missing key is a 404, not "ACL not found".
     f.eventually("the reader replicated to dc2", Duration::from_secs(30), async || {
-        f.get(2, "/v1/kv/anything", &reader).await.0 == 404
+        let replicated = json(&f.get(1, "/v1/acl/replication", "").await.1)["ReplicatedTokenIndex"].as_u64();
+        replicated > Some(0) && f.get(2, "/v1/kv/anything", &reader).await.0 == 404
     })
     .await;
     assert_eq!(f.put(1, "/v1/kv/anything", &reader, "x").await.0, 403, "read-only, as in dc1");
@@ -247,4 +263,82 @@ async fn a_secondary_replicates_the_primarys_acls_and_keeps_them_while_it_is_dow
     // A policy write has nowhere to go: a 5xx that names the primary.
     let (status, body) = f.put(1, "/v1/acl/policy", ROOT, r#"{"Name":"while-down","Rules":""}"#).await;
     assert!(status >= 500 && body.contains("dc1"), "{status} {body}");
+}
+
+/// Secondaries without ACL replication hold no copy of the primary's tokens: they ask the primary
+/// (`/v1/internal/acl/rules` with the token) and cache the answer for `acl_token_ttl`; with the
+/// primary down, each down policy decides as Consul's: extend-cache and async-cache keep a token
+/// resolved before (a token never resolved gets the default policy, deny here), deny refuses
+/// everything, allow allows everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secondaries_without_replication_ask_the_primary_and_apply_their_down_policy_when_it_is_down() {
+    let secondary = |policy: &str| ["--acl-token-ttl", "1s", "--acl-down-policy", policy].map(String::from).to_vec();
+    let mut f = Federation::of(
+        21,
+        &[
+            ("dc1", vec![]),
+            ("dc2", secondary("extend-cache")),
+            ("dc3", secondary("async-cache")),
+            ("dc4", secondary("deny")),
+            ("dc5", secondary("allow")),
+        ],
+    );
+    let (extend, asynch, deny, allow) = (1, 2, 3, 4);
+    f.start(0);
+    f.eventually("dc1 writable", Duration::from_secs(30), async || {
+        f.put(0, "/v1/kv/ready", ROOT, "1").await == (200, "true".into())
+    })
+    .await;
+    let rules = r#"{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }"}"#;
+    assert_eq!(f.put(0, "/v1/acl/policy", ROOT, rules).await.0, 200);
+    let reader = secret(&f, r#"{"Policies":[{"Name":"kv-read"}]}"#).await;
+    let unused = secret(&f, r#"{"Policies":[{"Name":"kv-read"}]}"#).await;
+    let local = secret(&f, r#"{"Local":true,"Policies":[{"Name":"kv-read"}]}"#).await;
+    for i in 1..f.servers.len() {
+        f.start(i);
+    }
+    for i in 1..f.servers.len() {
+        let dc = f.servers[i].dc;
+        // A missing key is a 404 once the primary was asked: not "ACL not found".
+        f.eventually(&format!("{dc} to resolve the reader through dc1"), Duration::from_secs(30), async || {
+            f.get(i, "/v1/kv/anything", &reader).await.0 == 404
+        })
+        .await;
+        assert_eq!(f.put(i, "/v1/kv/anything", &reader, "x").await.0, 403, "{dc}: read-only, as in dc1");
+        assert_eq!(f.put(i, &format!("/v1/kv/{dc}"), ROOT, "x").await, (200, "true".into()), "{dc}: management");
+        let (status, body) = f.get(i, "/v1/kv/anything", "no-such-secret").await;
+        assert_eq!((status, body.as_str()), (403, "ACL not found"), "{dc}");
+        assert_eq!(f.get(i, "/v1/kv/anything", &local).await.0, 403, "{dc}: a token local to dc1 stays there");
+        // Token reads go to the primary, which holds the tokens.
+        let (status, body) = f.get(i, "/v1/acl/token/self", &reader).await;
+        assert_eq!((status, json(&body)["SecretID"].as_str()), (200, Some(reader.as_str())), "{dc}: {body}");
+    }
+    // Asked again once the TTL passed: a token deleted in dc1 stops working in dc2.
+    let doomed = secret(&f, r#"{"Policies":[{"Name":"kv-read"}]}"#).await;
+    assert_eq!(f.get(extend, "/v1/kv/anything", &doomed).await.0, 404);
+    let accessor = json(&f.get(0, "/v1/acl/token/self", &doomed).await.1)["AccessorID"].as_str().map(String::from);
+    let path = format!("/v1/acl/token/{}", accessor.expect("an accessor"));
+    assert_eq!(f.call(0, reqwest::Method::DELETE, &path, ROOT, "").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(f.get(extend, "/v1/kv/anything", &doomed).await.0, 403, "deleted in dc1");
+
+    f.servers[0].kill();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in [extend, asynch] {
+        let dc = f.servers[i].dc;
+        assert_eq!(f.get(i, "/v1/kv/anything", &reader).await.0, 404, "{dc}: the reader's cached rules hold");
+        assert_eq!(f.put(i, "/v1/kv/anything", &reader, "x").await.0, 403, "{dc}: and still read-only");
+        assert_eq!(f.get(i, "/v1/kv/anything", &unused).await.0, 403, "{dc}: never resolved: default deny");
+    }
+    assert_eq!(f.get(deny, "/v1/kv/anything", &reader).await.0, 403, "deny: the reader is refused");
+    assert_eq!(f.get(deny, "/v1/kv/dc4", ROOT).await.0, 403, "deny: management too");
+    assert_eq!(f.put(allow, "/v1/kv/written-while-down", &reader, "x").await, (200, "true".into()), "allow");
+    assert_eq!(f.put(allow, "/v1/kv/by-a-stranger", "no-such-secret", "x").await.0, 200, "allow: anyone");
+}
+
+/// A token made in the primary: its secret.
+async fn secret(f: &Federation, body: &str) -> String {
+    let (status, text) = f.put(0, "/v1/acl/token", ROOT, body).await;
+    assert_eq!(status, 200, "{text}");
+    json(&text)["SecretID"].as_str().expect("a secret").to_string()
 }

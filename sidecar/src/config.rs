@@ -50,6 +50,9 @@ pub struct Config {
     pub sync_interval_secs: u64,
     /// Script checks run commands inside the pod: off unless asked for, as in Consul.
     pub enable_script_checks: bool,
+    /// What a token may do while no server can be asked (Consul's `acl.down_policy`:
+    /// `extend-cache` default, `async-cache`, `allow`, `deny`; see `registry::acl::token_cache`).
+    pub acl_down_policy: String,
     /// Service definitions to register at start.
     pub services: Vec<serde_json::Value>,
     pub log_format: String,
@@ -107,6 +110,7 @@ impl Default for Config {
             gossip_phi_threshold: registry::gossip::DEFAULT_PHI_THRESHOLD,
             gossip_key: None,
             sync_interval_secs: 60,
+            acl_down_policy: "extend-cache".into(),
             enable_script_checks: false,
             services: Vec::new(),
             log_format: "text".into(),
@@ -167,6 +171,7 @@ impl Config {
         if self.gossip_addr.is_some() && self.gossip_seeds.is_empty() {
             return Err("gossip_seeds must list the servers' gossip addresses when gossip is on".into());
         }
+        self.acl_down_policy.parse::<registry::acl::token_cache::DownPolicy>()?;
         self.service_definitions()?;
         Ok(())
     }
@@ -216,6 +221,9 @@ pub struct SidecarArgs {
     pub sync_interval_secs: Option<u64>,
     #[arg(long, env = "ROSTER_ENABLE_SCRIPT_CHECKS")]
     pub enable_script_checks: Option<bool>,
+    /// extend-cache (default), async-cache, allow or deny: tokens while no server answers.
+    #[arg(long, env = "ROSTER_ACL_DOWN_POLICY")]
+    pub acl_down_policy: Option<String>,
     /// A JSON list of service definitions (Consul's format), added to the file's.
     #[arg(long, env = "ROSTER_SERVICES")]
     pub services: Option<String>,
@@ -262,6 +270,7 @@ impl SidecarArgs {
             gossip_interval_ms,
             sync_interval_secs,
             enable_script_checks,
+            acl_down_policy,
             log_format
         );
         for pair in &self.node_meta {

@@ -3,8 +3,10 @@
 //! query parameters), with failover between them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use registry::acl::token_cache::{Fetched, Lookup, TokenCache};
 use registry::acl::Authorizer;
 use registry::agent::api::Host;
 use registry::agent::sync::Catalog;
@@ -32,14 +34,12 @@ pub struct Ctx {
     pub config_file: Option<std::path::PathBuf>,
     pub enable_script_checks: bool,
     /// What each token may do, as the servers said, and when they said it.
-    pub token_cache: std::sync::Mutex<TokenCache>,
+    /// Keyed by secret (`None`: the sidecar's own token stands in).
+    pub token_cache: Arc<std::sync::Mutex<TokenCache>>,
 }
 
-/// Resolved tokens by secret (`None`: the sidecar's own token stands in).
-pub type TokenCache = std::collections::HashMap<Option<String>, (std::time::Instant, registry::acl::EffectiveRules)>;
-
 /// How long a resolved token is trusted before the servers are asked again (Consul's `token_ttl`).
-const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest request body passed on (the servers apply their own, smaller limits).
 const MAX_BODY: u64 = 16 * 1024 * 1024;
@@ -137,6 +137,43 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The sidecar as the host of its agent.
+fn lock(cache: &std::sync::Mutex<TokenCache>) -> std::sync::MutexGuard<'_, TokenCache> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Ctx {
+    fn token_cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        lock(&self.token_cache)
+    }
+}
+
+/// `/v1/internal/acl/rules` with the token itself.
+async fn ask_servers(client: &Client, token: &Option<String>) -> Fetched {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        match t.parse() {
+            Ok(value) => headers.insert("x-consul-token", value),
+            Err(_) => return Fetched::Refused("the token is not a valid header value".into()),
+        };
+    }
+    let r = match client.raw(Method::GET, "/v1/internal/acl/rules", headers, Bytes::new(), true).await {
+        Ok(r) => r,
+        Err(e) => return Fetched::Unreachable(format!("No known Roster servers answered: {e}")),
+    };
+    match r.status {
+        // ACLs are off: every request may do everything.
+        StatusCode::UNAUTHORIZED => {
+            Fetched::Found(registry::acl::EffectiveRules { management: true, ..Default::default() })
+        }
+        s if s.is_success() => match serde_json::from_slice(&r.body) {
+            Ok(rules) => Fetched::Found(rules),
+            Err(e) => Fetched::Unreachable(format!("resolving the token: {e}")),
+        },
+        StatusCode::FORBIDDEN => Fetched::Refused(String::from_utf8_lossy(&r.body).into_owned()),
+        s => Fetched::Unreachable(format!("resolving the token: {s}: {}", String::from_utf8_lossy(&r.body).trim())),
+    }
+}
+
 #[async_trait::async_trait]
 impl Host for Ctx {
     fn agent(&self) -> &Agent {
@@ -148,38 +185,30 @@ impl Host for Ctx {
     }
 
     /// The request's token (else the agent's default token, else the sidecar's own), resolved by
-    /// asking the servers what it may do, cached for `TOKEN_TTL` as Consul's agents cache.
+    /// asking the servers what it may do, cached for `TOKEN_TTL` as Consul's agents cache; while no
+    /// server answers, the down policy decides (`registry::acl::token_cache`).
     async fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError> {
         let token = registry::web::carried_token(req).or_else(|| self.agent.token("default"));
-        if let Some((at, rules)) = self.token_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&token) {
-            if at.elapsed() < TOKEN_TTL {
+        let lookup = self.token_cache().lookup(&token, Instant::now());
+        match lookup {
+            Lookup::Fresh(rules) => return Ok(rules.authorizer()),
+            Lookup::RefreshBehind(rules) => {
+                let (client, cache, token) = (self.client.clone(), self.token_cache.clone(), token.clone());
+                tokio::spawn(async move {
+                    let fetched = ask_servers(&client, &token).await;
+                    let _ = lock(&cache).settle(&token, fetched, false, Instant::now());
+                });
                 return Ok(rules.authorizer());
             }
+            Lookup::Fetch => {}
         }
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(t) = &token {
-            let value = t.parse().map_err(|_| ApiError::BadRequest("the token is not a valid header value".into()))?;
-            headers.insert("x-consul-token", value);
+        let fetched = ask_servers(&self.client, &token).await;
+        if let Fetched::Unreachable(why) = &fetched {
+            tracing::warn!(error = %why, down_policy = ?self.token_cache().down_policy(), "cannot resolve a token with the servers");
         }
-        let r = self
-            .client
-            .raw(Method::GET, "/v1/internal/acl/rules", headers, Bytes::new(), true)
-            .await
-            .map_err(|e| ApiError::Internal(format!("No known Roster servers answered: {e}")))?;
-        let rules = match r.status {
-            // ACLs are off: every request may do everything.
-            StatusCode::UNAUTHORIZED => registry::acl::EffectiveRules { management: true, ..Default::default() },
-            s if s.is_success() => {
-                serde_json::from_slice(&r.body).map_err(|e| ApiError::Internal(format!("resolving the token: {e}")))?
-            }
-            StatusCode::FORBIDDEN => return Err(ApiError::Forbidden(String::from_utf8_lossy(&r.body).into_owned())),
-            s => return Err(ApiError::Internal(format!("resolving the token: {s}"))),
-        };
-        let authorizer = rules.authorizer();
-        let mut cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
-        cache.insert(token, (std::time::Instant::now(), rules));
-        Ok(authorizer)
+        // The servers' default policy is unknown while none answers: deny, as Consul's agents' default.
+        let rules = self.token_cache().settle(&token, fetched, false, Instant::now()).map_err(ApiError::Forbidden)?;
+        Ok(rules.authorizer())
     }
 
     /// The servers know: with ACLs off they answer `token/self` with Consul's 401.

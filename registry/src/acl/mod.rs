@@ -4,6 +4,7 @@ pub mod authorizer;
 pub mod replication;
 pub mod rules;
 pub mod templated;
+pub mod token_cache;
 
 pub use authorizer::Authorizer;
 

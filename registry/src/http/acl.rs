@@ -38,6 +38,14 @@ pub fn authorizer_in(app: &App, state: &State, token: &Option<String>) -> Result
     let secret = token.as_deref().unwrap_or(ANONYMOUS_TOKEN_SECRET);
     match state.acl_resolve(secret, default_allow, &now_rfc3339(), &app.config.datacenter) {
         Resolved::Token { authorizer, .. } => Ok(authorizer),
+        // A token only the primary knows: what it said (`acl_remote::prepare` asked it).
+        Resolved::NotFound if crate::acl_remote::asks_primary(&app.config, state) => {
+            match app.remote_tokens.current(token) {
+                Some(rules) => Ok(rules.authorizer()),
+                None if token.is_none() => Ok(Authorizer::new(default_allow, [])),
+                None => Err(ApiError::Forbidden("ACL not found".into())),
+            }
+        }
         Resolved::NotFound if token.is_none() => Ok(Authorizer::new(default_allow, [])),
         Resolved::NotFound => Err(ApiError::Forbidden("ACL not found".into())),
     }
@@ -346,8 +354,14 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
 /// The primary datacenter, when this is a secondary and the request writes what the primary owns.
 fn owner_elsewhere(app: &App, req: &Req, parts: &[&str]) -> Option<String> {
     let primary = app.config.primary_datacenter();
-    if primary == app.config.datacenter || req.method == Method::GET {
+    if primary == app.config.datacenter {
         return None;
+    }
+    if req.method == Method::GET {
+        // A secondary holding no copy of the primary's ACLs reads them there, as Consul's does
+        // without token replication; one holding a copy answers from it.
+        let here = app.sm.read(|s| !crate::acl_remote::asks_primary(&app.config, s));
+        return (!here && !matches!(parts, ["replication"])).then(|| primary.to_string());
     }
     // A token's locality: the copy here says (it cannot change), else the body; a token unknown
     // here and named in no body may be a global one not replicated yet: the primary knows.
@@ -377,15 +391,28 @@ pub(super) async fn list<T: serde::Serialize, U: serde::Serialize>(
 
 /// `/v1/internal/acl/rules`: the rules the request's own token acts with (any token may ask about
 /// itself), so that an agent resolving tokens itself enforces what the servers would.
+///
+/// A secondary datacenter asks its primary this for tokens it holds no copy of (`acl_remote`): the
+/// rules are then those the token has in the asking datacenter, and a token local to this one is
+/// refused, as Consul refuses it.
 pub fn effective_rules(app: &App, req: &Req) -> ApiResult {
     if !app.config.acl_enabled {
         return Err(ApiError::Unauthorized("ACL support disabled".into()));
     }
-    let secret = token_of(app, req).unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());
+    let token = token_of(app, req);
+    let secret = token.clone().unwrap_or_else(|| ANONYMOUS_TOKEN_SECRET.to_string());
     let default_allow = app.config.acl_default_allow();
+    let here = app.config.datacenter.as_str();
+    let for_dc = req.headers.get(super::FROM_DATACENTER).and_then(|v| v.to_str().ok()).unwrap_or(here);
     let answer = app.sm.read(|s| {
-        let token = s.acl_token_by_secret(&secret, &now_rfc3339())?;
-        Some(match s.acl_effective_rules(token, &app.config.datacenter) {
+        let Some(token) = s.acl_token_by_secret(&secret, &now_rfc3339()) else {
+            let remote = crate::acl_remote::asks_primary(&app.config, s).then(|| app.remote_tokens.current(&token));
+            return remote.flatten().ok_or_else(|| "ACL not found".to_string());
+        };
+        if token.local && for_dc != here {
+            return Err(format!("This is a local token in datacenter {here:?}"));
+        }
+        Ok(match s.acl_effective_rules(token, for_dc) {
             None => crate::acl::EffectiveRules { management: true, default_allow, rules: Vec::new() },
             Some(rules) => crate::acl::EffectiveRules {
                 management: false,
@@ -394,7 +421,7 @@ pub fn effective_rules(app: &App, req: &Req) -> ApiResult {
             },
         })
     });
-    answer.map(|a| ok_json(&a)).ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
+    answer.map(|a| ok_json(&a)).map_err(ApiError::Forbidden)
 }
 
 /// Leader start-up duty with ACLs on (not in a replicating secondary): the anonymous token exists, and the configured initial

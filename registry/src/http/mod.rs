@@ -175,6 +175,7 @@ async fn dispatch(app: &Arc<App>, req: &Req) -> ApiResult {
 /// Serves one request: dispatch, and forward to the leader where the handler asks for it.
 pub async fn serve(app: Arc<App>, req: Req) -> Resp {
     let started = Instant::now();
+    crate::acl_remote::prepare(&app, &req).await;
     let mut resp = None;
     for _ in 0..3 {
         match dispatch(&app, &req).await {
@@ -260,6 +261,19 @@ pub async fn get_as(app: &Arc<App>, path: String, query: Vec<(String, String)>, 
     }
     let req = Req { method: Method::GET, path, raw_query, query, headers, body: Bytes::new() };
     Box::pin(serve(app.clone(), req)).await
+}
+
+/// A GET sent straight to another datacenter's servers (not through this server's own pipeline),
+/// as a client holding `token` would send it there.
+pub async fn get_from_datacenter(app: &App, dc: &str, path: String, token: Option<&str>) -> Resp {
+    let mut headers = HeaderMap::new();
+    if let Some(t) = token.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert("x-consul-token", t);
+    }
+    let query = vec![("dc".to_string(), dc.to_string())];
+    let raw_query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
+    let req = Req { method: Method::GET, path, raw_query, query, headers, body: Bytes::new() };
+    to_datacenter(app, dc, &req).await
 }
 
 async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {

@@ -539,6 +539,12 @@ impl State {
         Some(token)
     }
 
+    /// Whether any global token is here: in a replicating secondary, whether replication has
+    /// brought its first tokens (until then, tokens are asked of the primary).
+    pub fn acl_holds_global_tokens(&self) -> bool {
+        self.acl.tokens.values().any(|t| !t.local)
+    }
+
     /// The rules a token acts with in this datacenter: its policies', its roles' policies', and
     /// those its and its roles' identities and templated policies stand for. `None`: management.
     pub fn acl_effective_rules<'a>(&'a self, token: &'a AclToken, datacenter: &str) -> Option<Vec<Cow<'a, Rules>>> {
