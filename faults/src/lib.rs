@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod datacenters;
 pub mod disk;
 pub mod history;
 pub mod lock;

@@ -34,6 +34,9 @@ pub use crate::web::{json, ok_json, text, ApiError, ApiResult, Req, Resp};
 
 pub use blocking::{Consistency, QueryOpts};
 
+/// The longest a forwarded request other than a blocking query may take: above the 5 s a server
+/// waits for a leader (`serve`), about Consul's 7 s `rpc_hold_timeout` plus the trip.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Marks a request already forwarded once, so two servers that disagree on the leader cannot loop.
 const FORWARDED: &str = "x-roster-forwarded";
 /// Names the datacenter that forwarded a request to another one (so that ACL writes cannot bounce
@@ -283,6 +286,20 @@ async fn forward(app: &App, leader_http: &str, req: &Req) -> Resp {
     }
 }
 
+/// How long a forwarded request may take before it fails with a 5xx: anything but a blocking query
+/// [`FORWARD_TIMEOUT`], so that a request sent over a pooled connection to a server that went silent
+/// (a partition not yet noticed) answers instead of hanging; a blocking query its wait, Consul's
+/// jitter of up to 1/16 of it, and the same slack; a snapshot, which may be large, minutes.
+fn forward_timeout(req: &Req) -> Duration {
+    if req.path.starts_with("/v1/snapshot") {
+        return Duration::from_secs(10 * 60);
+    }
+    match blocking::QueryOpts::parse(req) {
+        Ok(blocking::QueryOpts { index: Some(_), wait, .. }) => wait + wait / 16 + FORWARD_TIMEOUT,
+        _ => FORWARD_TIMEOUT,
+    }
+}
+
 /// Sends `req` as it came to the server at `http_addr` and returns its answer with Consul's
 /// headers. `to_leader` marks it forwarded, so that two servers disagreeing on the leader cannot loop.
 async fn send(
@@ -300,8 +317,7 @@ async fn send(
         url.push('?');
         url.push_str(&req.raw_query);
     }
-    // Blocking queries may legitimately take up to the max wait plus jitter.
-    let timeout = Duration::from_secs(11 * 60);
+    let timeout = forward_timeout(req);
     let client = match app.dialer.api(datacenter) {
         Ok(c) => c,
         Err(e) => {
