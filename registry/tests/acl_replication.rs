@@ -313,6 +313,8 @@ async fn secondaries_without_replication_ask_the_primary_and_apply_their_down_po
         let (status, body) = f.get(i, "/v1/acl/token/self", &reader).await;
         assert_eq!((status, json(&body)["SecretID"].as_str()), (200, Some(reader.as_str())), "{dc}: {body}");
     }
+    // Only the primary bootstraps, as in Consul.
+    assert_eq!(f.put(extend, "/v1/acl/bootstrap", "", "").await, (401, "ACL support disabled".into()));
     // Asked again once the TTL passed: a token deleted in dc1 stops working in dc2.
     let doomed = secret(&f, r#"{"Policies":[{"Name":"kv-read"}]}"#).await;
     assert_eq!(f.get(extend, "/v1/kv/anything", &doomed).await.0, 404);

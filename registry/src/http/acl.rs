@@ -118,6 +118,11 @@ pub async fn handle(app: &Arc<App>, req: &Req, tail: &str) -> ApiResult {
     let parts: Vec<&str> = tail.split('/').collect();
     let m = req.method.clone();
     if parts.as_slice() == ["bootstrap"] && m == Method::PUT {
+        // Only the primary bootstraps; a secondary's tokens come from it. Consul answers a
+        // secondary's bootstrap as if ACLs were off.
+        if app.config.primary_datacenter() != app.config.datacenter {
+            return Err(ApiError::Unauthorized("ACL support disabled".into()));
+        }
         require_leader(app)?;
         let token =
             new_token(AclToken { description: "Bootstrap Token (Global Management)".into(), ..Default::default() })?;
