@@ -93,6 +93,26 @@ pub fn clean_stale() {
     }
 }
 
+/// For a test: whether network namespaces can be made here. If not, says so where CI logs show it
+/// (stderr written directly is not captured by the test harness) and the test skips, or fails when
+/// ROSTER_FAULTS_REQUIRE_NETNS says they are required (CI, as root).
+pub fn available_or_skip(test: &str) -> bool {
+    match available() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("ROSTER_FAULTS_REQUIRE_NETNS").is_some() => {
+            panic!("{test}: network namespaces required (ROSTER_FAULTS_REQUIRE_NETNS) but unavailable: {why}")
+        }
+        Err(why) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: network namespaces unavailable: {why}; partitions NOT tested"
+            );
+            false
+        }
+    }
+}
+
 /// Why namespaces cannot be used here (not root, no `ip`, no namespace support), or Ok.
 pub fn available() -> Result<(), String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;

@@ -13,19 +13,6 @@ use serde_json::Value;
 
 const PORT: u16 = 20100;
 
-fn namespaces_or_skip(test: &str) -> bool {
-    match netns::available() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("ROSTER_FAULTS_REQUIRE_NETNS").is_some() => {
-            panic!("{test}: network namespaces required (ROSTER_FAULTS_REQUIRE_NETNS) but unavailable: {why}")
-        }
-        Err(why) => {
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: network namespaces unavailable: {why}");
-            false
-        }
-    }
-}
-
 /// Polls `ok` every 100 ms; how long until it held, or a panic with the servers' logs.
 async fn until(d: &Datacenters, what: &str, timeout: Duration, mut ok: impl AsyncFnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -61,7 +48,7 @@ async fn get_raw(d: &Datacenters, i: usize, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wan_partition_between_two_datacenters_is_detected_and_heals() {
-    if !namespaces_or_skip("a_wan_partition_between_two_datacenters_is_detected_and_heals") {
+    if !netns::available_or_skip("a_wan_partition_between_two_datacenters_is_detected_and_heals") {
         return;
     }
     let net = Net::create(6).unwrap_or_else(|e| panic!("namespaces: {e}"));

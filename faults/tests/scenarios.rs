@@ -14,22 +14,8 @@ use roster_faults::{disk, netns};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Whether network namespaces can be made here. If not, says so where CI logs show it (stderr
-/// written directly is not captured by the test harness), or fails when they are required.
 fn namespaces_or_skip(test: &str) -> bool {
-    match netns::available() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("ROSTER_FAULTS_REQUIRE_NETNS").is_some() => {
-            panic!("{test}: network namespaces required (ROSTER_FAULTS_REQUIRE_NETNS) but unavailable: {why}")
-        }
-        Err(why) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test}: network namespaces unavailable: {why}; partitions NOT tested"
-            );
-            false
-        }
-    }
+    netns::available_or_skip(test)
 }
 
 /// A partition scenario's operations in the short (CI) run, unless ROSTER_FAULTS_OPS says otherwise:
