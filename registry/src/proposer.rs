@@ -61,11 +61,13 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
         // Waiting for a slot lets more writes queue up: they join this batch.
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let mut bytes = first.cmd.approx_size();
+        let mut rule = BatchRule::default();
+        rule.admit(&first.cmd);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && !batch.last().is_some_and(|p| ends_batch(&p.cmd)) {
+        while batch.len() < MAX_BATCH_COMMANDS {
             let Ok(p) = rx.try_recv() else { break };
             let size = p.cmd.approx_size();
-            if bytes + size > MAX_BATCH_BYTES {
+            if bytes + size > MAX_BATCH_BYTES || !rule.admit(&p.cmd) {
                 carry = Some(p);
                 break;
             }
@@ -80,15 +82,72 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-/// Whether nothing may follow `cmd` in its batch. Every command of a batch is applied at the batch's
-/// one log index, so two writes of a key in one batch leave it the same ModifyIndex. A transaction's
-/// results show the keys as they are when it is applied, with that index: followed in the batch by
-/// another write of one of its keys, it would hand out a version that the ModifyIndex no longer names,
+/// Which commands may join a batch. Every command of a batch is applied at the batch's one log
+/// index, so two writes of a key in one batch leave it the same ModifyIndex. A transaction's results
+/// show the keys it touched as they are when it is applied, with that index: followed in the batch by
+/// another write of one of them, it would hand out a version that the ModifyIndex no longer names,
 /// and a CAS by that index would then succeed against the later version (a lost update; found by the
-/// fault harness: faults/tests/fixtures/txn-cas-by-index-within-a-batch.json). Last in its batch, a
-/// transaction sees the keys as the batch leaves them, which is what the index names.
-fn ends_batch(cmd: &Command) -> bool {
-    matches!(cmd, Command::Txn { .. })
+/// fault harness: faults/tests/fixtures/txn-cas-by-index-within-a-batch.json). So once a batch holds
+/// a transaction, a command joins it only if the keys it may change are known and none of them is one
+/// the transactions touched (a session's end or a check's may release keys: those wait).
+#[derive(Debug, Default)]
+struct BatchRule {
+    /// The keys (or prefixes) the batch's transactions read or wrote.
+    txn_keys: Vec<KeyRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyRange {
+    Key(String),
+    Prefix(String),
+}
+
+impl KeyRange {
+    fn overlaps(&self, other: &KeyRange) -> bool {
+        match (self, other) {
+            (KeyRange::Key(a), KeyRange::Key(b)) => a == b,
+            (KeyRange::Prefix(p), KeyRange::Key(k)) | (KeyRange::Key(k), KeyRange::Prefix(p)) => {
+                k.starts_with(p.as_str())
+            }
+            (KeyRange::Prefix(a), KeyRange::Prefix(b)) => a.starts_with(b.as_str()) || b.starts_with(a.as_str()),
+        }
+    }
+}
+
+/// The keys a command may read or change, if they are known from the command alone.
+fn footprint(cmd: &Command) -> Option<Vec<KeyRange>> {
+    match cmd {
+        Command::KvSet { key, .. } | Command::KvDelete { key, recurse: false, .. } => {
+            Some(vec![KeyRange::Key(key.clone())])
+        }
+        Command::KvDelete { key, recurse: true, .. } => Some(vec![KeyRange::Prefix(key.clone())]),
+        Command::Txn { ops, .. } => Some(
+            ops.iter()
+                .map(|op| match op.verb.as_str() {
+                    "get-tree" | "delete-tree" => KeyRange::Prefix(op.key.clone()),
+                    _ => KeyRange::Key(op.key.clone()),
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+impl BatchRule {
+    /// Whether `cmd` may join the batch; if so, it is counted in.
+    fn admit(&mut self, cmd: &Command) -> bool {
+        let keys = footprint(cmd);
+        if !self.txn_keys.is_empty() {
+            let Some(keys) = &keys else { return false };
+            if keys.iter().any(|k| self.txn_keys.iter().any(|t| t.overlaps(k))) {
+                return false;
+            }
+        }
+        if let (Command::Txn { .. }, Some(keys)) = (cmd, keys) {
+            self.txn_keys.extend(keys);
+        }
+        true
+    }
 }
 
 async fn write(raft: &Raft, batch: Vec<Pending>) {
@@ -192,5 +251,67 @@ impl ReadBarrier {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TxnKvOp;
+
+    fn put(key: &str) -> Command {
+        Command::KvSet {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            mode: crate::state::KvSetMode::Plain,
+            now_ms: 0,
+        }
+    }
+
+    fn txn(ops: &[(&str, &str)]) -> Command {
+        let ops = ops
+            .iter()
+            .map(|(verb, key)| TxnKvOp {
+                verb: verb.to_string(),
+                key: key.to_string(),
+                value: None,
+                flags: 0,
+                index: 0,
+                session: None,
+            })
+            .collect();
+        Command::Txn { ops, now_ms: 0 }
+    }
+
+    fn admitted(cmds: &[Command]) -> Vec<bool> {
+        let mut rule = BatchRule::default();
+        cmds.iter().map(|c| rule.admit(c)).collect()
+    }
+
+    #[test]
+    fn a_write_of_a_key_a_transaction_touched_waits_for_the_next_batch() {
+        assert_eq!(admitted(&[txn(&[("set", "a")]), put("a")]), [true, false]);
+        assert_eq!(admitted(&[txn(&[("get", "a")]), txn(&[("cas", "a")])]), [true, false]);
+        assert_eq!(admitted(&[txn(&[("get-tree", "app/")]), put("app/x")]), [true, false]);
+        let delete_tree = Command::KvDelete { key: "ap".into(), recurse: true, cas: None };
+        assert_eq!(admitted(&[txn(&[("set", "app/x")]), delete_tree]), [true, false]);
+    }
+
+    #[test]
+    fn writes_of_other_keys_share_the_batch() {
+        assert_eq!(
+            admitted(&[txn(&[("set", "a"), ("get", "b")]), put("c"), txn(&[("cas", "d")]), put("a2")]),
+            [true, true, true, true]
+        );
+        // Before any transaction anything goes: the transaction sees what came before it.
+        assert_eq!(admitted(&[put("a"), put("a"), txn(&[("set", "a")])]), [true, true, true]);
+    }
+
+    #[test]
+    fn commands_that_may_release_unknown_keys_wait_after_a_transaction() {
+        let destroy = Command::SessionDestroy { id: "s".into(), now_ms: 0 };
+        assert_eq!(admitted(&[txn(&[("set", "a")]), destroy.clone()]), [true, false]);
+        assert_eq!(admitted(&[destroy, txn(&[("set", "a")])]), [true, true]);
     }
 }
