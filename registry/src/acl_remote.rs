@@ -9,6 +9,7 @@
 //! (`current`) for a token the state does not hold. The cache applies `acl_token_ttl` and
 //! `acl_down_policy` while the primary is unreachable.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,15 +26,26 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers from the primary, by token.
 #[derive(Debug)]
-pub struct RemoteTokens(Mutex<TokenCache>);
+pub struct RemoteTokens {
+    cache: Mutex<TokenCache>,
+    /// Tokens being refreshed behind (async-cache): one question at a time per token.
+    refreshing: Mutex<HashSet<Option<String>>>,
+}
 
 impl RemoteTokens {
     pub fn new(config: &Config) -> Self {
-        RemoteTokens(Mutex::new(TokenCache::new(config.acl_token_ttl(), config.acl_down_policy())))
+        RemoteTokens {
+            cache: Mutex::new(TokenCache::new(config.acl_token_ttl(), config.acl_down_policy())),
+            refreshing: Mutex::default(),
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refreshing(&self) -> std::sync::MutexGuard<'_, HashSet<Option<String>>> {
+        self.refreshing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What the primary last said `token` may do (or the down policy's answer), if anything.
@@ -71,8 +83,13 @@ pub async fn prepare(app: &Arc<App>, req: &Req) {
     match lookup {
         Lookup::Fresh(_) => {}
         Lookup::RefreshBehind(_) => {
-            let app = app.clone();
-            tokio::spawn(async move { refresh(&app, token).await });
+            if app.remote_tokens.refreshing().insert(token.clone()) {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    refresh(&app, token.clone()).await;
+                    app.remote_tokens.refreshing().remove(&token);
+                });
+            }
         }
         Lookup::Fetch => refresh(app, token).await,
     }
