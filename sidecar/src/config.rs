@@ -53,6 +53,9 @@ pub struct Config {
     /// What a token may do while no server can be asked (Consul's `acl.down_policy`:
     /// `extend-cache` default, `async-cache`, `allow`, `deny`; see `registry::acl::token_cache`).
     pub acl_down_policy: String,
+    /// How long a token the servers resolved is trusted before they are asked again (Consul's
+    /// `acl.token_ttl`, a Go duration).
+    pub acl_token_ttl: String,
     /// Service definitions to register at start.
     pub services: Vec<serde_json::Value>,
     pub log_format: String,
@@ -111,6 +114,7 @@ impl Default for Config {
             gossip_key: None,
             sync_interval_secs: 60,
             acl_down_policy: "extend-cache".into(),
+            acl_token_ttl: "30s".into(),
             enable_script_checks: false,
             services: Vec::new(),
             log_format: "text".into(),
@@ -139,6 +143,13 @@ impl Config {
                 registry::api::json::decode(&bytes).map_err(|e| format!("services[{i}]: {e}"))
             })
             .collect()
+    }
+
+    /// The resolved-token cache, as configured (validated).
+    pub fn token_cache(&self) -> registry::acl::token_cache::TokenCache {
+        use registry::acl::token_cache::{DownPolicy, TokenCache};
+        let ttl = registry::api::parse_go_duration(&self.acl_token_ttl).unwrap_or(Duration::from_secs(30));
+        TokenCache::new(ttl, self.acl_down_policy.parse().unwrap_or(DownPolicy::ExtendCache))
     }
 
     pub fn sync_interval(&self) -> Duration {
@@ -172,6 +183,8 @@ impl Config {
             return Err("gossip_seeds must list the servers' gossip addresses when gossip is on".into());
         }
         self.acl_down_policy.parse::<registry::acl::token_cache::DownPolicy>()?;
+        registry::api::parse_go_duration(&self.acl_token_ttl)
+            .map_err(|e| format!("acl_token_ttl {:?}: {e}", self.acl_token_ttl))?;
         self.service_definitions()?;
         Ok(())
     }
@@ -224,6 +237,9 @@ pub struct SidecarArgs {
     /// extend-cache (default), async-cache, allow or deny: tokens while no server answers.
     #[arg(long, env = "ROSTER_ACL_DOWN_POLICY")]
     pub acl_down_policy: Option<String>,
+    /// How long a resolved token is trusted (Go duration; default 30s).
+    #[arg(long, env = "ROSTER_ACL_TOKEN_TTL")]
+    pub acl_token_ttl: Option<String>,
     /// A JSON list of service definitions (Consul's format), added to the file's.
     #[arg(long, env = "ROSTER_SERVICES")]
     pub services: Option<String>,
@@ -271,6 +287,7 @@ impl SidecarArgs {
             sync_interval_secs,
             enable_script_checks,
             acl_down_policy,
+            acl_token_ttl,
             log_format
         );
         for pair in &self.node_meta {

@@ -38,9 +38,6 @@ pub struct Ctx {
     pub token_cache: Arc<std::sync::Mutex<TokenCache>>,
 }
 
-/// How long a resolved token is trusted before the servers are asked again (Consul's `token_ttl`).
-pub const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Largest request body passed on (the servers apply their own, smaller limits).
 const MAX_BODY: u64 = 16 * 1024 * 1024;
 
@@ -185,7 +182,7 @@ impl Host for Ctx {
     }
 
     /// The request's token (else the agent's default token, else the sidecar's own), resolved by
-    /// asking the servers what it may do, cached for `TOKEN_TTL` as Consul's agents cache; while no
+    /// asking the servers what it may do, cached for `acl_token_ttl` as Consul's agents cache; while no
     /// server answers, the down policy decides (`registry::acl::token_cache`).
     async fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError> {
         let token = registry::web::carried_token(req).or_else(|| self.agent.token("default"));

@@ -94,10 +94,7 @@ impl Sidecar {
             leave: leave.clone(),
             config_file: config.config_file.clone(),
             enable_script_checks: config.enable_script_checks,
-            token_cache: Arc::new(std::sync::Mutex::new(registry::acl::token_cache::TokenCache::new(
-                http::TOKEN_TTL,
-                config.acl_down_policy.parse().unwrap_or(registry::acl::token_cache::DownPolicy::ExtendCache),
-            ))),
+            token_cache: Arc::new(std::sync::Mutex::new(config.token_cache())),
         });
         let mut graceful = stop_rx.clone();
         let mut tasks = vec![

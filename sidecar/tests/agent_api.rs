@@ -322,3 +322,70 @@ async fn a_sidecar_logs_in_with_its_service_account_and_out_when_it_stops() {
     let err = Sidecar::start(config).await.err().expect("refused");
     assert!(format!("{err:#}").contains("refused"), "{err:#}");
 }
+
+/// While no server answers, a sidecar's down policy decides what the tokens it resolved before may
+/// do (Consul's `acl.down_policy`): extend-cache keeps their rules past the TTL and gives a token
+/// never resolved the default (deny); deny refuses everything.
+#[tokio::test]
+async fn while_no_server_answers_the_down_policy_decides_about_tokens() {
+    const MANAGEMENT: &str = "6d0a8a5e-0000-4000-8000-management3";
+    const HTTP: &str = "127.0.0.1:19831";
+    let child = Command::new(roster_bin())
+        .args(["dev", "--http-addr", HTTP, "--rpc-addr", "127.0.0.1:19832", "--gossip-addr", "off"])
+        .args(["--acl-enabled", "--acl-default-policy", "deny", "--acl-initial-management", MANAGEMENT])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn roster dev");
+    let mut dev = Dev(child);
+    let http = registry::client::http_builder().timeout(Duration::from_secs(20)).build().expect("client");
+    let admin_put = |path: &str, body: Value| {
+        let req = http.put(format!("http://{HTTP}/v1{path}")).header("X-Consul-Token", MANAGEMENT).json(&body);
+        async move {
+            let r = req.send().await.ok()?;
+            let ok = r.status().is_success();
+            let v: Value = r.json().await.ok()?;
+            ok.then_some(v)
+        }
+    };
+    let policy = serde_json::json!({"Name": "web", "Rules": "service_prefix \"web\" { policy = \"write\" }"});
+    until("the policy", Duration::from_secs(20), async || admin_put("/acl/policy", policy.clone()).await).await;
+    let mut secret = async |_: &str| {
+        let token = admin_put("/acl/token", serde_json::json!({"Policies": [{"Name": "web"}]})).await.expect("token");
+        token["SecretID"].as_str().expect("secret").to_string()
+    };
+    let (writer, unused) = (secret("writer").await, secret("unused").await);
+
+    let mut sidecars = Vec::new();
+    for (port, policy) in [(19834, "extend-cache"), (19835, "deny")] {
+        let config = Config {
+            node_name: format!("pod-{policy}"),
+            address: "127.0.0.1".into(),
+            http_addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            servers: vec![HTTP.into()],
+            token: Some(MANAGEMENT.into()),
+            acl_down_policy: policy.into(),
+            acl_token_ttl: "1s".into(),
+            ..Config::default()
+        };
+        sidecars.push(Sidecar::start(config).await.expect("sidecar starts"));
+    }
+    let register = |i: usize, token: &str, port: u16| {
+        let url = format!("http://{}/v1/agent/service/register", sidecars[i].http_addr);
+        let req = http.put(url).header("X-Consul-Token", token).json(&serde_json::json!({"name": "web", "port": port}));
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    for i in 0..2 {
+        assert_eq!(register(i, &writer, 8080).await, 200, "resolved through the server");
+    }
+    let _ = dev.0.kill();
+    let _ = dev.0.wait();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(register(0, &writer, 8081).await, 200, "extend-cache: the writer's rules hold past the TTL");
+    assert_eq!(register(0, &unused, 8082).await, 403, "extend-cache: never resolved, default deny");
+    assert_eq!(register(1, &writer, 8083).await, 403, "deny: refused once the TTL passed");
+    for s in sidecars {
+        s.stop().await;
+    }
+}
