@@ -351,7 +351,7 @@ async fn while_no_server_answers_the_down_policy_decides_about_tokens() {
     };
     let policy = serde_json::json!({"Name": "web", "Rules": "service_prefix \"web\" { policy = \"write\" }"});
     until("the policy", Duration::from_secs(20), async || admin_put("/acl/policy", policy.clone()).await).await;
-    let mut secret = async |_: &str| {
+    let secret = async |_: &str| {
         let token = admin_put("/acl/token", serde_json::json!({"Policies": [{"Name": "web"}]})).await.expect("token");
         token["SecretID"].as_str().expect("secret").to_string()
     };
