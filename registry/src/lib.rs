@@ -51,6 +51,8 @@ pub mod filter;
 pub mod gossip;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "agent")]
+pub mod listener;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

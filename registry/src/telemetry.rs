@@ -47,24 +47,4 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Whether a repeated warning may be logged now: at most once a minute per `last` (a throttle for
-/// refusals a misbehaving peer or client repeats many times a second).
-pub fn once_a_minute(last: &std::sync::atomic::AtomicU64) -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let seen = last.load(Relaxed);
-    now >= seen + 60 && last.compare_exchange(seen, now, Relaxed, Relaxed).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_repeated_warning_is_let_through_once_a_minute() {
-        let last = std::sync::atomic::AtomicU64::new(0);
-        assert!(super::once_a_minute(&last));
-        assert!(!super::once_a_minute(&last), "again at once: held back");
-        let now = last.load(std::sync::atomic::Ordering::Relaxed);
-        last.store(now - 61, std::sync::atomic::Ordering::Relaxed);
-        assert!(super::once_a_minute(&last), "a minute later: let through");
-    }
-}
+pub use crate::listener::once_a_minute;

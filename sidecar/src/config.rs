@@ -27,6 +27,9 @@ pub struct Config {
     pub node_meta: BTreeMap<String, String>,
     /// The agent API for the app (Consul's default port).
     pub http_addr: SocketAddr,
+    /// Open connections one client IP may hold on the agent API (Consul's
+    /// `http_max_conns_per_client`, default 200; 0: no limit); more get 429 and are closed.
+    pub http_max_conns_per_client: usize,
     /// Registry servers' HTTP addresses (host:port, DNS names allowed), tried in turn.
     pub servers: Vec<String>,
     /// ACL token for the sidecar's own calls, and for forwarded calls that carry none.
@@ -114,6 +117,7 @@ impl Default for Config {
             gossip_key: None,
             sync_interval_secs: 60,
             acl_down_policy: "extend-cache".into(),
+            http_max_conns_per_client: 200,
             acl_token_ttl: "30s".into(),
             enable_script_checks: false,
             services: Vec::new(),
@@ -209,6 +213,9 @@ pub struct SidecarArgs {
     pub node_meta: Vec<String>,
     #[arg(long, env = "ROSTER_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Open connections one client IP may hold on the agent API (0: no limit).
+    #[arg(long, env = "ROSTER_HTTP_MAX_CONNS_PER_CLIENT")]
+    pub http_max_conns_per_client: Option<usize>,
     #[arg(long, env = "ROSTER_SERVERS", value_delimiter = ',')]
     pub servers: Vec<String>,
     #[arg(long, env = "ROSTER_TOKEN", hide_env_values = true)]
@@ -288,6 +295,7 @@ impl SidecarArgs {
             enable_script_checks,
             acl_down_policy,
             acl_token_ttl,
+            http_max_conns_per_client,
             log_format
         );
         for pair in &self.node_meta {

@@ -104,6 +104,11 @@ impl Sidecar {
         // The agent API answers once this node is alive in the catalog (see `wait_joined`); start
         // returns at once, so a signal meanwhile still gets a clean stop.
         let joined = gossip.is_some().then(|| (client.clone(), config.node_name.clone()));
+        // Consul's agent limits, as on the servers' API.
+        let limits = registry::listener::Limits {
+            max_conns_per_client: config.http_max_conns_per_client,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        };
         let mut waiting = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             if let Some((client, node)) = joined {
@@ -112,12 +117,10 @@ impl Sidecar {
                     _ = waiting.wait_for(|s| *s) => return,
                 }
             }
-            warp::serve(http::routes(ctx))
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = graceful.wait_for(|s| *s).await;
-                })
-                .run()
+            let stop = async move {
+                let _ = graceful.wait_for(|s| *s).await;
+            };
+            registry::listener::serve(listener, http::routes(ctx), limits, registry::listener::Transport::Plain, stop)
                 .await
         }));
         if let Some(m) = tls {
@@ -212,6 +215,8 @@ async fn login(client: &Client, node: &str, method: &str, file: &std::path::Path
 
 /// How long a starting sidecar waits to be in the catalog, alive, before it answers its app.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a client of the agent API has to send a request's headers (slowloris), as the servers' default.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ready means ready: the app's first call finds this node in the catalog and alive (its
 /// `serfHealth` passing, which the leader sets once gossip shows the sidecar), as on a Consul agent

@@ -389,3 +389,43 @@ async fn while_no_server_answers_the_down_policy_decides_about_tokens() {
         s.stop().await;
     }
 }
+
+/// The agent API has the servers' listener and limits: a client holding
+/// `http_max_conns_per_client` connections gets 429 on its next one, as from a Consul agent.
+#[tokio::test]
+async fn a_client_over_its_connection_limit_gets_429_from_the_sidecar() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = Config {
+        node_name: "pod-limits".into(),
+        address: "127.0.0.1".into(),
+        http_addr: "127.0.0.1:19841".parse().expect("addr"),
+        // Nothing listens there: the agent API answers from the sidecar alone.
+        servers: vec!["127.0.0.1:19849".into()],
+        http_max_conns_per_client: 2,
+        ..Config::default()
+    };
+    let sidecar = Sidecar::start(config).await.expect("sidecar starts");
+    let addr = sidecar.http_addr;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /v1/agent/services HTTP/1.1\r\nHost: pod\r\n\r\n").await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        held.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut answer))
+        .await
+        .expect("closed")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 429") && answer.contains("too many concurrent connections"), "{answer}");
+    drop(held);
+    sidecar.stop().await;
+}

@@ -16,7 +16,7 @@ mod event;
 mod internal_ui;
 mod kv;
 mod query;
-pub mod serve;
+pub use crate::listener as serve;
 mod session;
 mod snapshot;
 mod status;

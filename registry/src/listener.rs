@@ -1,4 +1,4 @@
-//! The HTTP API's listener: warp's routes served by hyper, with Consul's limits against a client
+//! The HTTP API's listener (servers' and sidecars'): warp's routes served by hyper, with Consul's limits against a client
 //! that takes too much: at most `http_max_conns_per_client` open connections per client IP (Consul's
 //! default 200; a connection over it gets 429 and is closed, as Consul's connlimit answers), and a
 //! header read timeout, so a client that trickles its request headers (slowloris) is cut off.
@@ -65,10 +65,19 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Whether a repeated warning may be logged now: at most once a minute per `last` (a throttle for
+/// refusals a misbehaving peer or client repeats many times a second).
+pub fn once_a_minute(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let seen = last.load(Relaxed);
+    now >= seen + 60 && last.compare_exchange(seen, now, Relaxed, Relaxed).is_ok()
+}
+
 /// Says a client went over the limit at most once a minute (it may retry in a tight loop).
 fn log_refusal(ip: IpAddr, max: usize) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if crate::telemetry::once_a_minute(&LAST) {
+    if once_a_minute(&LAST) {
         tracing::warn!(%ip, max, "a client holds http_max_conns_per_client connections: its new ones get 429 (logged once a minute)");
     }
 }
@@ -88,7 +97,7 @@ pub enum Transport {
 /// client without a certificate) may retry forever.
 fn log_handshake_failure(peer: std::net::SocketAddr, error: &std::io::Error) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if crate::telemetry::once_a_minute(&LAST) {
+    if once_a_minute(&LAST) {
         tracing::warn!(%peer, %error, "TLS handshake refused: a certificate our CA did not sign, none where verify_incoming requires one, or plain HTTP on a TLS port (logged once a minute)");
     }
 }
@@ -186,6 +195,16 @@ async fn serve_connection<I, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_let_through_once_a_minute() {
+        let last = std::sync::atomic::AtomicU64::new(0);
+        assert!(once_a_minute(&last));
+        assert!(!once_a_minute(&last), "again at once: held back");
+        let now = last.load(std::sync::atomic::Ordering::Relaxed);
+        last.store(now - 61, std::sync::atomic::Ordering::Relaxed);
+        assert!(once_a_minute(&last), "a minute later: let through");
+    }
 
     #[test]
     fn connections_are_counted_per_client_and_released() {
