@@ -157,7 +157,7 @@ impl Cluster {
             .args(["--dns-addr", "off"])
             .args(["--bootstrap-expect", &self.servers.len().to_string()])
             .args(["--retry-join", &self.join.join(",")])
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", std::env::var("ROSTER_FAULTS_RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -330,24 +330,49 @@ impl Cluster {
     pub async fn wait_writable(&self, timeout: Duration) -> Option<Duration> {
         let start = Instant::now();
         let mut n = 0usize;
-        while start.elapsed() < timeout {
+        // With ROSTER_FAULTS_VERBOSE, every failed probe (server, start, how long, why) is printed
+        // when the wait took over 3 s: what the time went on.
+        let mut failed = Vec::new();
+        let result = loop {
+            if start.elapsed() >= timeout {
+                break None;
+            }
             let live = self.live();
             if live.is_empty() {
-                return None;
+                break None;
             }
-            let s = &self.servers[live[n % live.len()]];
+            let i = live[n % live.len()];
+            let s = &self.servers[i];
             n += 1;
             let url = format!("http://{}/v1/kv/faults-probe", s.http);
-            let ok = match self.http.put(url).body(n.to_string()).timeout(Duration::from_secs(1)).send().await {
-                Ok(r) if r.status().is_success() => r.text().await.is_ok_and(|t| t.trim() == "true"),
-                _ => false,
+            let sent = Instant::now();
+            let outcome = match self.http.put(url).body(n.to_string()).timeout(Duration::from_secs(1)).send().await {
+                Ok(r) if r.status().is_success() => match r.text().await {
+                    Ok(t) if t.trim() == "true" => Ok(()),
+                    Ok(t) => Err(format!("200 {t}")),
+                    Err(e) => Err(format!("body: {e}")),
+                },
+                Ok(r) => {
+                    let status = r.status();
+                    Err(format!("{status} {}", r.text().await.unwrap_or_default().trim()))
+                }
+                Err(e) if e.is_timeout() => Err("timeout".to_string()),
+                Err(e) if e.is_connect() => Err("connect".to_string()),
+                Err(e) => Err(e.to_string()),
             };
-            if ok {
-                return Some(start.elapsed());
+            match outcome {
+                Ok(()) => break Some(start.elapsed()),
+                Err(why) => failed.push((i, sent - start, sent.elapsed(), why)),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if verbose() && result.is_none_or(|d| d > Duration::from_secs(3)) {
+            eprintln!("  probes until writable ({result:?}), failed ones:");
+            for (i, at, took, why) in failed {
+                eprintln!("    server-{} at {} ms: {why} after {} ms", i + 1, at.as_millis(), took.as_millis());
+            }
         }
-        None
+        result
     }
 
     /// Like [`Cluster::wait_writable`], but until a probe write through every live server has been
@@ -487,4 +512,8 @@ impl Drop for Cluster {
         // Unmounted before the temp dir they are in is deleted.
         self.disks.clear();
     }
+}
+
+fn verbose() -> bool {
+    std::env::var_os("ROSTER_FAULTS_VERBOSE").is_some()
 }

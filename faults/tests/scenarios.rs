@@ -59,8 +59,11 @@ async fn run_with(name: &str, servers: usize, port: u16, fault: Fault, txn: bool
     for f in &summary.faults {
         println!("  fault: {f}");
     }
-    for v in &summary.default_read_violations {
-        println!("  default-mode read anomaly (allowed by Consul's default consistency): {v}");
+    for v in &summary.violations {
+        println!("  not linearizable: {v}");
+    }
+    for v in &summary.violations_without_default_reads {
+        println!("  not linearizable even without default-mode reads: {v}");
     }
     let history = summary.history_file.display();
     assert!(summary.ops >= s.ops, "only {} operations recorded", summary.ops);
