@@ -88,12 +88,17 @@ impl App {
     /// is the election timeout less a heartbeat of margin. A leader cut off from its quorum
     /// (partitioned, its followers paused, or itself paused and resumed) stops serving its own,
     /// possibly stale, state within about a second instead of for the whole partition.
+    /// It must also have applied its term's read floor (see `ReadBarrier::floor_applied`): a
+    /// lease proves no newer leader, not that this one's state holds what older ones committed.
     pub fn leader_lease_held(&self) -> bool {
         let lease =
             Duration::from_millis(self.config.raft_election_timeout_ms.saturating_sub(self.config.raft_heartbeat_ms));
         let m = self.raft.metrics();
         let m = m.borrow();
         if m.current_leader != Some(self.id) {
+            return false;
+        }
+        if !self.read_barrier.floor_applied(m.vote.leader_id().term, m.last_applied.map(|l| l.index)) {
             return false;
         }
         let configs = m.membership_config.membership().get_joint_config();

@@ -7,7 +7,7 @@
 //! the previous one is on disk and on the wire. Under load one fsync serves hundreds of writes; a lone
 //! write pays what it would pay anyway.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -195,7 +195,7 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
 /// So in each term a read also waits until everything in this server's log when it first confirmed
 /// a read in that term is applied: entries committed before a restart are all in the log.
 /// `floor` is (term, index) for the current term.
-async fn confirm(raft: &Raft, floor: &mut Option<(u64, u64)>) -> bool {
+async fn confirm(raft: &Raft, floor: &Mutex<Option<(u64, u64)>>) -> bool {
     if raft.ensure_linearizable().await.is_err() {
         return false;
     }
@@ -204,11 +204,14 @@ async fn confirm(raft: &Raft, floor: &mut Option<(u64, u64)>) -> bool {
         let m = m.borrow();
         (m.current_term, m.last_log_index.unwrap_or(0))
     };
-    let index = match *floor {
-        Some((t, i)) if t == term => i,
-        _ => {
-            *floor = Some((term, last_log));
-            last_log
+    let index = {
+        let mut floor = floor.lock().unwrap_or_else(|e| e.into_inner());
+        match *floor {
+            Some((t, i)) if t == term => i,
+            _ => {
+                *floor = Some((term, last_log));
+                last_log
+            }
         }
     };
     raft.wait(Some(std::time::Duration::from_secs(5))).applied_index_at_least(Some(index), "read floor").await.is_ok()
@@ -223,25 +226,39 @@ async fn confirm(raft: &Raft, floor: &mut Option<(u64, u64)>) -> bool {
 #[derive(Clone)]
 pub struct ReadBarrier {
     tx: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+    /// (term, index): the read floor of the term of the last confirmation (see [`confirm`]).
+    floor: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 impl ReadBarrier {
     pub fn start(raft: Raft) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+        let floor = Arc::new(Mutex::new(None));
+        let shared = floor.clone();
         tokio::spawn(async move {
-            let mut floor = None;
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                let confirmed = confirm(&raft, &mut floor).await;
+                let confirmed = confirm(&raft, &shared).await;
                 for w in waiting {
                     let _ = w.send(confirmed);
                 }
             }
         });
-        ReadBarrier { tx }
+        ReadBarrier { tx, floor }
+    }
+
+    /// Whether a confirmation in `term` has set the term's read floor and `applied` (this server's
+    /// last applied index) has reached it: this server's state then holds every write acknowledged
+    /// before its term began, by an earlier leader or by itself before a restart. Until then a
+    /// leader's lease alone does not make its state current (a new leader may not have applied
+    /// what its predecessor committed; one restarted in its own term restores a lazily persisted
+    /// commit index), so default-mode reads go through [`ReadBarrier::confirm`].
+    pub fn floor_applied(&self, term: u64, applied: Option<u64>) -> bool {
+        let floor = *self.floor.lock().unwrap_or_else(|e| e.into_inner());
+        matches!((floor, applied), (Some((t, i)), Some(a)) if t == term && a >= i)
     }
 
     /// True once this server is confirmed leader and has applied everything committed before the call.
