@@ -217,6 +217,11 @@ async fn confirm(raft: &Raft, floor: &Mutex<Option<(u64, u64)>>) -> bool {
     raft.wait(Some(std::time::Duration::from_secs(5))).applied_index_at_least(Some(index), "read floor").await.is_ok()
 }
 
+/// Whether `floor` ((term, index), set by a confirmation) is of `term` and `applied` has reached it.
+fn floor_reached(floor: Option<(u64, u64)>, term: u64, applied: Option<u64>) -> bool {
+    matches!((floor, applied), (Some((t, i)), Some(a)) if t == term && a >= i)
+}
+
 /// Shares one leadership confirmation among concurrent `?consistent` reads.
 ///
 /// A read may only use a confirmation round that started after it arrived. Reads queue here; a loop
@@ -257,8 +262,7 @@ impl ReadBarrier {
     /// what its predecessor committed; one restarted in its own term restores a lazily persisted
     /// commit index), so default-mode reads go through [`ReadBarrier::confirm`].
     pub fn floor_applied(&self, term: u64, applied: Option<u64>) -> bool {
-        let floor = *self.floor.lock().unwrap_or_else(|e| e.into_inner());
-        matches!((floor, applied), (Some((t, i)), Some(a)) if t == term && a >= i)
+        floor_reached(*self.floor.lock().unwrap_or_else(|e| e.into_inner()), term, applied)
     }
 
     /// True once this server is confirmed leader and has applied everything committed before the call.
@@ -330,5 +334,18 @@ mod tests {
         let destroy = Command::SessionDestroy { id: "s".into(), now_ms: 0 };
         assert_eq!(admitted(&[txn(&[("set", "a")]), destroy.clone()]), [true, false]);
         assert_eq!(admitted(&[destroy, txn(&[("set", "a")])]), [true, true]);
+    }
+
+    #[test]
+    fn a_lease_read_needs_this_terms_floor_applied() {
+        // No confirmation yet in this process (a new or restarted leader): no lease reads.
+        assert!(!floor_reached(None, 7, Some(100)));
+        // The floor of an earlier term says nothing about this one.
+        assert!(!floor_reached(Some((6, 50)), 7, Some(100)));
+        // This term's floor, not yet applied / applied.
+        assert!(!floor_reached(Some((7, 120)), 7, Some(119)));
+        assert!(!floor_reached(Some((7, 120)), 7, None));
+        assert!(floor_reached(Some((7, 120)), 7, Some(120)));
+        assert!(floor_reached(Some((7, 120)), 7, Some(500)));
     }
 }
