@@ -43,6 +43,8 @@ pub struct App {
     pub read_barrier: crate::proposer::ReadBarrier,
     /// Followers' acknowledgements of this server's leadership (default-mode reads' lease).
     pub lease: Arc<crate::raft::lease::LeaseClock>,
+    /// The id of the last entry in this server's Raft log.
+    pub last_log: crate::raft::log_store::LastLogView,
     /// Client for calls outside the cluster (auth methods' JWKS and token review).
     pub http: reqwest::Client,
     /// Clients for other servers: RPC ports and HTTP APIs, over TLS where configured.

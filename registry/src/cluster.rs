@@ -26,6 +26,14 @@ pub struct ServerInfo {
     /// The cluster's identity, once made (last, with a default: older servers leave it out).
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// The id of the last entry in its log (for the election watchdog, `raft::election`; older
+    /// servers leave it out).
+    #[serde(default)]
+    pub last_log: Option<crate::raft::LogId>,
+    /// How long ago it last heard from a leader (0: it leads; None: it follows none, or is an
+    /// older server).
+    #[serde(default)]
+    pub leader_contact_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,7 +80,17 @@ pub fn load_or_create_node_id(dir: &Path) -> std::io::Result<NodeId> {
     Ok(id)
 }
 
-fn info(app: &App) -> ServerInfo {
+async fn info(app: &App) -> ServerInfo {
+    let heard = app
+        .raft
+        .with_raft_state(|st| (st.server_state, st.vote_ref().committed, st.vote_last_modified()))
+        .await
+        .ok()
+        .and_then(|(state, committed, at)| match state {
+            openraft::ServerState::Leader => Some(0),
+            _ if committed => at.map(|t| t.elapsed().as_millis() as u64),
+            _ => None,
+        });
     let m = app.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     ServerInfo {
@@ -82,6 +100,8 @@ fn info(app: &App) -> ServerInfo {
         leader: m.current_leader.and_then(|id| membership.get_node(&id).map(|n| (id, n.clone()))),
         voters: membership.voter_ids().collect(),
         cluster_id: app.sm.read(|s| s.cluster_id().map(str::to_string)),
+        last_log: app.last_log.get(),
+        leader_contact_ms: heard,
     }
 }
 
@@ -165,8 +185,10 @@ pub fn rpc_routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response
             }
         },
     );
-    let info_route =
-        warp::get().and(warp::path!("raft" / "info")).and(with_app).map(|app: Arc<App>| msgpack(&info(&app)));
+    let info_route = warp::get()
+        .and(warp::path!("raft" / "info"))
+        .and(with_app)
+        .then(|app: Arc<App>| async move { msgpack(&info(&app).await) });
     info_route.or(calls).unify()
 }
 
@@ -281,8 +303,16 @@ pub async fn remove_server(app: &App, id: NodeId) -> Result<(), String> {
 
 /// A server's identity and view, from its RPC port.
 pub async fn server_info(dialer: &crate::tls::dial::Dialer, addr: &str) -> Option<ServerInfo> {
-    let resp =
-        dialer.rpc().get(dialer.rpc_url(addr, "/raft/info")).timeout(Duration::from_secs(2)).send().await.ok()?;
+    server_info_within(dialer, addr, Duration::from_secs(2)).await
+}
+
+/// [`server_info`] with a timeout of its own.
+pub async fn server_info_within(
+    dialer: &crate::tls::dial::Dialer,
+    addr: &str,
+    timeout: Duration,
+) -> Option<ServerInfo> {
+    let resp = dialer.rpc().get(dialer.rpc_url(addr, "/raft/info")).timeout(timeout).send().await.ok()?;
     decode(&resp.bytes().await.ok()?).ok()
 }
 
@@ -306,7 +336,7 @@ pub async fn bootstrap(app: Arc<App>) {
     let mut shutdown = app.shutdown.subscribe();
     let expect = app.config.bootstrap_expect;
     loop {
-        if info(&app).initialized {
+        if app.raft.metrics().borrow().membership_config.log_id().is_some() {
             return;
         }
         if expect == 1 && app.config.retry_join.is_empty() {

@@ -293,6 +293,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     let dialer = Arc::new(crate::tls::dial::Dialer::new(outgoing, &config.datacenter).map_err(anyhow::Error::msg)?);
     let lease = Arc::new(crate::raft::lease::LeaseClock::default());
     let network = Network::new(sm.clone(), dialer.clone(), lease.clone());
+    let last_log = log_store.last_log_view();
     let raft = Raft::new(id, Arc::new(raft_config), network, log_store, sm.clone()).await?;
     let me = ServerNode {
         name: config.node_name.clone(),
@@ -328,6 +329,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
         proposer: crate::proposer::Proposer::start(raft.clone()),
         read_barrier: crate::proposer::ReadBarrier::start(raft.clone()),
         lease,
+        last_log,
         raft,
         sm,
         http,
@@ -402,6 +404,7 @@ pub async fn start(config: Config) -> anyhow::Result<(Arc<App>, Tasks)> {
     )));
     handles.push(tokio::spawn(crate::metrics::watch_raft(app.clone())));
     handles.push(tokio::spawn(crate::cluster::probe_servers(app.clone())));
+    handles.push(tokio::spawn(crate::raft::election::watchdog(app.clone())));
     handles.push(tokio::spawn(crate::autopilot::run(app.clone(), gossip.clone())));
     if let Some(listeners) = dns_listeners {
         let catalog = Arc::new(crate::dns_catalog::StateCatalog(app.clone()));

@@ -83,7 +83,23 @@ fn lock_err() -> StorageError {
     }
 }
 
+/// The id of the log's last entry, read from the store's cache without keeping its writer alive
+/// (the election watchdog and `/raft/info` ask it).
+#[derive(Clone)]
+pub struct LastLogView(Arc<Mutex<LogCache>>);
+
+impl LastLogView {
+    pub fn get(&self) -> Option<LogId> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.entries.values().next_back().map(|e| e.log_id).or(cache.last_purged)
+    }
+}
+
 impl LogStore {
+    pub fn last_log_view(&self) -> LastLogView {
+        LastLogView(self.cache.clone())
+    }
+
     /// Opens (or creates) the log at `path`, loading what is on disk.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(|e| io_err(ErrorVerb::Read, e))?;

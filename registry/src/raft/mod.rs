@@ -1,5 +1,6 @@
 //! openraft glue: type configuration, the durable log, the state machine and the RPC network.
 
+pub mod election;
 pub mod lease;
 pub mod log_store;
 pub mod network;
