@@ -29,15 +29,38 @@ fn roster_bin() -> PathBuf {
     roster
 }
 
-fn start_dev() -> Dev {
+/// `roster dev` with `args` after `dev`.
+fn spawn_dev(args: &[&str]) -> Dev {
     let child = Command::new(roster_bin())
-        .args(["dev", "--http-addr", DEV_HTTP, "--rpc-addr", "127.0.0.1:19802", "--gossip-addr", DEV_GOSSIP])
+        .arg("dev")
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn roster dev");
     Dev(child)
+}
+
+fn start_dev() -> Dev {
+    spawn_dev(&["--http-addr", DEV_HTTP, "--rpc-addr", "127.0.0.1:19802", "--gossip-addr", DEV_GOSSIP])
+}
+
+/// A dev server with ACLs on, default deny, `management` its management token; gossip off.
+fn start_dev_with_acls(http: &str, rpc: &str, management: &str) -> Dev {
+    spawn_dev(&[
+        "--http-addr",
+        http,
+        "--rpc-addr",
+        rpc,
+        "--gossip-addr",
+        "off",
+        "--acl-enabled",
+        "--acl-default-policy",
+        "deny",
+        "--acl-initial-management",
+        management,
+    ])
 }
 
 fn sidecar_config() -> Config {
@@ -238,15 +261,7 @@ async fn token_review_server() -> std::net::SocketAddr {
 async fn a_sidecar_logs_in_with_its_service_account_and_out_when_it_stops() {
     const MANAGEMENT: &str = "6d0a8a5e-0000-4000-8000-management2";
     const HTTP: &str = "127.0.0.1:19821";
-    let child = Command::new(roster_bin())
-        .args(["dev", "--http-addr", HTTP, "--rpc-addr", "127.0.0.1:19822", "--gossip-addr", "off"])
-        .args(["--acl-enabled", "--acl-default-policy", "deny", "--acl-initial-management", MANAGEMENT])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn roster dev");
-    let _dev = Dev(child);
+    let _dev = start_dev_with_acls(HTTP, "127.0.0.1:19822", MANAGEMENT);
     let http = registry::client::http_builder().timeout(Duration::from_secs(20)).build().expect("client");
     let admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = http.request(method, format!("http://{HTTP}/v1{path}")).header("X-Consul-Token", MANAGEMENT);
@@ -330,15 +345,7 @@ async fn a_sidecar_logs_in_with_its_service_account_and_out_when_it_stops() {
 async fn while_no_server_answers_the_down_policy_decides_about_tokens() {
     const MANAGEMENT: &str = "6d0a8a5e-0000-4000-8000-management3";
     const HTTP: &str = "127.0.0.1:19831";
-    let child = Command::new(roster_bin())
-        .args(["dev", "--http-addr", HTTP, "--rpc-addr", "127.0.0.1:19832", "--gossip-addr", "off"])
-        .args(["--acl-enabled", "--acl-default-policy", "deny", "--acl-initial-management", MANAGEMENT])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn roster dev");
-    let mut dev = Dev(child);
+    let mut dev = start_dev_with_acls(HTTP, "127.0.0.1:19832", MANAGEMENT);
     let http = registry::client::http_builder().timeout(Duration::from_secs(20)).build().expect("client");
     let admin_put = |path: &str, body: Value| {
         let req = http.put(format!("http://{HTTP}/v1{path}")).header("X-Consul-Token", MANAGEMENT).json(&body);
