@@ -113,14 +113,5 @@ async fn ask_primary(app: &Arc<App>, token: Option<&str>) -> Fetched {
     let Ok(resp) = tokio::time::timeout(ASK_TIMEOUT, asked).await else {
         return Fetched::Unreachable(format!("datacenter {primary:?} did not answer in {ASK_TIMEOUT:?}"));
     };
-    let status = resp.status();
-    let body = String::from_utf8_lossy(resp.body()).trim().to_string();
-    match status.as_u16() {
-        200 => match serde_json::from_str(&body) {
-            Ok(rules) => Fetched::Found(rules),
-            Err(e) => Fetched::Unreachable(format!("datacenter {primary:?} answered rules that do not parse: {e}")),
-        },
-        403 => Fetched::Refused(body),
-        _ => Fetched::Unreachable(format!("datacenter {primary:?}: {status}: {body}")),
-    }
+    Fetched::from_rules_answer(resp.status().as_u16(), resp.body(), &format!("datacenter {primary:?}"))
 }

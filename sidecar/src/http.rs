@@ -157,18 +157,7 @@ async fn ask_servers(client: &Client, token: &Option<String>) -> Fetched {
         Ok(r) => r,
         Err(e) => return Fetched::Unreachable(format!("No known Roster servers answered: {e}")),
     };
-    match r.status {
-        // ACLs are off: every request may do everything.
-        StatusCode::UNAUTHORIZED => {
-            Fetched::Found(registry::acl::EffectiveRules { management: true, ..Default::default() })
-        }
-        s if s.is_success() => match serde_json::from_slice(&r.body) {
-            Ok(rules) => Fetched::Found(rules),
-            Err(e) => Fetched::Unreachable(format!("resolving the token: {e}")),
-        },
-        StatusCode::FORBIDDEN => Fetched::Refused(String::from_utf8_lossy(&r.body).into_owned()),
-        s => Fetched::Unreachable(format!("resolving the token: {s}: {}", String::from_utf8_lossy(&r.body).trim())),
-    }
+    Fetched::from_rules_answer(r.status.as_u16(), &r.body, "the servers")
 }
 
 #[async_trait::async_trait]

@@ -56,6 +56,24 @@ pub enum Fetched {
     Unreachable(String),
 }
 
+impl Fetched {
+    /// What an answer of `/v1/internal/acl/rules` (asked with the token itself) says; `who` names the
+    /// one asked, for messages. 401 is Consul's "ACL support disabled": ACLs are off there, so the
+    /// token may do everything, as Consul's resolver then treats it.
+    pub fn from_rules_answer(status: u16, body: &[u8], who: &str) -> Fetched {
+        let text = || String::from_utf8_lossy(body).trim().to_string();
+        match status {
+            200 => match serde_json::from_slice(body) {
+                Ok(rules) => Fetched::Found(rules),
+                Err(e) => Fetched::Unreachable(format!("{who} answered rules that do not parse: {e}")),
+            },
+            401 => Fetched::Found(EffectiveRules { management: true, ..Default::default() }),
+            403 => Fetched::Refused(text()),
+            _ => Fetched::Unreachable(format!("{who}: {status}: {}", text())),
+        }
+    }
+}
+
 /// What the cache says before asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -268,6 +286,22 @@ mod tests {
         assert_eq!(c.len(), CAPACITY);
         assert_eq!(c.current(&Some("0".into())), None, "the oldest went first");
         assert!(c.current(&Some((CAPACITY + 9).to_string())).is_some());
+    }
+
+    #[test]
+    fn answers_of_the_rules_endpoint_are_read_as_consul_means_them() {
+        let rules = serde_json::to_vec(&kv_reader()).expect("serializes");
+        assert_eq!(Fetched::from_rules_answer(200, &rules, "dc1"), Fetched::Found(kv_reader()));
+        assert!(matches!(Fetched::from_rules_answer(401, b"ACL support disabled", "dc1"),
+            Fetched::Found(r) if r.management));
+        assert_eq!(
+            Fetched::from_rules_answer(403, b"ACL not found\n", "dc1"),
+            Fetched::Refused("ACL not found".into())
+        );
+        assert!(
+            matches!(Fetched::from_rules_answer(503, b"No path", "dc1"), Fetched::Unreachable(m) if m.contains("dc1"))
+        );
+        assert!(matches!(Fetched::from_rules_answer(200, b"{", "dc1"), Fetched::Unreachable(_)));
     }
 
     #[test]

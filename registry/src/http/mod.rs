@@ -257,25 +257,23 @@ async fn to_datacenter(app: &App, dc: &str, req: &Req) -> Resp {
 /// leader or to another datacenter as any request is): the DNS interface's and prepared queries'
 /// reads of other datacenters.
 pub async fn get_as(app: &Arc<App>, path: String, query: Vec<(String, String)>, token: Option<&str>) -> Resp {
+    Box::pin(serve(app.clone(), get_request(path, query, token))).await
+}
+
+/// A GET of `path?query` carrying `token` as a client sends it.
+fn get_request(path: String, query: Vec<(String, String)>, token: Option<&str>) -> Req {
     let raw_query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
     let mut headers = HeaderMap::new();
     if let Some(t) = token.and_then(|t| HeaderValue::from_str(t).ok()) {
         headers.insert("x-consul-token", t);
     }
-    let req = Req { method: Method::GET, path, raw_query, query, headers, body: Bytes::new() };
-    Box::pin(serve(app.clone(), req)).await
+    Req { method: Method::GET, path, raw_query, query, headers, body: Bytes::new() }
 }
 
 /// A GET sent straight to another datacenter's servers (not through this server's own pipeline),
 /// as a client holding `token` would send it there.
 pub async fn get_from_datacenter(app: &App, dc: &str, path: String, token: Option<&str>) -> Resp {
-    let mut headers = HeaderMap::new();
-    if let Some(t) = token.and_then(|t| HeaderValue::from_str(t).ok()) {
-        headers.insert("x-consul-token", t);
-    }
-    let query = vec![("dc".to_string(), dc.to_string())];
-    let raw_query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
-    let req = Req { method: Method::GET, path, raw_query, query, headers, body: Bytes::new() };
+    let req = get_request(path, vec![("dc".to_string(), dc.to_string())], token);
     to_datacenter(app, dc, &req).await
 }
 
