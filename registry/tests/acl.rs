@@ -72,7 +72,8 @@ use Want::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_matrix() {
     let child = Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["dev", "--http-addr", HTTP, "--rpc-addr", RPC, "--acl-enabled", "--acl-default-policy", "deny"])
+        .args(["dev", "--http-addr", HTTP, "--rpc-addr", RPC, "--gossip-addr", "off"])
+        .args(["--acl-enabled", "--acl-default-policy", "deny"])
         .env("ROSTER_ACL_INITIAL_MANAGEMENT", MANAGEMENT)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -81,9 +82,14 @@ async fn acl_matrix() {
     let _dev = Dev(child);
     let api = Api { http: registry::client::http_builder().timeout(Duration::from_secs(10)).build().expect("client") };
 
-    // Wait until the leader has created the management token.
+    // Wait until the server listens (a refused connection is expected until then) and the leader
+    // has created the management token.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while api.call("GET", "/v1/acl/token/self", Some(MANAGEMENT), None).await.status != 200 {
+    let token_self = || {
+        let req = api.http.get(format!("http://{HTTP}/v1/acl/token/self")).header("X-Consul-Token", MANAGEMENT);
+        req.send()
+    };
+    while !token_self().await.is_ok_and(|r| r.status() == 200) {
         assert!(Instant::now() < deadline, "management token never appeared");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -109,7 +109,10 @@ async fn auth_methods_log_in_with_jwts_and_service_account_tokens() {
     let _dev = Dev(child);
     let http = registry::client::http_builder().timeout(Duration::from_secs(10)).build().expect("client");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while call(&http, "GET", "/v1/acl/token/self", Some(MANAGEMENT), None).await.0 != 200 {
+    // A refused connection is expected until the server listens.
+    let token_self =
+        || http.get(format!("http://{HTTP}/v1/acl/token/self")).header("X-Consul-Token", MANAGEMENT).send();
+    while !token_self().await.is_ok_and(|r| r.status() == 200) {
         assert!(Instant::now() < deadline, "management token never appeared");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
