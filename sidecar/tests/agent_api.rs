@@ -123,7 +123,11 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let r = req.send().await.expect("request");
+        // Status 0: no answer (a server still starting refuses connections).
+        let r = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return (0, Value::String(e.to_string())),
+        };
         let status = r.status().as_u16();
         let text = r.text().await.expect("body");
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
