@@ -87,6 +87,15 @@ if grep -q 'cert-manager.io' <<<"$rendered"; then
     echo "cert-manager RBAC without cert-manager" >&2
     exit 1
 fi
+# Sidecars over HTTPS with the client certificate's Secret, only with TLS on.
+for want in 'ROSTER_SERVERS: "https://roster.registry.svc:8501"' 'name: ROSTER_SIDECAR_TLS_SECRET' 'value: roster-client-tls'; do
+    "$bin/helm4" template roster "$chart" --namespace registry --set cluster.tls.enabled=true | grep -qF -- "$want" \
+        || { echo "TLS for sidecars lacks: $want" >&2; exit 1; }
+done
+if "$bin/helm4" template roster "$chart" | grep -q 'ROSTER_SIDECAR_TLS_SECRET\|https://'; then
+    echo "sidecars told about TLS without cluster.tls" >&2
+    exit 1
+fi
 rendered="$("$bin/helm4" template roster "$chart" --set cluster.tls.enabled=true,cluster.tls.certManager.issuerRef.name=ca)"
 for want in 'apiGroups: ["cert-manager.io"]' 'name: "ca"'; do
     grep -qF -- "$want" <<<"$rendered" || { echo "cert-manager TLS lacks: $want" >&2; exit 1; }

@@ -3,8 +3,9 @@
 # install the chart, wait for the RegistryCluster, apply a ServiceRegistration and a KeyValue and
 # find them in the registry, scale 3 -> 5 -> 3 (Raft membership followed through autopilot), roll
 # the servers onto a new template with the data intact, lose every server pod at once, delete the
-# resources, inject sidecars into annotated pods and a labelled namespace, then an ACL-enabled
-# cluster with Kubernetes login, uninstall.
+# resources, inject sidecars into annotated pods and a labelled namespace, turn TLS on and inject a
+# sidecar that reaches the servers over HTTPS with the operator's client certificate, then an
+# ACL-enabled cluster with Kubernetes login, uninstall.
 #
 # Without a cluster it prints why and exits 77, which scripts/test.sh reports as a skip (never as
 # a pass). The images must already be in the cluster (built from registry/Dockerfile and
@@ -239,6 +240,49 @@ ka delete service cart-svc --wait --timeout=60s
 eventually_eq 60 0 catalog_count cart-k8s || fail "cart-k8s stayed after its Service was deleted"
 ka delete pod shop cart batch --wait --timeout=60s
 eventually_eq 60 0 catalog_count shop || fail "the shop service stayed after its pod was deleted"
+
+echo "== TLS turned on in two steps; an injected sidecar then reaches the servers over HTTPS only"
+# Restarts the port-forward (its pod may have been replaced) and waits for an answer.
+reforward() {
+    kill "$pf_pid" 2>/dev/null || true
+    k port-forward svc/roster 18580:8500 >/dev/null 2>&1 &
+    pf_pid=$!
+    eventually 60 curl -sf "$api/v1/status/leader" || fail "no answer after $1"
+}
+revision_changed() { test "$(jsonpath statefulset/roster '{.status.updateRevision}')" != "$1"; }
+before="$(jsonpath statefulset/roster '{.status.updateRevision}')"
+"$helm" upgrade roster charts/roster -n "$ns" --reuse-values --wait --timeout 5m \
+    --set cluster.tls.enabled=true,cluster.tls.verifyIncoming=false
+k wait --for=condition=TLSReady registrycluster/roster --timeout=120s || fail "TLSReady never became True"
+eventually 120 revision_changed "$before" || fail "TLS did not change the server template"
+eventually 600 updated || fail "servers not all on the TLS template"
+reforward "TLS was turned on"
+eventually_eq 120 3 voters || fail "not 3 healthy voters with TLS on"
+before="$(jsonpath statefulset/roster '{.status.updateRevision}')"
+"$helm" upgrade roster charts/roster -n "$ns" --reuse-values --wait --timeout 5m --set cluster.tls.verifyIncoming=true
+eventually 120 revision_changed "$before" || fail "verifyIncoming did not change the server template"
+eventually 600 updated || fail "servers not all on the verify-incoming template"
+reforward "verifyIncoming was turned on"
+eventually_eq 120 3 voters || fail "not 3 healthy voters with verifyIncoming"
+k get secret roster-client-tls >/dev/null || fail "no client certificate Secret for sidecars"
+ka apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata: {name: vault, labels: {app: vault}}
+spec:
+  containers:
+    - name: app
+      image: registry.k8s.io/pause:3.9
+      ports: [{containerPort: 8200}]
+EOF
+injected vault || fail "the pod has no sidecar"
+ka get pod vault -o yaml | grep -q 'https://roster' || fail "the sidecar was not given the servers' HTTPS address"
+ka get secret roster-client-tls >/dev/null || fail "the client certificate Secret was not copied into $apps"
+ka wait --for=condition=Ready pod/vault --timeout=120s \
+    || fail "the TLS sidecar never became Ready: $(ka logs vault -c roster-sidecar --tail=20)"
+eventually 60 catalog_has vault 8200 \
+    || fail "the TLS sidecar registered no vault service: $(ka logs vault -c roster-sidecar --tail=20)"
+ka delete pod vault --wait --timeout=60s
 "$kubectl" delete namespace "$apps" --wait=false
 
 echo "== an ACL-enabled cluster: bootstrapped by the operator, an ACLPolicy's token Secret used by a client"

@@ -138,6 +138,12 @@ struct RunSettings {
     /// into each namespace where a sidecar is injected.
     #[arg(long, env = "ROSTER_SIDECAR_GOSSIP_KEY_SECRET")]
     sidecar_gossip_key_secret: Option<String>,
+    /// A `kubernetes.io/tls` Secret (operator's namespace; the RegistryCluster's
+    /// `<cluster>-client-tls` with spec.tls) whose client certificate and CA injected sidecars
+    /// mount to reach their servers over HTTPS; copied into each namespace where a sidecar is
+    /// injected, and kept current there when renewed.
+    #[arg(long, env = "ROSTER_SIDECAR_TLS_SECRET")]
+    sidecar_tls_secret: Option<String>,
     /// Give injected sidecars a projected ServiceAccount token to log in with (Kubernetes auth).
     #[arg(long, env = "ROSTER_SIDECAR_LOGIN")]
     sidecar_login: bool,
@@ -161,6 +167,7 @@ fn webhook_settings(s: &RunSettings) -> Option<roster_operator::inject::WebhookS
             image: s.sidecar_image.clone(),
             env: Default::default(),
             gossip_key_secret: s.sidecar_gossip_key_secret.clone().filter(|n| !n.is_empty()),
+            tls_secret: s.sidecar_tls_secret.clone().filter(|n| !n.is_empty()),
             login_token: s.sidecar_login,
             native_sidecars: false,
         },

@@ -21,7 +21,7 @@ use tower_test::mock;
 
 mod common;
 
-use common::{not_found, serve, ApiHandle};
+use common::{echo, is, next_request, not_found, serve, serve_pending, ApiHandle, Pending};
 
 fn fixture(name: &str) -> RegistryCluster {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry_cluster").join(name);
@@ -150,10 +150,6 @@ async fn expect_event(handle: &mut ApiHandle) -> Value {
     let event: Value = serde_json::from_slice(&bytes).expect("json");
     send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
     event
-}
-
-fn echo(body: &Value) -> (u16, Value) {
-    (200, body.clone())
 }
 
 /// The API server's answer to a status apply: the whole resource, carrying the new status.
@@ -562,6 +558,7 @@ use roster_operator::registry_cluster::{tls, validate as validate_cluster, DEFAU
 
 const CA_SECRET: &str = "/api/v1/namespaces/shop/secrets/registry-tls-ca";
 const SERVER_SECRET: &str = "/api/v1/namespaces/shop/secrets/registry-server-tls";
+const CLIENT_SECRET: &str = "/api/v1/namespaces/shop/secrets/registry-client-tls";
 const CA_CONFIG_MAP: &str = "/api/v1/namespaces/shop/configmaps/registry-ca?";
 
 fn b64_field(v: &Value, key: &str) -> String {
@@ -606,6 +603,16 @@ async fn tls_a_new_cluster_gets_a_ca_and_a_server_certificate_signed_by_it() {
     assert_eq!(info.dns_names[0], "server.eu-west.consul");
     assert_eq!(info.not_after - info.not_before, 720 * 3600 + 60, "spec.tls.certificateValidity");
     assert_eq!(expect_event(&mut handle).await["reason"], "ServerCertificateIssued");
+    // The sidecars' client certificate, from the same CA, in its own Secret.
+    serve(&mut handle, Method::GET, CLIENT_SECRET, not_found).await;
+    let client = serve(&mut handle, Method::PATCH, &format!("{CLIENT_SECRET}?"), echo).await;
+    assert_eq!(b64_field(&client, "ca.crt"), b64_field(&ca, "ca.crt"));
+    assert_eq!(
+        tls::read_cert(&b64_field(&client, "tls.crt")).expect("a certificate").dns_names,
+        ["client.eu-west.consul"]
+    );
+    assert!(b64_field(&client, "tls.key").contains("PRIVATE KEY"));
+    assert_eq!(expect_event(&mut handle).await["reason"], "ClientCertificateIssued");
     let bundle = serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
     assert_eq!(bundle["data"]["ca.crt"].as_str(), Some(b64_field(&ca, "ca.crt").as_str()), "the CA, published");
     assert!(bundle["data"].get("ca.key").is_none(), "never the key");
@@ -620,14 +627,26 @@ async fn tls_a_new_cluster_gets_a_ca_and_a_server_certificate_signed_by_it() {
     assert_eq!(reconciler.await.expect("join").expect("ok"), Action::requeue(Duration::from_secs(30)));
 }
 
-/// One pass of a running TLS cluster whose CA and server Secrets exist: returns the server Secret
-/// written (None: kept) and the StatefulSet applied.
+/// If `pending` writes the certificate Secret at `path`, answers it and expects the Event:
+/// Some(what was written) and the request after; otherwise None and `pending` as it is.
+async fn take_write(handle: &mut ApiHandle, pending: Pending, path: &str, reason: &str) -> (Option<Value>, Pending) {
+    if !is(&pending, Method::PATCH, &format!("{path}?")) {
+        return (None, pending);
+    }
+    let written = serve_pending(pending, Method::PATCH, path, echo).await;
+    assert_eq!(expect_event(handle).await["reason"], reason);
+    (Some(written), next_request(handle, "what follows a certificate").await)
+}
+
+/// One pass of a running TLS cluster whose CA, server and client Secrets exist: returns the server
+/// and client Secrets written (None: kept) and the StatefulSet applied.
 async fn tls_pass(
     ctx: Arc<Context>,
     handle: &mut ApiHandle,
     ca_secret: Value,
     server_secret: Value,
-) -> (Option<Value>, Value) {
+    client_secret: Value,
+) -> (Option<Value>, Option<Value>, Value) {
     let mut rc = fixture("tls.yaml");
     rc.metadata.generation = Some(2);
     rc.status = running(3).status;
@@ -637,27 +656,17 @@ async fn tls_pass(
     // The CA is read, never created or written: it exists.
     serve(handle, Method::GET, CA_SECRET, move |_| (200, ca_secret)).await;
     serve(handle, Method::GET, SERVER_SECRET, move |_| (200, server_secret)).await;
-    let (request, send) =
-        tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await.expect("a request").expect("request");
-    let uri = request.uri().to_string();
-    let written = if uri.starts_with(&format!("{SERVER_SECRET}?")) {
-        assert_eq!(request.method(), Method::PATCH);
-        let bytes = request.into_body().collect_bytes().await.expect("body");
-        send.send_response(Response::builder().body(Body::from(bytes.clone())).expect("response"));
-        assert_eq!(expect_event(handle).await["reason"], "ServerCertificateIssued");
-        serve(handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
-        Some(serde_json::from_slice::<Value>(&bytes).expect("json"))
-    } else {
-        assert!(uri.starts_with(CA_CONFIG_MAP), "expected the CA ConfigMap, got {uri}");
-        let bytes = request.into_body().collect_bytes().await.expect("body");
-        send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
-        None
-    };
+    let pending = next_request(handle, "the server certificate or the client's").await;
+    let (server, pending) = take_write(handle, pending, SERVER_SECRET, "ServerCertificateIssued").await;
+    serve_pending(pending, Method::GET, CLIENT_SECRET, move |_| (200, client_secret)).await;
+    let pending = next_request(handle, "the client certificate or the CA ConfigMap").await;
+    let (client, pending) = take_write(handle, pending, CLIENT_SECRET, "ClientCertificateIssued").await;
+    serve_pending(pending, Method::PATCH, CA_CONFIG_MAP, echo).await;
     let sts = expect_applies(handle).await;
     let status = serve(handle, Method::PATCH, STATUS, with_status).await;
     assert_eq!(condition(&status, "TLSReady")["status"], "True", "{status}");
     reconciler.await.expect("join").expect("ok");
-    (written, sts)
+    (server, client, sts)
 }
 
 #[tokio::test]
@@ -667,33 +676,44 @@ async fn renewal_replaces_the_certificate_in_place_and_restarts_no_server() {
     let now = unix_now();
     let ca = tls::new_ca(&valid, now - validity).expect("ca");
     let ca_secret = secret_json(&tls::ca_secret(&valid, &None, &ca));
-    // Issued three quarters of its life ago: past the two-thirds mark.
-    let old = tls::issue_server(&valid, &ca, validity, now - validity * 3 / 4).expect("old certificate");
-    let old_secret = secret_json(&tls::server_secret(&valid, &None, &ca.cert_pem, &old));
+    // Issued at `at` (unix seconds), as its Secret.
+    let issued = |leaf: tls::Leaf, at: u64| {
+        let cert = leaf.issue(&valid, &ca, validity, at).expect("certificate");
+        (secret_json(&leaf.secret(&valid, &None, &ca.cert_pem, &cert)), cert.cert_pem)
+    };
+    // Issued three quarters of their life ago: past the two-thirds mark.
+    let (old_server, old_cert) = issued(tls::Leaf::Server, now - validity * 3 / 4);
+    let (old_client, old_client_cert) = issued(tls::Leaf::Client, now - validity * 3 / 4);
     let (ctx, mut handle) = context(FakeServers::with(&[
         ("registry-0", true, true),
         ("registry-1", false, true),
         ("registry-2", false, true),
     ]));
 
-    // Before it is due (a third of its life gone), the certificate stays.
-    let young = tls::issue_server(&valid, &ca, validity, now - validity / 3).expect("young certificate");
-    let young_secret = secret_json(&tls::server_secret(&valid, &None, &ca.cert_pem, &young));
-    let (kept, sts_before) = tls_pass(ctx.clone(), &mut handle, ca_secret.clone(), young_secret).await;
-    assert!(kept.is_none(), "not due yet");
+    // Before they are due (a third of their life gone), the certificates stay.
+    let (young_server, _) = issued(tls::Leaf::Server, now - validity / 3);
+    let (young_client, _) = issued(tls::Leaf::Client, now - validity / 3);
+    let (kept, kept_client, sts_before) =
+        tls_pass(ctx.clone(), &mut handle, ca_secret.clone(), young_server, young_client.clone()).await;
+    assert!(kept.is_none() && kept_client.is_none(), "not due yet");
 
-    let (renewed, sts_renewing) = tls_pass(ctx.clone(), &mut handle, ca_secret.clone(), old_secret).await;
+    let (renewed, renewed_client, sts_renewing) =
+        tls_pass(ctx.clone(), &mut handle, ca_secret.clone(), old_server, old_client).await;
     let renewed = renewed.expect("the due certificate is replaced");
     assert_eq!(renewed["metadata"]["name"], "registry-server-tls", "the same Secret the pods mount");
     assert_eq!(b64_field(&renewed, "ca.crt"), ca.cert_pem, "from the existing CA");
     let new_cert = b64_field(&renewed, "tls.crt");
-    assert_ne!(new_cert, old.cert_pem);
-    let (old_info, new_info) = (tls::read_cert(&old.cert_pem).expect("old"), tls::read_cert(&new_cert).expect("new"));
+    assert_ne!(new_cert, old_cert);
+    let (old_info, new_info) = (tls::read_cert(&old_cert).expect("old"), tls::read_cert(&new_cert).expect("new"));
     assert!(new_info.not_after > old_info.not_after + validity / 2, "a fresh lifetime");
+    // The sidecars' certificate too, in the Secret the injector copies.
+    let renewed_client = renewed_client.expect("the due client certificate is replaced");
+    assert_eq!(renewed_client["metadata"]["name"], "registry-client-tls");
+    assert_ne!(b64_field(&renewed_client, "tls.crt"), old_client_cert);
 
-    // Next pass: the new certificate is kept, and the pod template is exactly what it was.
-    let (kept, sts_steady) = tls_pass(ctx, &mut handle, ca_secret, renewed).await;
-    assert!(kept.is_none(), "a fresh certificate is not issued again");
+    // Next pass: the new certificates are kept, and the pod template is exactly what it was.
+    let (kept, kept_client, sts_steady) = tls_pass(ctx, &mut handle, ca_secret, renewed, renewed_client).await;
+    assert!(kept.is_none() && kept_client.is_none(), "fresh certificates are not issued again");
     assert_eq!(template(&sts_before), template(&sts_renewing), "no rolling restart for a renewal");
     assert_eq!(template(&sts_renewing), template(&sts_steady));
     assert!(!template(&sts_steady).to_string().contains("BEGIN CERTIFICATE"), "no certificate bytes in the template");
@@ -723,12 +743,15 @@ async fn with_cert_manager_the_operator_keeps_a_certificate_and_publishes_its_ca
     let valid = validate_cluster(&rc, DEFAULT_IMAGE).expect("valid");
     let (ctx, mut handle) = context(FakeServers::with(&[]));
     const CERTIFICATE: &str = "/apis/cert-manager.io/v1/namespaces/shop/certificates/registry-server-tls?";
+    const CLIENT_CERTIFICATE: &str = "/apis/cert-manager.io/v1/namespaces/shop/certificates/registry-client-tls?";
 
     // cert-manager has not issued yet.
     let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx.clone()));
     serve(&mut handle, Method::GET, STS, not_found).await;
     let certificate = serve(&mut handle, Method::PATCH, CERTIFICATE, echo).await;
     assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    let client = serve(&mut handle, Method::PATCH, CLIENT_CERTIFICATE, echo).await;
+    assert_eq!(client["spec"]["secretName"], "registry-client-tls");
     serve(&mut handle, Method::GET, SERVER_SECRET, not_found).await;
     expect_applies(&mut handle).await;
     let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
@@ -739,11 +762,12 @@ async fn with_cert_manager_the_operator_keeps_a_certificate_and_publishes_its_ca
     // It has: the CA it wrote is published, its dates reported; the operator issues nothing.
     let now = unix_now();
     let issuer_ca = tls::new_ca(&valid, now).expect("ca");
-    let cert = tls::issue_server(&valid, &issuer_ca, 86_400, now).expect("cert");
-    let secret = secret_json(&tls::server_secret(&valid, &None, &issuer_ca.cert_pem, &cert));
+    let cert = tls::Leaf::Server.issue(&valid, &issuer_ca, 86_400, now).expect("cert");
+    let secret = secret_json(&tls::Leaf::Server.secret(&valid, &None, &issuer_ca.cert_pem, &cert));
     let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
     serve(&mut handle, Method::GET, STS, not_found).await;
     serve(&mut handle, Method::PATCH, CERTIFICATE, echo).await;
+    serve(&mut handle, Method::PATCH, CLIENT_CERTIFICATE, echo).await;
     serve(&mut handle, Method::GET, SERVER_SECRET, move |_| (200, secret)).await;
     let bundle = serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
     assert_eq!(bundle["data"]["ca.crt"].as_str(), Some(issuer_ca.cert_pem.as_str()));

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{not_found, serve, ApiHandle};
+use common::{echo, not_found, serve, ApiHandle};
 use http::{Method, Request, Response};
 use kube::client::Body;
 use roster_operator::inject::{certs, webhook, InjectSettings};
@@ -98,6 +98,41 @@ async fn the_certificate_is_issued_once_and_the_ca_bundle_kept() {
     assert_eq!(pass.await.expect("join"), Ok(certs::Renewal::Leaf));
 }
 
+/// The client certificate's Secret as the API server returns it: `tls.crt` is `crt` (base64).
+fn client_tls_secret(namespace: &str, crt: &str, labels: &[(&str, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": "registry-client-tls", "namespace": namespace, "labels": labels},
+           "data": {"tls.crt": crt, "tls.key": "a2V5", "ca.crt": "Y2E="}})
+}
+
+/// A renewal reaches the copies of running pods: every stale copy (found by its label, in any
+/// namespace) is rewritten from the source; current ones are left alone.
+#[tokio::test]
+async fn renewed_certificates_reach_the_copies_in_every_namespace() {
+    let (client, mut api) = client();
+    let refresh = tokio::spawn(async move {
+        roster_operator::inject::copies::refresh(&client, "roster", "registry-client-tls").await
+    });
+    serve(&mut api, Method::GET, "/api/v1/namespaces/roster/secrets/registry-client-tls", |_| {
+        (200, client_tls_secret("roster", "bmV3", &[]))
+    })
+    .await;
+    let ours = [("app.kubernetes.io/managed-by", "roster-operator"), ("roster.dev/copy-of", "registry-client-tls")];
+    let list = serve(&mut api, Method::GET, "/api/v1/secrets?", |_| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+                   "items": [client_tls_secret("shop", "b2xk", &ours), client_tls_secret("cart", "bmV3", &ours)]}),
+        )
+    })
+    .await;
+    assert_eq!(list, Value::Null);
+    let updated = serve(&mut api, Method::PATCH, "/api/v1/namespaces/shop/secrets/registry-client-tls?", echo).await;
+    assert_eq!(updated["data"]["tls.crt"], "bmV3");
+    assert_eq!(refresh.await.expect("join"), Ok(1), "cart's copy was current");
+}
+
 #[tokio::test]
 async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
     registry::client::ensure_crypto_provider();
@@ -112,6 +147,7 @@ async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
         image: "roster-sidecar:test".into(),
         env: Default::default(),
         gossip_key_secret: Some("roster-gossip".into()),
+        tls_secret: Some("registry-client-tls".into()),
         login_token: false,
         native_sidecars: true,
     };
@@ -149,7 +185,6 @@ async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
         )
     })
     .await;
-    serve(&mut api, Method::GET, "/api/v1/namespaces/shop/secrets/roster-gossip", not_found).await;
     serve(&mut api, Method::GET, "/api/v1/namespaces/roster/secrets/roster-gossip", |_| {
         (
             200,
@@ -158,9 +193,24 @@ async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
         )
     })
     .await;
+    serve(&mut api, Method::GET, "/api/v1/namespaces/shop/secrets/roster-gossip", not_found).await;
     let copy = serve(&mut api, Method::POST, "/api/v1/namespaces/shop/secrets", |b| (201, b.clone())).await;
     assert_eq!(copy["metadata"]["namespace"], "shop");
     assert_eq!(copy["data"]["key"], "c2VjcmV0");
+    assert_eq!(copy["metadata"]["labels"]["roster.dev/copy-of"], "roster-gossip");
+    // The client certificate's copy is there from an earlier pod, but the certificate was renewed
+    // since: the copy is brought up to date before the pod starts.
+    serve(&mut api, Method::GET, "/api/v1/namespaces/roster/secrets/registry-client-tls", |_| {
+        (200, client_tls_secret("roster", "bmV3", &[]))
+    })
+    .await;
+    serve(&mut api, Method::GET, "/api/v1/namespaces/shop/secrets/registry-client-tls", |_| {
+        (200, client_tls_secret("shop", "b2xk", &[("app.kubernetes.io/managed-by", "roster-operator")]))
+    })
+    .await;
+    let updated = serve(&mut api, Method::PATCH, "/api/v1/namespaces/shop/secrets/registry-client-tls?", echo).await;
+    assert_eq!(updated["data"]["tls.crt"], "bmV3", "the renewed certificate");
+    assert_eq!(updated["type"], "kubernetes.io/tls");
     let (status, answer) = call.await.expect("join");
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["response"]["allowed"], true);
@@ -168,6 +218,8 @@ async fn the_webhook_answers_over_tls_with_the_issued_certificate() {
     let patch: Value = serde_json::from_slice(&patch).expect("json patch");
     let sidecar = &patch[0]["value"][0];
     assert_eq!(sidecar["name"], "roster-sidecar");
+    assert!(sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "ROSTER_TLS_CERT_FILE"));
+    assert_eq!(patch[1]["value"][0]["secret"]["secretName"], "registry-client-tls", "{patch}");
     assert!(sidecar["env"]
         .as_array()
         .unwrap()

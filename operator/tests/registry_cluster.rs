@@ -169,7 +169,7 @@ fn tls_mounts_the_server_secret_and_serves_https_beside_http() {
     assert!(tls.verify_incoming, "verifyIncoming defaults to true");
     assert_eq!(tls.cert_manager, None);
     let d = build(&valid, rc.controller_owner_ref(&()));
-    assert!(d.certificate.is_none(), "the operator issues; no cert-manager Certificate");
+    assert!(d.certificates.is_empty(), "the operator issues; no cert-manager Certificate");
     for (name, value) in [
         ("ROSTER_HTTPS_ADDR", "0.0.0.0:8501"),
         ("ROSTER_ADVERTISE_HTTPS", "$(ROSTER_NODE_NAME).registry-server.shop.svc:8501"),
@@ -221,7 +221,8 @@ fn cert_manager_gets_a_certificate_for_the_same_secret() {
     let valid = validate(&rc, DEFAULT_IMAGE).expect("valid");
     let d = build(&valid, rc.controller_owner_ref(&()));
     assert_eq!(env_of(&d, "ROSTER_TLS_VERIFY_INCOMING").as_deref(), Some("false"));
-    let cert = serde_json::to_value(d.certificate.as_ref().expect("a Certificate")).expect("json");
+    assert_eq!(d.certificates.len(), 2, "one for the servers, one for the sidecars");
+    let cert = serde_json::to_value(&d.certificates[0]).expect("json");
     assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
     assert_eq!(cert["kind"], "Certificate");
     assert_eq!(cert["metadata"]["name"], "registry-server-tls");
@@ -239,6 +240,11 @@ fn cert_manager_gets_a_certificate_for_the_same_secret() {
     assert_eq!(spec["duration"], "2160h");
     let usages = spec["usages"].as_array().expect("usages");
     assert!(usages.contains(&"server auth".into()) && usages.contains(&"client auth".into()));
+    // The sidecars' client certificate: Consul's client name, in the Secret the injector copies.
+    let client = serde_json::to_value(&d.certificates[1]).expect("json");
+    assert_eq!(client["spec"]["secretName"], "registry-client-tls");
+    assert_eq!(client["spec"]["dnsNames"], serde_json::json!(["client.eu-west.consul"]));
+    assert_eq!(client["spec"]["issuerRef"], spec["issuerRef"]);
     // The pods are built the same either way.
     let own = build(&validate(&fixture("tls.yaml"), DEFAULT_IMAGE).expect("valid"), None);
     let volumes = |d: &roster_operator::registry_cluster::Desired| {

@@ -1,12 +1,13 @@
 //! The certificate the operator issues for a cluster works with the registry's own TLS code: a
 //! server loading it (`registry::tls::Material`, as `roster server --tls-*` does) completes a mutual
 //! TLS handshake with another server dialling it with `verify_server_hostname` for
-//! `server.<dc>.consul`; per-pod names verify through the wildcard; other names and CAs fail.
+//! `server.<dc>.consul`; per-pod names verify through the wildcard; other names and CAs fail. The
+//! sidecars' client certificate gets them past `verify_incoming`, and cannot pose as a server.
 
 use std::sync::Arc;
 
 use registry::tls::{Expect, Material, TlsFiles};
-use roster_operator::registry_cluster::tls::{issue_server, new_ca, Ca, ServerCert, DEFAULT_VALIDITY_SECS};
+use roster_operator::registry_cluster::tls::{new_ca, Ca, Leaf, LeafCert, DEFAULT_VALIDITY_SECS};
 use roster_operator::registry_cluster::{validate, ValidCluster, DEFAULT_IMAGE};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, ServerConnection};
@@ -22,7 +23,7 @@ fn now() -> u64 {
 }
 
 /// Writes the Secret's three files as the volume would hold them and loads them as a server does.
-fn material(dir: &tempfile::TempDir, ca: &Ca, own: &ServerCert) -> Arc<Material> {
+fn material(dir: &tempfile::TempDir, ca: &Ca, own: &LeafCert) -> Arc<Material> {
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).expect("write");
@@ -79,12 +80,32 @@ fn servers_with_the_operators_certificate_verify_each_other_by_server_name() {
     let ca = new_ca(&c, now()).expect("ca");
     let (a, b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
     // Two servers; the second has a renewed certificate of the same CA.
-    let first = material(&a, &ca, &issue_server(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
-    let second = material(&b, &ca, &issue_server(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
+    let first = material(&a, &ca, &Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
+    let second = material(&b, &ca, &Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
     dial(&first, &second, Expect::Name("server.eu-west.consul".into())).expect("mutual TLS by server name");
     dial(&second, &first, Expect::Chain).expect("chain only");
     let wrong = dial(&first, &second, Expect::Name("server.us-east.consul".into())).expect_err("another datacenter");
     assert!(format!("{wrong:?}").contains("NotValidForName"), "{wrong:?}");
+}
+
+/// An injected sidecar (its client Secret mounted, `verify_server_hostname` on) reaches a server
+/// that verifies incoming connections; without the certificate it is refused; and a sidecar's
+/// certificate in a server's place fails the sidecars' name check.
+#[test]
+fn sidecars_with_the_client_certificate_pass_verify_incoming_and_cannot_pose_as_servers() {
+    let c = cluster();
+    let ca = new_ca(&c, now()).expect("ca");
+    let dirs = [(); 3].map(|_| tempfile::tempdir().expect("dir"));
+    let server = material(&dirs[0], &ca, &Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
+    let sidecar = material(&dirs[1], &ca, &Leaf::Client.issue(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
+    let server_name = Expect::Name("server.eu-west.consul".into());
+    dial(&server, &sidecar, server_name.clone()).expect("the sidecar is let in and verifies the server");
+    let ca_file = dirs[2].path().join("ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem).expect("write");
+    let bare = Material::load(TlsFiles { ca_file, cert_file: None, key_file: None }).expect("CA only");
+    assert!(dial(&server, &bare, server_name.clone()).is_err(), "verify_incoming refuses a sidecar without it");
+    let posing = dial(&sidecar, &sidecar, server_name).expect_err("a client certificate is no server's");
+    assert!(format!("{posing:?}").contains("NotValidForName"), "{posing:?}");
 }
 
 #[test]
@@ -93,8 +114,8 @@ fn a_server_of_another_ca_is_refused_both_ways() {
     let ours = new_ca(&c, now()).expect("ca");
     let theirs = new_ca(&c, now()).expect("another ca");
     let (a, b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
-    let ours_server = material(&a, &ours, &issue_server(&c, &ours, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
-    let stranger = material(&b, &theirs, &issue_server(&c, &theirs, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
+    let ours_server = material(&a, &ours, &Leaf::Server.issue(&c, &ours, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
+    let stranger = material(&b, &theirs, &Leaf::Server.issue(&c, &theirs, DEFAULT_VALIDITY_SECS, now()).expect("cert"));
     assert!(dial(&ours_server, &stranger, Expect::Chain).is_err(), "the stranger cannot verify us");
     assert!(dial(&stranger, &ours_server, Expect::Chain).is_err(), "we cannot verify the stranger");
 }
@@ -109,7 +130,7 @@ fn per_pod_and_service_names_verify_through_standard_webpki() {
     registry::client::ensure_crypto_provider();
     let c = cluster();
     let ca = new_ca(&c, now()).expect("ca");
-    let cert = issue_server(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert");
+    let cert = Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, now()).expect("cert");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca der")).expect("root");
     let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots)).build().expect("verifier");

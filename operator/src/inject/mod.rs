@@ -4,13 +4,14 @@
 //! serving certificate and the webhook's `caBundle`.
 
 pub mod certs;
+pub mod copies;
 pub mod webhook;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, ProjectedVolumeSource, ResourceRequirements,
-    SecretKeySelector, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    SecretKeySelector, SecretVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
@@ -37,6 +38,9 @@ pub const CONTAINER_NAME: &str = "roster-sidecar";
 /// Where the projected ServiceAccount token the sidecar logs in with is mounted.
 pub const TOKEN_DIR: &str = "/var/run/secrets/roster";
 const TOKEN_VOLUME: &str = "roster-token";
+/// Where the sidecar finds its client certificate, its key and the CA (the Secret's keys).
+pub const TLS_DIR: &str = "/etc/roster/tls";
+const TLS_VOLUME: &str = "roster-tls";
 
 /// What every injected sidecar gets, from the operator's settings (the chart's values).
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +52,10 @@ pub struct InjectSettings {
     /// The Secret holding the gossip key under `key`, when gossip is encrypted (the operator copies
     /// it into the pod's namespace).
     pub gossip_key_secret: Option<String>,
+    /// The `kubernetes.io/tls` Secret with the sidecars' client certificate and the CA (`ca.crt`),
+    /// when the servers serve TLS: mounted into the sidecar, which then dials its servers over
+    /// HTTPS with it (the operator copies it into the pod's namespace and keeps the copy current).
+    pub tls_secret: Option<String>,
     /// Mount a projected ServiceAccount token for ACL login (the Kubernetes auth method).
     pub login_token: bool,
     /// The cluster runs native sidecars (an init container with `restartPolicy: Always`; 1.29+).
@@ -178,6 +186,21 @@ pub fn sidecar_container(settings: &InjectSettings, service: &Value) -> Containe
             ..Default::default()
         });
     }
+    if settings.tls_secret.is_some() {
+        use crate::registry_cluster::tls::{CA_CRT, TLS_CRT, TLS_KEY};
+        env.extend([
+            value("ROSTER_TLS_CA_FILE", format!("{TLS_DIR}/{CA_CRT}")),
+            value("ROSTER_TLS_CERT_FILE", format!("{TLS_DIR}/{TLS_CRT}")),
+            value("ROSTER_TLS_KEY_FILE", format!("{TLS_DIR}/{TLS_KEY}")),
+            value("ROSTER_TLS_VERIFY_SERVER_HOSTNAME", "true".into()),
+        ]);
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let requests =
         BTreeMap::from([("cpu".to_string(), Quantity("20m".into())), ("memory".to_string(), Quantity("32Mi".into()))]);
     Container {
@@ -221,8 +244,9 @@ pub fn patch_for(pod: &Pod, in_labelled_namespace: bool, settings: &InjectSettin
         }
         _ => ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": container})),
     }
+    let mut volumes = Vec::new();
     if settings.login_token {
-        let volume = Volume {
+        volumes.push(Volume {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
                 sources: Some(vec![VolumeProjection {
@@ -236,12 +260,25 @@ pub fn patch_for(pod: &Pod, in_labelled_namespace: bool, settings: &InjectSettin
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        });
+    }
+    if let Some(secret) = &settings.tls_secret {
+        // A Secret volume (not subPath mounts): the kubelet updates its files when the operator
+        // renews the certificate, and the sidecar re-reads them.
+        volumes.push(Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..Default::default() }),
+            ..Default::default()
+        });
+    }
+    let mut has_volumes = spec.volumes.as_ref().is_some_and(|v| !v.is_empty());
+    for volume in volumes {
         let volume = serde_json::to_value(volume).map_err(|e| e.to_string())?;
-        if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        if has_volumes {
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
         } else {
             ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
+            has_volumes = true;
         }
     }
     if pod.metadata.annotations.is_some() {
@@ -267,6 +304,10 @@ pub fn native_sidecars_supported(major: &str, minor: &str) -> bool {
         _ => false,
     }
 }
+
+/// How often the copies of the operator's Secrets in injected namespaces are compared with their
+/// sources.
+const COPY_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How the operator runs the webhook (its flags).
 #[derive(Debug, Clone)]
@@ -309,6 +350,14 @@ pub async fn start(client: kube::Client, mut s: WebhookSettings) -> Result<tokio
     Ok(tokio::spawn(async move {
         let source =
             webhook::Source { client: client.clone(), namespace: target.namespace.clone(), config_map: s.config_map };
-        tokio::join!(certs::keep(client, target, store.clone()), webhook::serve(listener, store, s.inject, source));
+        // Renewed certificates reach running sidecars' copies within a minute (they are renewed a
+        // third of their life before they end).
+        let copied = s.inject.gossip_key_secret.iter().chain(&s.inject.tls_secret).cloned().collect();
+        let copies = copies::keep_current(client.clone(), target.namespace.clone(), copied, COPY_REFRESH);
+        tokio::join!(
+            certs::keep(client, target, store.clone()),
+            webhook::serve(listener, store, s.inject, source),
+            copies
+        );
     }))
 }

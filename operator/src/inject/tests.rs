@@ -18,6 +18,7 @@ fn settings(native: bool) -> InjectSettings {
             ("ROSTER_DATACENTER".to_string(), "dc1".to_string()),
         ]),
         gossip_key_secret: Some("roster-gossip".into()),
+        tls_secret: None,
         login_token: true,
         native_sidecars: native,
     }
@@ -77,6 +78,39 @@ fn an_annotated_pod_gets_a_native_sidecar_with_its_service() {
     assert_eq!(out.metadata.annotations.as_ref().unwrap().get(INJECTED).map(String::as_str), Some("true"));
     // Admission can run twice (reinvocation): the second time changes nothing.
     assert_eq!(patch_for(&out, false, &settings(true)), Ok(None));
+}
+
+/// With the servers on TLS, the sidecar mounts the client certificate's Secret (a volume the
+/// kubelet refreshes on renewal) and is told where its files are; a pod without volumes gets the
+/// list made, a pod with some gets them appended.
+#[test]
+fn with_tls_the_sidecar_mounts_the_client_certificate_and_checks_the_servers_name() {
+    let s = InjectSettings { tls_secret: Some("registry-client-tls".into()), ..settings(true) };
+    let pod = fixture("annotated.yaml");
+    let out = patched(&pod, patch_for(&pod, false, &s).unwrap().expect("a patch"));
+    let spec = out.spec.as_ref().unwrap();
+    let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+    let value = |n: &str| env(sidecar, n).and_then(|e| e.value);
+    assert_eq!(value("ROSTER_TLS_CA_FILE").as_deref(), Some("/etc/roster/tls/ca.crt"));
+    assert_eq!(value("ROSTER_TLS_CERT_FILE").as_deref(), Some("/etc/roster/tls/tls.crt"));
+    assert_eq!(value("ROSTER_TLS_KEY_FILE").as_deref(), Some("/etc/roster/tls/tls.key"));
+    assert_eq!(value("ROSTER_TLS_VERIFY_SERVER_HOSTNAME").as_deref(), Some("true"));
+    let mount = sidecar.volume_mounts.iter().flatten().find(|m| m.name == "roster-tls").expect("mounted");
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/etc/roster/tls", Some(true)));
+    assert!(mount.sub_path.is_none(), "a subPath mount would never see a renewal");
+    let volumes = spec.volumes.as_ref().unwrap();
+    assert_eq!(volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["config", "roster-token", "roster-tls"]);
+    assert_eq!(volumes[2].secret.as_ref().unwrap().secret_name.as_deref(), Some("registry-client-tls"));
+
+    let plain = fixture("plain.yaml");
+    let s = InjectSettings { login_token: false, ..s };
+    let out = patched(&plain, patch_for(&plain, true, &s).unwrap().expect("labelled namespace"));
+    let volumes = out.spec.unwrap().volumes.unwrap();
+    assert_eq!(volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["roster-tls"]);
+    // Without TLS, none of it.
+    let out = patched(&pod, patch_for(&pod, false, &settings(true)).unwrap().unwrap());
+    let sidecar = &out.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert!(env(sidecar, "ROSTER_TLS_CA_FILE").is_none());
 }
 
 #[test]

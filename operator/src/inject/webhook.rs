@@ -2,19 +2,19 @@
 //! created in a namespace the webhook configuration selects: `/inject` for namespaces that are not
 //! labelled for injection (a pod must ask with `roster.dev/inject: "true"`), `/inject-namespace` for
 //! labelled ones (every pod, unless it says "false"). `review` is pure; `serve` is TLS and HTTP,
-//! and before answering reads the sidecar settings (the chart's ConfigMap) and copies the gossip
-//! key's Secret into the pod's namespace (not on dry runs: the webhook's sideEffects are
-//! NoneOnDryRun).
+//! and before answering reads the sidecar settings (the chart's ConfigMap) and makes the pod's
+//! namespace hold current copies of the Secrets the sidecar mounts, the gossip key's and the
+//! client certificate's (not on dry runs: the webhook's sideEffects are NoneOnDryRun).
 
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::Api;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::core::{DynamicObject, ObjectMeta};
+use kube::core::DynamicObject;
 
 use super::certs::CertStore;
 use super::{patch_for, wants_sidecar, InjectSettings};
@@ -86,36 +86,6 @@ impl Source {
         let map = maps.get(&self.config_map).await.map_err(|e| format!("ConfigMap {}: {e}", self.config_map))?;
         Ok(InjectSettings { env: map.data.unwrap_or_default(), ..base.clone() })
     }
-
-    /// Copies the gossip key's Secret into `namespace` unless it is there already.
-    async fn copy_secret(&self, name: &str, namespace: &str) -> Result<(), String> {
-        if namespace == self.namespace {
-            return Ok(());
-        }
-        let theirs: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        if theirs.get_opt(name).await.map_err(|e| e.to_string())?.is_some() {
-            return Ok(());
-        }
-        let ours: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let source = ours.get(name).await.map_err(|e| format!("Secret {name}: {e}"))?;
-        let labels = [("app.kubernetes.io/managed-by".to_string(), "roster-operator".to_string())].into();
-        let copy = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                labels: Some(labels),
-                ..Default::default()
-            },
-            data: source.data,
-            type_: source.type_,
-            ..Default::default()
-        };
-        match theirs.create(&PostParams::default(), &copy).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(format!("copying Secret {name} into {namespace}: {e}")),
-        }
-    }
 }
 
 async fn handle(
@@ -161,12 +131,14 @@ async fn handle(
     let reviewed = answer(&request, labelled, &settings);
     let patched = reviewed.as_ref().is_ok_and(|a| a.response.as_ref().is_some_and(|r| r.allowed && r.patch.is_some()));
     let namespace = request.namespace.as_deref().filter(|_| !request.dry_run);
-    if let (true, Some(secret), Some(namespace)) = (patched, &settings.gossip_key_secret, namespace) {
-        if let Err(e) = source.copy_secret(secret, namespace).await {
-            return Ok(reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": e}).to_string().into_bytes(),
-            ));
+    if let (true, Some(namespace)) = (patched, namespace) {
+        for secret in settings.gossip_key_secret.iter().chain(&settings.tls_secret) {
+            if let Err(e) = super::copies::ensure(&source.client, &source.namespace, secret, namespace).await {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": e}).to_string().into_bytes(),
+                ));
+            }
         }
     }
     Ok(match reviewed {

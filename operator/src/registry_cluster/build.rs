@@ -44,8 +44,9 @@ pub struct Desired {
     pub client_service: Service,
     pub stateful_set: StatefulSet,
     pub pdb: PodDisruptionBudget,
-    /// cert-manager's Certificate for the server Secret, when cert-manager issues it.
-    pub certificate: Option<DynamicObject>,
+    /// cert-manager's Certificates for the server and the client Secrets, when cert-manager issues
+    /// them; empty otherwise.
+    pub certificates: Vec<DynamicObject>,
     /// The Service other datacenters join the WAN pool through, with federation.
     pub wan_service: Option<Service>,
 }
@@ -372,10 +373,12 @@ pub fn build(c: &ValidCluster, owner: Option<OwnerReference>) -> Desired {
         }),
         ..Default::default()
     };
-    let certificate = c
-        .tls
-        .as_ref()
-        .and_then(|t| t.cert_manager.as_ref().map(|issuer| tls::certificate(c, &owner, issuer, t.validity_secs)));
+    let certificates = match c.tls.as_ref().and_then(|t| Some((t.cert_manager.as_ref()?, t.validity_secs))) {
+        Some((issuer, validity)) => {
+            [tls::Leaf::Server, tls::Leaf::Client].map(|l| l.certificate(c, &owner, issuer, validity)).into()
+        }
+        None => Vec::new(),
+    };
     let wan_service = c.federation.as_ref().map(|f| super::federation::wan_service(c, f, &owner));
-    Desired { config_map, headless_service, client_service, stateful_set, pdb, certificate, wan_service }
+    Desired { config_map, headless_service, client_service, stateful_set, pdb, certificates, wan_service }
 }

@@ -398,10 +398,10 @@ fn tls_pass(valid: &ValidCluster, ready: bool, reason: &str, message: String, ce
     }
 }
 
-/// Keeps the servers' certificate: the CA Secret (created once, reused, never overwritten), the
-/// server Secret (issued again when `tls::decide` says so, into the same Secret, so the pods are not
-/// restarted) and the CA ConfigMap for clients. With cert-manager, its Certificate instead, and
-/// only the CA is published. Problems with the material are reported in `TLSReady`; API errors fail
+/// Keeps the cluster's certificates: the CA Secret (created once, reused, never overwritten), the
+/// server and the sidecars' client Secrets (issued again when `tls::decide` says so, into the same
+/// Secrets, so no pod is restarted) and the CA ConfigMap for clients. With cert-manager, its
+/// Certificates instead, and only the CA is published. Problems with the material are reported in `TLSReady`; API errors fail
 /// the pass.
 async fn keep_tls(
     ctx: &Context,
@@ -414,10 +414,9 @@ async fn keep_tls(
     let ns = &valid.namespace;
     let owner = rc.controller_owner_ref(&());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let server_secret = tls::server_secret_name(valid);
-    if let (Some(issuer), Some(certificate)) = (&settings.cert_manager, &desired.certificate) {
+    if let Some(issuer) = &settings.cert_manager {
         // cert-manager renews its certificates itself: no wake-up for that here.
-        let pass = keep_cert_manager_tls(ctx, valid, issuer, certificate, &secrets, &owner, now).await?;
+        let pass = keep_cert_manager_tls(ctx, valid, issuer, &desired.certificates, &secrets, &owner, now).await?;
         return Ok(TlsPass { renew_after: None, ..pass });
     }
 
@@ -457,35 +456,59 @@ async fn keep_tls(
             }
         }
     };
-    let current = secrets.get_opt(&server_secret).await?.map(|s| tls::Current::from_secret(&s));
-    let cert = match tls::decide(current.as_ref(), &ca.cert_pem, &tls::server_dns_names(valid), now) {
-        Decision::Keep(info) => info,
-        Decision::Issue(reason) => {
-            let issued = tls::issue_server(valid, &ca, settings.validity_secs, now)
-                .and_then(|cert| Ok((tls::read_cert(&cert.cert_pem)?, cert)));
-            let (info, cert) = match issued {
-                Ok(issued) => issued,
-                Err(e) => {
-                    let why = format!("issuing the server certificate: {e}");
-                    return Ok(tls_pass(valid, false, "IssueFailed", why, None));
-                }
-            };
-            apply(&ctx.client, ns, &tls::server_secret(valid, &owner, &ca.cert_pem, &cert)).await?;
-            let note = format!(
-                "{reason}: issued a new one into Secret {server_secret}, valid until {}",
-                rfc3339(info.not_after)
-            );
-            event(ctx, rc, EventType::Normal, "ServerCertificateIssued", "IssueCertificate", note).await;
-            info
+    let mut kept = Vec::new();
+    for leaf in [tls::Leaf::Server, tls::Leaf::Client] {
+        match keep_leaf(ctx, rc, valid, leaf, &ca, settings.validity_secs, &secrets, now).await? {
+            Ok(info) => kept.push(info),
+            Err(why) => return Ok(tls_pass(valid, false, "IssueFailed", why, None)),
         }
-    };
+    }
+    let [server, client] = kept.as_slice() else { unreachable!("two certificates") };
     apply(&ctx.client, ns, &tls::ca_config_map(valid, &owner, &ca.cert_pem)).await?;
     let message = format!(
-        "server certificate valid until {}; renewed after {}",
-        rfc3339(cert.not_after),
-        rfc3339(cert.renew_after())
+        "server certificate valid until {}; renewed after {}; sidecars' client certificate in Secret {} valid \
+         until {}",
+        rfc3339(server.not_after),
+        rfc3339(server.renew_after()),
+        tls::client_secret_name(valid),
+        rfc3339(client.not_after),
     );
-    Ok(tls_pass(valid, true, "CertificateValid", message, Some(&cert)))
+    let pass = tls_pass(valid, true, "CertificateValid", message, Some(server));
+    Ok(TlsPass { renew_after: Some(server.renew_after().min(client.renew_after())), ..pass })
+}
+
+/// Keeps one certificate in its Secret, issued again from `ca` when `tls::decide` says so (into the
+/// same Secret: mounted volumes follow). Ok(Err(why)): it could not be issued.
+#[allow(clippy::too_many_arguments)]
+async fn keep_leaf(
+    ctx: &Context,
+    rc: &RegistryCluster,
+    valid: &ValidCluster,
+    leaf: tls::Leaf,
+    ca: &tls::Ca,
+    validity_secs: u64,
+    secrets: &Api<Secret>,
+    now: u64,
+) -> Result<Result<tls::CertInfo, String>, Error> {
+    let name = leaf.secret_name(valid);
+    let current = secrets.get_opt(&name).await?.map(|s| tls::Current::from_secret(&s));
+    let reason = match tls::decide(current.as_ref(), &ca.cert_pem, &leaf.dns_names(valid), now) {
+        Decision::Keep(info) => return Ok(Ok(info)),
+        Decision::Issue(reason) => reason,
+    };
+    let issued = leaf.issue(valid, ca, validity_secs, now).and_then(|cert| Ok((tls::read_cert(&cert.cert_pem)?, cert)));
+    let (info, cert) = match issued {
+        Ok(issued) => issued,
+        Err(e) => return Ok(Err(format!("issuing the {leaf} certificate: {e}"))),
+    };
+    let owner = rc.controller_owner_ref(&());
+    apply(&ctx.client, &valid.namespace, &leaf.secret(valid, &owner, &ca.cert_pem, &cert)).await?;
+    let note = format!(
+        "the {leaf} certificate: {reason}; issued a new one into Secret {name}, valid until {}",
+        rfc3339(info.not_after)
+    );
+    event(ctx, rc, EventType::Normal, leaf.issued_reason(), "IssueCertificate", note).await;
+    Ok(Ok(info))
 }
 
 /// cert-manager issues and renews; the operator keeps the Certificate, publishes the CA cert-manager
@@ -494,24 +517,26 @@ async fn keep_cert_manager_tls(
     ctx: &Context,
     valid: &ValidCluster,
     issuer: &tls::IssuerRef,
-    certificate: &DynamicObject,
+    certificates: &[DynamicObject],
     secrets: &Api<Secret>,
     owner: &Option<OwnerReference>,
     now: u64,
 ) -> Result<TlsPass, Error> {
     let ns = &valid.namespace;
     let server_secret = tls::server_secret_name(valid);
-    let certificates: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &tls::certificate_resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &tls::certificate_resource());
     let params = PatchParams::apply(MANAGER).force();
-    match certificates.patch(&server_secret, &params, &Patch::Apply(certificate)).await {
-        Ok(_) => {}
-        // No Certificate kind: cert-manager is not installed. Say so rather than fail every pass.
-        Err(e) if is_status(&e, 404) => {
-            let why = "spec.tls.certManager is set but the API server has no certificates.cert-manager.io: \
-                       install cert-manager";
-            return Ok(tls_pass(valid, false, "CertManagerMissing", why.into(), None));
+    for certificate in certificates {
+        match api.patch(&certificate.name_any(), &params, &Patch::Apply(certificate)).await {
+            Ok(_) => {}
+            // No Certificate kind: cert-manager is not installed. Say so rather than fail every pass.
+            Err(e) if is_status(&e, 404) => {
+                let why = "spec.tls.certManager is set but the API server has no certificates.cert-manager.io: \
+                           install cert-manager";
+                return Ok(tls_pass(valid, false, "CertManagerMissing", why.into(), None));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
     let waiting = format!("waiting for cert-manager ({} {}) to write Secret {server_secret}", issuer.kind, issuer.name);
     let Some(current) = secrets.get_opt(&server_secret).await?.map(|s| tls::Current::from_secret(&s)) else {

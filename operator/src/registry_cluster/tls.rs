@@ -1,11 +1,13 @@
-//! The servers' TLS, pure: which names the server certificate carries, whether the one in the
-//! Secret must be issued again (`decide`: certificate bytes + now), issuing it from the cluster's CA,
-//! and the objects that hold them. The controller only reads and writes what these return.
+//! The cluster's TLS, pure: which names its certificates carry, whether the one in a Secret must be
+//! issued again (`decide`: certificate bytes + now), issuing it from the cluster's CA, and the
+//! objects that hold them. The controller only reads and writes what these return.
 //!
-//! One certificate serves every server of a cluster (the per-pod names are a wildcard under the
-//! headless Service), so scaling never needs a new one. Renewal writes new bytes into the same
-//! Secret: the pod template never changes, the kubelet updates the mounted volume in place, and the
-//! servers re-read the files within a second. No rolling restart.
+//! Two certificates (`Leaf`): one serves every server of a cluster (the per-pod names are a
+//! wildcard under the headless Service), so scaling never needs a new one; one is what sidecars
+//! present to servers that verify incoming connections (the injector copies its Secret into the
+//! namespaces of the pods it injects). Renewal writes new bytes into the same Secret: the pod
+//! template never changes, the kubelet updates the mounted volume in place, and servers and
+//! sidecars re-read the files within a second. No rolling restart.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -61,6 +63,11 @@ pub fn server_secret_name(c: &ValidCluster) -> String {
     format!("{}-server-tls", c.name)
 }
 
+/// The `kubernetes.io/tls` Secret with the sidecars' client certificate.
+pub fn client_secret_name(c: &ValidCluster) -> String {
+    format!("{}-client-tls", c.name)
+}
+
 /// The ConfigMap publishing the CA certificate (`ca.crt`) for clients and sidecars.
 pub fn ca_config_map_name(c: &ValidCluster) -> String {
     format!("{}-ca", c.name)
@@ -87,6 +94,117 @@ pub fn server_dns_names(c: &ValidCluster) -> Vec<String> {
 
 pub fn server_ip_addresses() -> Vec<IpAddr> {
     vec![IpAddr::from([127, 0, 0, 1])]
+}
+
+/// The client certificate's name: Consul's `client.<dc>.<domain>` for agents' certificates.
+pub fn client_dns_names(c: &ValidCluster) -> Vec<String> {
+    vec![format!("client.{}.{DOMAIN}", c.datacenter)]
+}
+
+/// The certificates the operator keeps from the cluster's CA, each in its own Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaf {
+    /// The servers' (HTTPS and RPC, and as clients of each other).
+    Server,
+    /// What sidecars present to servers that verify incoming connections.
+    Client,
+}
+
+impl Leaf {
+    pub fn secret_name(self, c: &ValidCluster) -> String {
+        match self {
+            Leaf::Server => server_secret_name(c),
+            Leaf::Client => client_secret_name(c),
+        }
+    }
+
+    pub fn dns_names(self, c: &ValidCluster) -> Vec<String> {
+        match self {
+            Leaf::Server => server_dns_names(c),
+            Leaf::Client => client_dns_names(c),
+        }
+    }
+
+    fn ip_addresses(self) -> Vec<IpAddr> {
+        match self {
+            Leaf::Server => server_ip_addresses(),
+            Leaf::Client => Vec::new(),
+        }
+    }
+
+    /// The Event reason when the operator issues one.
+    pub fn issued_reason(self) -> &'static str {
+        match self {
+            Leaf::Server => "ServerCertificateIssued",
+            Leaf::Client => "ClientCertificateIssued",
+        }
+    }
+
+    /// The certificate (ServerAuth and ClientAuth: servers dial each other with theirs), valid for
+    /// `validity_secs` from `now` but never past the CA.
+    pub fn issue(self, c: &ValidCluster, ca: &Ca, validity_secs: u64, now: u64) -> Result<LeafCert, String> {
+        let ca_info = read_cert(&ca.cert_pem).map_err(|e| format!("the CA certificate: {e}"))?;
+        let leaf = certs::LeafRequest {
+            dns_names: self.dns_names(c),
+            ip_addresses: self.ip_addresses(),
+            client_auth: true,
+            not_before: now.saturating_sub(60),
+            not_after: (now + validity_secs).min(ca_info.not_after),
+        };
+        let (cert_pem, key_pem) = certs::sign_leaf(&ca.cert_pem, &ca.key_pem, &leaf)?;
+        Ok(LeafCert { cert_pem, key_pem })
+    }
+
+    /// The Secret holding it, with the CA certificate beside it (`ca.crt`), as cert-manager writes.
+    pub fn secret(self, c: &ValidCluster, owner: &Option<OwnerReference>, ca_pem: &str, cert: &LeafCert) -> Secret {
+        Secret {
+            metadata: meta(c, self.secret_name(c), owner),
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(data(&[(TLS_CRT, &cert.cert_pem), (TLS_KEY, &cert.key_pem), (CA_CRT, ca_pem)])),
+            ..Default::default()
+        }
+    }
+
+    /// The Certificate asking cert-manager for its Secret, with the names and uses the operator's
+    /// own certificate has; cert-manager renews it at two thirds of its life (its default).
+    pub fn certificate(
+        self,
+        c: &ValidCluster,
+        owner: &Option<OwnerReference>,
+        issuer: &IssuerRef,
+        validity_secs: u64,
+    ) -> DynamicObject {
+        let resource = certificate_resource();
+        let name = self.secret_name(c);
+        let names = self.dns_names(c);
+        let mut obj = DynamicObject::new(&name, &resource).within(&c.namespace);
+        obj.metadata = meta(c, name.clone(), owner);
+        obj.data = serde_json::json!({
+            "spec": {
+                "secretName": name,
+                // Labelled as the operator's, so a change to the Secret wakes the controller.
+                "secretTemplate": {"labels": {"app.kubernetes.io/managed-by": crate::MANAGER,
+                                              "app.kubernetes.io/instance": c.name}},
+                "commonName": names[0],
+                "dnsNames": names,
+                "ipAddresses": self.ip_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "duration": go_duration(validity_secs),
+                "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+                "privateKey": {"rotationPolicy": "Always", "algorithm": "ECDSA", "size": 256},
+                "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+            }
+        });
+        obj
+    }
+}
+
+impl std::fmt::Display for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Leaf::Server => "server",
+            Leaf::Client => "client",
+        })
+    }
 }
 
 /// What a certificate says about itself.
@@ -125,7 +243,7 @@ pub fn read_cert(pem: &str) -> Result<CertInfo, String> {
     Ok(CertInfo { not_before: secs(validity.not_before), not_after: secs(validity.not_after), dns_names })
 }
 
-/// Why the server certificate is issued again.
+/// Why a certificate is issued again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     Missing,
@@ -141,23 +259,23 @@ pub enum Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reason::Missing => write!(f, "no server certificate yet"),
-            Reason::Unreadable(why) => write!(f, "the server certificate is unreadable ({why})"),
-            Reason::RenewalDue => write!(f, "the server certificate is two thirds through its life"),
-            Reason::NamesChanged => write!(f, "the server certificate lacks the cluster's current names"),
-            Reason::OtherCa => write!(f, "the server certificate is not from the cluster's CA"),
+            Reason::Missing => write!(f, "none yet"),
+            Reason::Unreadable(why) => write!(f, "unreadable ({why})"),
+            Reason::RenewalDue => write!(f, "two thirds through its life"),
+            Reason::NamesChanged => write!(f, "lacks the cluster's current names"),
+            Reason::OtherCa => write!(f, "not from the cluster's CA"),
         }
     }
 }
 
-/// What to do about the server certificate.
+/// What to do about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Keep(CertInfo),
     Issue(Reason),
 }
 
-/// The server Secret's contents, as far as the decision needs them.
+/// A certificate Secret's contents, as far as the decision needs them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Current {
     pub cert_pem: Option<String>,
@@ -172,7 +290,7 @@ impl Current {
     }
 }
 
-/// Whether the server certificate in the Secret (None: no Secret) can stay, at `now`, for a
+/// Whether the certificate in a Secret (None: no Secret) can stay, at `now`, for a
 /// cluster whose CA certificate is `ca_pem` and whose certificate must name `names`.
 pub fn decide(current: Option<&Current>, ca_pem: &str, names: &[String], now: u64) -> Decision {
     let Some(cert_pem) = current.and_then(|c| c.cert_pem.as_deref()) else { return Decision::Issue(Reason::Missing) };
@@ -206,24 +324,9 @@ pub fn new_ca(c: &ValidCluster, now: u64) -> Result<Ca, String> {
 
 /// A certificate and its key, PEM.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerCert {
+pub struct LeafCert {
     pub cert_pem: String,
     pub key_pem: String,
-}
-
-/// The cluster's server certificate (ServerAuth and ClientAuth: servers dial each other with it),
-/// valid for `validity_secs` from `now` but never past the CA.
-pub fn issue_server(c: &ValidCluster, ca: &Ca, validity_secs: u64, now: u64) -> Result<ServerCert, String> {
-    let ca_info = read_cert(&ca.cert_pem).map_err(|e| format!("the CA certificate: {e}"))?;
-    let leaf = certs::LeafRequest {
-        dns_names: server_dns_names(c),
-        ip_addresses: server_ip_addresses(),
-        client_auth: true,
-        not_before: now.saturating_sub(60),
-        not_after: (now + validity_secs).min(ca_info.not_after),
-    };
-    let (cert_pem, key_pem) = certs::sign_leaf(&ca.cert_pem, &ca.key_pem, &leaf)?;
-    Ok(ServerCert { cert_pem, key_pem })
 }
 
 fn data(entries: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
@@ -249,15 +352,6 @@ pub fn ca_from_secret(secret: &Secret) -> Option<Ca> {
     Some(ca)
 }
 
-pub fn server_secret(c: &ValidCluster, owner: &Option<OwnerReference>, ca_pem: &str, cert: &ServerCert) -> Secret {
-    Secret {
-        metadata: meta(c, server_secret_name(c), owner),
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(data(&[(TLS_CRT, &cert.cert_pem), (TLS_KEY, &cert.key_pem), (CA_CRT, ca_pem)])),
-        ..Default::default()
-    }
-}
-
 pub fn ca_config_map(c: &ValidCluster, owner: &Option<OwnerReference>, ca_pem: &str) -> ConfigMap {
     ConfigMap {
         metadata: meta(c, ca_config_map_name(c), owner),
@@ -278,35 +372,6 @@ fn go_duration(secs: u64) -> String {
     } else {
         format!("{secs}s")
     }
-}
-
-/// The Certificate asking cert-manager for the server Secret, with the names and uses the
-/// operator's own certificate has; cert-manager renews it at two thirds of its life (its default).
-pub fn certificate(
-    c: &ValidCluster,
-    owner: &Option<OwnerReference>,
-    issuer: &IssuerRef,
-    validity_secs: u64,
-) -> DynamicObject {
-    let resource = certificate_resource();
-    let mut obj = DynamicObject::new(&server_secret_name(c), &resource).within(&c.namespace);
-    obj.metadata = meta(c, server_secret_name(c), owner);
-    obj.data = serde_json::json!({
-        "spec": {
-            "secretName": server_secret_name(c),
-            // Labelled as the operator's, so a change to the Secret wakes the controller.
-            "secretTemplate": {"labels": {"app.kubernetes.io/managed-by": crate::MANAGER,
-                                          "app.kubernetes.io/instance": c.name}},
-            "commonName": server_dns_names(c)[0],
-            "dnsNames": server_dns_names(c),
-            "ipAddresses": server_ip_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "duration": go_duration(validity_secs),
-            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
-            "privateKey": {"rotationPolicy": "Always", "algorithm": "ECDSA", "size": 256},
-            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
-        }
-    });
-    obj
 }
 
 #[cfg(test)]
@@ -336,7 +401,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn issued(c: &ValidCluster, ca: &Ca, at: u64) -> Current {
-        let cert = issue_server(c, ca, DEFAULT_VALIDITY_SECS, at).expect("issued");
+        let cert = Leaf::Server.issue(c, ca, DEFAULT_VALIDITY_SECS, at).expect("issued");
         Current { cert_pem: Some(cert.cert_pem), ca_pem: Some(ca.cert_pem.clone()) }
     }
 
@@ -383,7 +448,7 @@ mod tests {
     fn the_server_certificate_names_every_way_servers_are_reached() {
         let c = cluster();
         let ca = new_ca(&c, NOW).expect("ca");
-        let cert = issue_server(&c, &ca, DEFAULT_VALIDITY_SECS, NOW).expect("issued");
+        let cert = Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, NOW).expect("issued");
         let info = read_cert(&cert.cert_pem).expect("parses");
         for name in [
             "server.eu-west.consul",
@@ -406,11 +471,32 @@ mod tests {
     }
 
     #[test]
+    fn the_client_certificate_is_consuls_client_name_in_its_own_secret() {
+        let c = cluster();
+        let ca = new_ca(&c, NOW).expect("ca");
+        let cert = Leaf::Client.issue(&c, &ca, DEFAULT_VALIDITY_SECS, NOW).expect("issued");
+        assert_eq!(read_cert(&cert.cert_pem).expect("parses").dns_names, ["client.eu-west.consul"]);
+        let (_, block) = x509_parser::pem::parse_x509_pem(cert.cert_pem.as_bytes()).expect("pem");
+        let x509 = block.parse_x509().expect("x509");
+        assert!(x509.extended_key_usage().expect("eku").expect("present").value.client_auth);
+        let secret = Leaf::Client.secret(&c, &None, &ca.cert_pem, &cert);
+        assert_eq!(secret.metadata.name.as_deref(), Some("registry-client-tls"));
+        assert_ne!(Leaf::Client.secret_name(&c), Leaf::Server.secret_name(&c));
+        // The server's names are not the client's: a server certificate in its place is issued again.
+        let server = Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, NOW).expect("issued");
+        let current = Current { cert_pem: Some(server.cert_pem), ca_pem: Some(ca.cert_pem.clone()) };
+        assert_eq!(
+            decide(Some(&current), &ca.cert_pem, &client_dns_names(&c), NOW),
+            Decision::Issue(Reason::NamesChanged)
+        );
+    }
+
+    #[test]
     fn a_certificate_never_outlives_its_ca() {
         let c = cluster();
         let ca = new_ca(&c, NOW).expect("ca");
         let late = NOW + CA_VALIDITY_SECS - 10 * DAY;
-        let cert = issue_server(&c, &ca, DEFAULT_VALIDITY_SECS, late).expect("issued");
+        let cert = Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, late).expect("issued");
         assert_eq!(read_cert(&cert.cert_pem).expect("parses").not_after, NOW + CA_VALIDITY_SECS);
     }
 
@@ -423,8 +509,8 @@ mod tests {
         let mut broken = secret.clone();
         broken.data.as_mut().expect("data").remove(CA_KEY);
         assert_eq!(ca_from_secret(&broken), None);
-        let cert = issue_server(&c, &ca, DEFAULT_VALIDITY_SECS, NOW).expect("issued");
-        let server = server_secret(&c, &None, &ca.cert_pem, &cert);
+        let cert = Leaf::Server.issue(&c, &ca, DEFAULT_VALIDITY_SECS, NOW).expect("issued");
+        let server = Leaf::Server.secret(&c, &None, &ca.cert_pem, &cert);
         assert_eq!(server.type_.as_deref(), Some("kubernetes.io/tls"));
         let current = Current::from_secret(&server);
         assert_eq!(current.cert_pem.as_deref(), Some(cert.cert_pem.as_str()));

@@ -135,6 +135,22 @@ pub async fn answer_no_kept_token(handle: &mut ApiHandle) {
     );
 }
 
+/// A request the mock API server received and has not answered yet.
+pub type Pending = (Request<Body>, tower_test::mock::SendResponse<Response<Body>>);
+
+/// The next request to the mock API server, unanswered.
+pub async fn next_request(handle: &mut ApiHandle, expected: &str) -> Pending {
+    tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request came; expected {expected}"))
+        .expect("a request")
+}
+
+/// Whether `pending` is `method` on a URI starting with `path`.
+pub fn is(pending: &Pending, method: Method, path: &str) -> bool {
+    pending.0.method() == method && pending.0.uri().to_string().starts_with(path)
+}
+
 /// Plays the API server for the next request, which must be `method` on a URI starting with
 /// `path`: answers `reply(request body)` as (status, JSON). Returns the request body (null if none).
 pub async fn serve(
@@ -143,10 +159,18 @@ pub async fn serve(
     path: &str,
     reply: impl FnOnce(&Value) -> (u16, Value),
 ) -> Value {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
-        .expect("a request");
+    let pending = next_request(handle, &format!("{method} {path}")).await;
+    serve_pending(pending, method, path, reply).await
+}
+
+/// `serve` for a request already taken.
+pub async fn serve_pending(
+    pending: Pending,
+    method: Method,
+    path: &str,
+    reply: impl FnOnce(&Value) -> (u16, Value),
+) -> Value {
+    let (request, send) = pending;
     let uri = request.uri().to_string();
     assert_eq!(request.method(), method, "{uri}");
     assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
@@ -168,6 +192,11 @@ pub async fn serve(
             .expect("response"),
     );
     body
+}
+
+/// The API server's answer to an apply: the object as sent.
+pub fn echo(body: &Value) -> (u16, Value) {
+    (200, body.clone())
 }
 
 pub fn not_found(_: &Value) -> (u16, Value) {
