@@ -9,11 +9,11 @@
 //! (`current`) for a token the state does not hold. The cache applies `acl_token_ttl` and
 //! `acl_down_policy` while the primary is unreachable.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::acl::token_cache::{Fetched, Lookup, TokenCache};
+use crate::acl::resolver::Resolver;
+use crate::acl::token_cache::{Fetched, TokenCache};
 use crate::acl::EffectiveRules;
 use crate::api::ANONYMOUS_TOKEN_SECRET;
 use crate::app::App;
@@ -26,31 +26,17 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers from the primary, by token.
 #[derive(Debug)]
-pub struct RemoteTokens {
-    cache: Mutex<TokenCache>,
-    /// Tokens being refreshed behind (async-cache): one question at a time per token.
-    refreshing: Mutex<HashSet<Option<String>>>,
-}
+pub struct RemoteTokens(Arc<Resolver>);
 
 impl RemoteTokens {
     pub fn new(config: &Config) -> Self {
-        RemoteTokens {
-            cache: Mutex::new(TokenCache::new(config.acl_token_ttl(), config.acl_down_policy())),
-            refreshing: Mutex::default(),
-        }
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn refreshing(&self) -> std::sync::MutexGuard<'_, HashSet<Option<String>>> {
-        self.refreshing.lock().unwrap_or_else(|p| p.into_inner())
+        let cache = TokenCache::new(config.acl_token_ttl(), config.acl_down_policy());
+        RemoteTokens(Resolver::new(cache, config.acl_default_allow()))
     }
 
     /// What the primary last said `token` may do (or the down policy's answer), if anything.
     pub fn current(&self, token: &Option<String>) -> Option<EffectiveRules> {
-        self.cache().current(token)
+        self.0.current(token)
     }
 }
 
@@ -79,39 +65,26 @@ pub async fn prepare(app: &Arc<App>, req: &Req) {
     if !must_ask {
         return;
     }
-    let lookup = app.remote_tokens.cache().lookup(&token, Instant::now());
-    match lookup {
-        Lookup::Fresh(_) => {}
-        Lookup::RefreshBehind(_) => {
-            if app.remote_tokens.refreshing().insert(token.clone()) {
-                let app = app.clone();
-                tokio::spawn(async move {
-                    refresh(&app, token.clone()).await;
-                    app.remote_tokens.refreshing().remove(&token);
-                });
-            }
-        }
-        Lookup::Fetch => refresh(app, token).await,
-    }
-}
-
-async fn refresh(app: &Arc<App>, token: Option<String>) {
-    let fetched = ask_primary(app, token.as_deref()).await;
-    if let Fetched::Unreachable(why) = &fetched {
-        tracing::warn!(primary = %app.config.primary_datacenter(), error = %why,
-            down_policy = %app.config.acl_down_policy, "cannot resolve a token with the primary datacenter");
-    }
-    let default_allow = app.config.acl_default_allow();
-    // A refusal forgets the token: the handlers then answer "ACL not found" themselves.
-    let _ = app.remote_tokens.cache().settle(&token, fetched, default_allow, Instant::now());
+    // A refusal is forgotten: the handlers then answer "ACL not found" themselves.
+    let app2 = app.clone();
+    let _ = app
+        .remote_tokens
+        .0
+        .resolve(token, move |token| async move { ask_primary(&app2, token.as_deref()).await })
+        .await;
 }
 
 /// The primary's `/v1/internal/acl/rules` with the token itself, as Consul's `ACL.TokenRead` with it.
 async fn ask_primary(app: &Arc<App>, token: Option<&str>) -> Fetched {
     let primary = app.config.primary_datacenter().to_string();
     let asked = crate::http::get_from_datacenter(app, &primary, "/v1/internal/acl/rules".into(), token);
-    let Ok(resp) = tokio::time::timeout(ASK_TIMEOUT, asked).await else {
-        return Fetched::Unreachable(format!("datacenter {primary:?} did not answer in {ASK_TIMEOUT:?}"));
+    let fetched = match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+        Ok(resp) => Fetched::from_rules_answer(resp.status().as_u16(), resp.body(), &format!("datacenter {primary:?}")),
+        Err(_) => Fetched::Unreachable(format!("datacenter {primary:?} did not answer in {ASK_TIMEOUT:?}")),
     };
-    Fetched::from_rules_answer(resp.status().as_u16(), resp.body(), &format!("datacenter {primary:?}"))
+    if let Fetched::Unreachable(why) = &fetched {
+        tracing::warn!(primary = %primary, error = %why, down_policy = %app.config.acl_down_policy,
+            "cannot resolve a token with the primary datacenter");
+    }
+    fetched
 }

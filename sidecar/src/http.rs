@@ -3,10 +3,10 @@
 //! query parameters), with failover between them.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use registry::acl::token_cache::{Fetched, Lookup, TokenCache};
+use registry::acl::resolver::Resolver;
+use registry::acl::token_cache::Fetched;
 use registry::acl::Authorizer;
 use registry::agent::api::Host;
 use registry::agent::sync::Catalog;
@@ -35,7 +35,7 @@ pub struct Ctx {
     pub enable_script_checks: bool,
     /// What each token may do, as the servers said, and when they said it.
     /// Keyed by secret (`None`: the sidecar's own token stands in).
-    pub token_cache: Arc<std::sync::Mutex<TokenCache>>,
+    pub tokens: Arc<Resolver>,
 }
 
 /// Largest request body passed on (the servers apply their own, smaller limits).
@@ -133,17 +133,6 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// The sidecar as the host of its agent.
-fn lock(cache: &std::sync::Mutex<TokenCache>) -> std::sync::MutexGuard<'_, TokenCache> {
-    cache.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Ctx {
-    fn token_cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
-        lock(&self.token_cache)
-    }
-}
-
 /// `/v1/internal/acl/rules` with the token itself.
 async fn ask_servers(client: &Client, token: &Option<String>) -> Fetched {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -175,25 +164,16 @@ impl Host for Ctx {
     /// server answers, the down policy decides (`registry::acl::token_cache`).
     async fn authorize(&self, req: &Req) -> Result<Authorizer, ApiError> {
         let token = registry::web::carried_token(req).or_else(|| self.agent.token("default"));
-        let lookup = self.token_cache().lookup(&token, Instant::now());
-        match lookup {
-            Lookup::Fresh(rules) => return Ok(rules.authorizer()),
-            Lookup::RefreshBehind(rules) => {
-                let (client, cache, token) = (self.client.clone(), self.token_cache.clone(), token.clone());
-                tokio::spawn(async move {
-                    let fetched = ask_servers(&client, &token).await;
-                    let _ = lock(&cache).settle(&token, fetched, false, Instant::now());
-                });
-                return Ok(rules.authorizer());
-            }
-            Lookup::Fetch => {}
-        }
-        let fetched = ask_servers(&self.client, &token).await;
-        if let Fetched::Unreachable(why) = &fetched {
-            tracing::warn!(error = %why, down_policy = ?self.token_cache().down_policy(), "cannot resolve a token with the servers");
-        }
         // The servers' default policy is unknown while none answers: deny, as Consul's agents' default.
-        let rules = self.token_cache().settle(&token, fetched, false, Instant::now()).map_err(ApiError::Forbidden)?;
+        let (client, down_policy) = (self.client.clone(), self.tokens.down_policy());
+        let ask = move |token: Option<String>| async move {
+            let fetched = ask_servers(&client, &token).await;
+            if let Fetched::Unreachable(why) = &fetched {
+                tracing::warn!(error = %why, ?down_policy, "cannot resolve a token with the servers");
+            }
+            fetched
+        };
+        let rules = self.tokens.resolve(token, ask).await.map_err(ApiError::Forbidden)?;
         Ok(rules.authorizer())
     }
 

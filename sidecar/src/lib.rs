@@ -94,7 +94,7 @@ impl Sidecar {
             leave: leave.clone(),
             config_file: config.config_file.clone(),
             enable_script_checks: config.enable_script_checks,
-            token_cache: Arc::new(std::sync::Mutex::new(config.token_cache())),
+            tokens: registry::acl::resolver::Resolver::new(config.token_cache(), false),
         });
         let mut graceful = stop_rx.clone();
         let mut tasks = vec![

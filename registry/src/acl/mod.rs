@@ -2,6 +2,8 @@
 
 pub mod authorizer;
 pub mod replication;
+#[cfg(feature = "agent")]
+pub mod resolver;
 pub mod rules;
 pub mod templated;
 pub mod token_cache;
