@@ -58,20 +58,34 @@ pub async fn prepare(app: &Arc<App>, req: &Req) {
     if req.get("dc").is_some_and(|dc| !dc.is_empty() && dc != config.datacenter) {
         return;
     }
-    let token = crate::http::acl::token_of(app, req);
+    resolve(app, crate::http::acl::token_of(app, req)).await;
+}
+
+/// Whether `token` is one this server resolves by asking the primary: ACLs on, a secondary that
+/// asks, and the token not in its state.
+pub fn only_primary_holds(config: &Config, state: &State, token: &Option<String>) -> bool {
+    if !config.acl_enabled || config.primary_datacenter() == config.datacenter || !asks_primary(config, state) {
+        return false;
+    }
     let secret = token.as_deref().unwrap_or(ANONYMOUS_TOKEN_SECRET);
-    let now = crate::http::acl::now_rfc3339();
-    let must_ask = app.sm.read(|s| s.acl_token_by_secret(secret, &now).is_none() && asks_primary(config, s));
-    if !must_ask {
+    state.acl_token_by_secret(secret, &crate::http::acl::now_rfc3339()).is_none()
+}
+
+/// Makes sure `token`, when only the primary holds it, is in the cache (fresh, refreshed, or the
+/// down policy's answer) before anything resolves it synchronously: the request pipeline for the
+/// request's token, DNS for the agent's default token.
+pub async fn resolve(app: &Arc<App>, token: Option<String>) {
+    let config = &app.config;
+    if !config.acl_enabled || config.primary_datacenter() == config.datacenter {
+        return;
+    }
+    if !app.sm.read(|s| only_primary_holds(config, s, &token)) {
         return;
     }
     // A refusal is forgotten: the handlers then answer "ACL not found" themselves.
-    let app2 = app.clone();
-    let _ = app
-        .remote_tokens
-        .0
-        .resolve(token, move |token| async move { ask_primary(&app2, token.as_deref()).await })
-        .await;
+    let asker = app.clone();
+    let ask = move |token: Option<String>| async move { ask_primary(&asker, token.as_deref()).await };
+    let _ = app.remote_tokens.0.resolve(token, ask).await;
 }
 
 /// The primary's `/v1/internal/acl/rules` with the token itself, as Consul's `ACL.TokenRead` with it.

@@ -1,5 +1,6 @@
 //! The servers' side of the DNS interface: answers read from this server's own state (a stale
-//! read, as Consul's DNS answers by default), filtered by what the agent's default token may read.
+//! read, as Consul's DNS answers by default), filtered by what the agent's default token may read
+//! (in a secondary that holds no copy of the primary's tokens, as the primary says).
 
 use std::sync::Arc;
 
@@ -17,20 +18,27 @@ impl crate::dns::Catalog for StateCatalog {
     }
 
     /// Read under the same lock as the state: the service's index, and with ACLs the ACL index,
-    /// the default token and whether it is still live (a token expires without any write).
+    /// the default token and whether it is still live (a token expires without any write). None
+    /// (not versioned) for a default token only the primary holds: what it may read changes with
+    /// the primary's answers, not with this state.
     fn service_version(&self, name: &str) -> Option<crate::dns::Version> {
         let app = &self.0;
         let token = app.agent.token("default");
         let now = app.config.acl_enabled.then(crate::http::acl::now_rfc3339);
-        Some(app.sm.read(|s| crate::dns::Version {
-            catalog: s.service_index(name),
-            acl: if now.is_some() { s.indexes().acl } else { 0 },
-            token_live: match (&now, &token) {
-                (Some(now), Some(t)) => s.acl_token_by_secret(t, now).is_some(),
-                _ => false,
-            },
-            token,
-        }))
+        app.sm.read(|s| {
+            if crate::acl_remote::only_primary_holds(&app.config, s, &token) {
+                return None;
+            }
+            Some(crate::dns::Version {
+                catalog: s.service_index(name),
+                acl: if now.is_some() { s.indexes().acl } else { 0 },
+                token_live: match (&now, &token) {
+                    (Some(now), Some(t)) => s.acl_token_by_secret(t, now).is_some(),
+                    _ => false,
+                },
+                token,
+            })
+        })
     }
 
     /// Picks while the state is borrowed and copies only the instances answered; another
@@ -49,6 +57,7 @@ impl crate::dns::Catalog for StateCatalog {
             };
             return Ok(answer::pick(answer::healthy(all, want), want.limit));
         }
+        crate::acl_remote::resolve(app, token.clone()).await;
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
             let healthy = s
@@ -100,6 +109,7 @@ impl crate::dns::Catalog for StateCatalog {
                 s => Err(format!("datacenter {dc} answered {s}")),
             };
         }
+        crate::acl_remote::resolve(app, token.clone()).await;
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
             Ok(s.catalog_node(name).1.filter(|_| a.allows(Resource::Node, name, Access::Read)))

@@ -92,10 +92,13 @@ impl Federation {
             .arg("--data-dir")
             .arg(&s.dir)
             .args(["--http-addr", &s.http(), "--rpc-addr", &format!("{}:{RPC}", s.ip)])
-            .args(["--wan-addr", &format!("{}:{WAN}", s.ip), "--dns-addr", "off"])
+            .args(["--wan-addr", &format!("{}:{WAN}", s.ip)])
             .args(["--bootstrap-expect", &lan.len().to_string(), "--retry-join", &lan.join(",")])
             .args(["--acl-enabled", "true", "--acl-default-policy", "deny", "--primary-datacenter", "dc1"])
             .args(&s.args);
+        if !s.args.iter().any(|a| a == "--dns-addr") {
+            cmd.args(["--dns-addr", "off"]);
+        }
         if dc == "dc1" {
             cmd.args(["--acl-initial-management", ROOT]);
         } else {
@@ -266,18 +269,20 @@ async fn a_secondary_replicates_the_primarys_acls_and_keeps_them_while_it_is_dow
 }
 
 /// Secondaries without ACL replication hold no copy of the primary's tokens: they ask the primary
-/// (`/v1/internal/acl/rules` with the token) and cache the answer for `acl_token_ttl`; with the
+/// (`/v1/internal/acl/rules` with the token) and cache the answer for `acl_token_ttl`, for HTTP
+/// requests and for DNS, which filters by the agent's default token; with the
 /// primary down, each down policy decides as Consul's: extend-cache and async-cache keep a token
 /// resolved before (a token never resolved gets the default policy, deny here), deny refuses
 /// everything, allow allows everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secondaries_without_replication_ask_the_primary_and_apply_their_down_policy_when_it_is_down() {
     let secondary = |policy: &str| ["--acl-token-ttl", "1s", "--acl-down-policy", policy].map(String::from).to_vec();
+    let with_dns = [secondary("extend-cache"), vec!["--dns-addr".into(), DC2_DNS.into()]].concat();
     let mut f = Federation::of(
         21,
         &[
             ("dc1", vec![]),
-            ("dc2", secondary("extend-cache")),
+            ("dc2", with_dns),
             ("dc3", secondary("async-cache")),
             ("dc4", secondary("deny")),
             ("dc5", secondary("allow")),
@@ -324,6 +329,18 @@ async fn secondaries_without_replication_ask_the_primary_and_apply_their_down_po
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(f.get(extend, "/v1/kv/anything", &doomed).await.0, 403, "deleted in dc1");
 
+    // DNS filters by the agent's default token, asked of dc1 too: nothing for the anonymous token
+    // (default deny), the instance once the default token may read services and nodes.
+    let rules = r#"{"Name":"dns-read","Rules":"service_prefix \"\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }"}"#;
+    assert_eq!(f.put(0, "/v1/acl/policy", ROOT, rules).await.0, 200);
+    let dns_reader = secret(&f, r#"{"Policies":[{"Name":"dns-read"}]}"#).await;
+    let web = r#"{"Node":"n1","Address":"10.0.0.9","Service":{"Service":"web","Port":80}}"#;
+    assert_eq!(f.put(extend, "/v1/catalog/register", ROOT, web).await, (200, "true".into()));
+    assert_eq!(dns_a(DC2_DNS, "web.service.consul.").await, Vec::<String>::new(), "anonymous: denied");
+    let default = format!(r#"{{"Token":"{dns_reader}"}}"#);
+    assert_eq!(f.put(extend, "/v1/agent/token/default", ROOT, &default).await.0, 200);
+    assert_eq!(dns_a(DC2_DNS, "web.service.consul.").await, ["10.0.0.9"], "the default token, as dc1 says");
+
     f.servers[0].kill();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     for i in [extend, asynch] {
@@ -336,6 +353,33 @@ async fn secondaries_without_replication_ask_the_primary_and_apply_their_down_po
     assert_eq!(f.get(deny, "/v1/kv/dc4", ROOT).await.0, 403, "deny: management too");
     assert_eq!(f.put(allow, "/v1/kv/written-while-down", &reader, "x").await, (200, "true".into()), "allow");
     assert_eq!(f.put(allow, "/v1/kv/by-a-stranger", "no-such-secret", "x").await.0, 200, "allow: anyone");
+}
+
+/// dc2's DNS interface in the down-policy test.
+const DC2_DNS: &str = "127.0.0.22:18643";
+
+/// The A records a DNS server answers for `name` (none when it answers with an error).
+async fn dns_a(server: &str, name: &str) -> Vec<String> {
+    use registry::dns::proto::op::{Message, MessageType, OpCode, Query};
+    use registry::dns::proto::rr::{Name, RData, RecordType};
+    let mut question = Message::new(7, MessageType::Query, OpCode::Query);
+    question.add_query(Query::query(Name::from_ascii(name).expect("name"), RecordType::A));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.send_to(&question.to_vec().expect("encode"), server).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("a DNS answer in time")
+        .expect("receive");
+    let answer = Message::from_vec(&buf[..n]).expect("decode");
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A token made in the primary: its secret.
