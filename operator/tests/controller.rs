@@ -763,14 +763,34 @@ async fn with_cert_manager_the_operator_keeps_a_certificate_and_publishes_its_ca
     let now = unix_now();
     let issuer_ca = tls::new_ca(&valid, now).expect("ca");
     let cert = tls::Leaf::Server.issue(&valid, &issuer_ca, 86_400, now).expect("cert");
-    let secret = secret_json(&tls::Leaf::Server.secret(&valid, &None, &issuer_ca.cert_pem, &cert));
+    let server = secret_json(&tls::Leaf::Server.secret(&valid, &None, &issuer_ca.cert_pem, &cert));
+    let reconciler = tokio::spawn(reconcile(Arc::new(rc.clone()), ctx.clone()));
+    serve(&mut handle, Method::GET, STS, not_found).await;
+    serve(&mut handle, Method::PATCH, CERTIFICATE, echo).await;
+    serve(&mut handle, Method::PATCH, CLIENT_CERTIFICATE, echo).await;
+    let first = server.clone();
+    serve(&mut handle, Method::GET, SERVER_SECRET, move |_| (200, first)).await;
+    let bundle = serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
+    assert_eq!(bundle["data"]["ca.crt"].as_str(), Some(issuer_ca.cert_pem.as_str()));
+    // Not the sidecars' certificate yet: not ready, and the status says which Secret it waits for.
+    serve(&mut handle, Method::GET, CLIENT_SECRET, not_found).await;
+    expect_applies(&mut handle).await;
+    let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
+    let ready = condition(&status, "TLSReady");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("WaitingForCertManager")));
+    assert!(ready["message"].as_str().is_some_and(|m| m.contains("registry-client-tls")), "{ready}");
+    reconciler.await.expect("join").expect("ok");
+
+    // Both written.
+    let client = tls::Leaf::Client.issue(&valid, &issuer_ca, 86_400, now).expect("cert");
+    let client = secret_json(&tls::Leaf::Client.secret(&valid, &None, &issuer_ca.cert_pem, &client));
     let reconciler = tokio::spawn(reconcile(Arc::new(rc), ctx));
     serve(&mut handle, Method::GET, STS, not_found).await;
     serve(&mut handle, Method::PATCH, CERTIFICATE, echo).await;
     serve(&mut handle, Method::PATCH, CLIENT_CERTIFICATE, echo).await;
-    serve(&mut handle, Method::GET, SERVER_SECRET, move |_| (200, secret)).await;
-    let bundle = serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
-    assert_eq!(bundle["data"]["ca.crt"].as_str(), Some(issuer_ca.cert_pem.as_str()));
+    serve(&mut handle, Method::GET, SERVER_SECRET, move |_| (200, server)).await;
+    serve(&mut handle, Method::PATCH, CA_CONFIG_MAP, echo).await;
+    serve(&mut handle, Method::GET, CLIENT_SECRET, move |_| (200, client)).await;
     expect_applies(&mut handle).await;
     let status = serve(&mut handle, Method::PATCH, STATUS, with_status).await;
     assert_eq!(condition(&status, "TLSReady")["status"], "True", "{status}");

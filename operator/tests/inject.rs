@@ -107,7 +107,8 @@ fn client_tls_secret(namespace: &str, crt: &str, labels: &[(&str, &str)]) -> Val
 }
 
 /// A renewal reaches the copies of running pods: every stale copy (found by its label, in any
-/// namespace) is rewritten from the source; current ones are left alone.
+/// namespace) is rewritten from the source, even when another namespace refuses; current ones are
+/// left alone.
 #[tokio::test]
 async fn renewed_certificates_reach_the_copies_in_every_namespace() {
     let (client, mut api) = client();
@@ -123,14 +124,21 @@ async fn renewed_certificates_reach_the_copies_in_every_namespace() {
         (
             200,
             json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
-                   "items": [client_tls_secret("shop", "b2xk", &ours), client_tls_secret("cart", "bmV3", &ours)]}),
+                   "items": [client_tls_secret("locked", "b2xk", &ours), client_tls_secret("shop", "b2xk", &ours),
+                             client_tls_secret("cart", "bmV3", &ours)]}),
         )
     })
     .await;
     assert_eq!(list, Value::Null);
+    // One namespace refuses the write (a quota, a policy): the others are still brought up to date.
+    serve(&mut api, Method::PATCH, "/api/v1/namespaces/locked/secrets/registry-client-tls?", |_| {
+        (403, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403}))
+    })
+    .await;
     let updated = serve(&mut api, Method::PATCH, "/api/v1/namespaces/shop/secrets/registry-client-tls?", echo).await;
     assert_eq!(updated["data"]["tls.crt"], "bmV3");
-    assert_eq!(refresh.await.expect("join"), Ok(1), "cart's copy was current");
+    let outcome = refresh.await.expect("join").expect_err("the refused copy is reported");
+    assert!(outcome.contains("1 of the stale copies failed (1 updated)") && outcome.contains("locked"), "{outcome}");
 }
 
 #[tokio::test]

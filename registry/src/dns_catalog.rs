@@ -57,7 +57,7 @@ impl crate::dns::Catalog for StateCatalog {
             };
             return Ok(answer::pick(answer::healthy(all, want), want.limit));
         }
-        crate::acl_remote::resolve(app, token.clone()).await;
+        default_token_resolved(app, &token).await;
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
             let healthy = s
@@ -109,10 +109,22 @@ impl crate::dns::Catalog for StateCatalog {
                 s => Err(format!("datacenter {dc} answered {s}")),
             };
         }
-        crate::acl_remote::resolve(app, token.clone()).await;
+        default_token_resolved(app, &token).await;
         app.sm.read(|s| {
             let a = crate::http::acl::authorizer_in(app, s, &token).map_err(|e| format!("{e:?}"))?;
             Ok(s.catalog_node(name).1.filter(|_| a.allows(Resource::Node, name, Access::Read)))
         })
+    }
+}
+
+/// Makes sure the default token is resolved when only the primary holds it. A token the primary
+/// answered for before is refreshed behind, not waited for: a DNS client gives up after a few
+/// seconds, and asking an unreachable primary takes longer.
+async fn default_token_resolved(app: &Arc<App>, token: &Option<String>) {
+    if app.remote_tokens.current(token).is_some() {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move { crate::acl_remote::resolve(&app, token).await });
+    } else {
+        crate::acl_remote::resolve(app, token.clone()).await;
     }
 }

@@ -26,8 +26,8 @@ pub enum Plan {
     Create(Secret),
     /// The operator's copy is stale: replace its data (and labels) with this one's.
     Update(Secret),
-    /// Somebody else's Secret of that name: left alone.
-    Foreign,
+    /// Somebody else's Secret of that name: left alone (its name).
+    Foreign(String),
 }
 
 fn is_ours(secret: &Secret) -> bool {
@@ -55,7 +55,7 @@ pub fn plan(source: &Secret, existing: Option<&Secret>, namespace: &str) -> Plan
     let copy = copy_of(source, namespace);
     match existing {
         None => Plan::Create(copy),
-        Some(theirs) if !is_ours(theirs) => Plan::Foreign,
+        Some(theirs) if !is_ours(theirs) => Plan::Foreign(copy.name_any()),
         Some(theirs) if theirs.data == copy.data && theirs.labels().get(COPY_OF) == copy.labels().get(COPY_OF) => {
             Plan::Keep
         }
@@ -67,7 +67,12 @@ pub fn plan(source: &Secret, existing: Option<&Secret>, namespace: &str) -> Plan
 async fn write(client: &kube::Client, namespace: &str, plan: Plan) -> Result<(), String> {
     let theirs: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match plan {
-        Plan::Keep | Plan::Foreign => Ok(()),
+        Plan::Keep => Ok(()),
+        Plan::Foreign(name) => {
+            tracing::warn!(%namespace, secret = %name, "a Secret the operator did not make has this name here: it is left \
+                           alone, and sidecars of this namespace mount it as it is");
+            Ok(())
+        }
         Plan::Create(copy) => match theirs.create(&PostParams::default(), &copy).await {
             Ok(_) => Ok(()),
             // Another admission made it meanwhile: from the same source.
@@ -110,16 +115,24 @@ pub async fn refresh(client: &kube::Client, source_namespace: &str, name: &str) 
         .list(&ListParams::default().labels(&format!("{COPY_OF}={name}")))
         .await
         .map_err(|e| format!("listing the copies of Secret {name}: {e}"))?;
-    let mut rewritten = 0;
+    let (mut rewritten, mut failed) = (0, Vec::new());
     for copy in copies.items.iter().filter(|c| c.namespace().as_deref() != Some(source_namespace)) {
         let namespace = copy.namespace().unwrap_or_default();
         let plan = plan(&source, Some(copy), &namespace);
         if matches!(plan, Plan::Update(_)) {
-            write(client, &namespace, plan).await?;
-            rewritten += 1;
+            // One namespace refusing (a quota, a policy) must not keep the others stale.
+            match write(client, &namespace, plan).await {
+                Ok(()) => rewritten += 1,
+                Err(e) => failed.push(e),
+            }
         }
     }
-    Ok(rewritten)
+    match failed.is_empty() {
+        true => Ok(rewritten),
+        false => {
+            Err(format!("{} of the stale copies failed ({rewritten} updated): {}", failed.len(), failed.join("; ")))
+        }
+    }
 }
 
 /// Keeps the copies of `names` current, checking every `every`, until the task is dropped.
@@ -177,6 +190,6 @@ mod tests {
         let unlabelled = secret("registry-client-tls", "shop", "v1", &[(MANAGED_BY, OPERATOR)]);
         assert!(matches!(plan(&source, Some(&unlabelled), "shop"), Plan::Update(_)));
         let foreign = secret("registry-client-tls", "shop", "mine", &[]);
-        assert_eq!(plan(&renewed, Some(&foreign), "shop"), Plan::Foreign);
+        assert_eq!(plan(&renewed, Some(&foreign), "shop"), Plan::Foreign("registry-client-tls".into()));
     }
 }

@@ -134,6 +134,8 @@ async fn handle(
     if let (true, Some(namespace)) = (patched, namespace) {
         for secret in settings.gossip_key_secret.iter().chain(&settings.tls_secret) {
             if let Err(e) = super::copies::ensure(&source.client, &source.namespace, secret, namespace).await {
+                // With failurePolicy Ignore the pod then starts without a sidecar: say why.
+                tracing::warn!(%namespace, %secret, error = %e, "cannot give the pod's namespace the Secret its sidecar mounts");
                 return Ok(reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({"error": e}).to_string().into_bytes(),

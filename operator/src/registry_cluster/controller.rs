@@ -564,6 +564,16 @@ async fn keep_cert_manager_tls(
         let why = format!("the certificate in Secret {server_secret} ended at {}", rfc3339(cert.not_after));
         return Ok(tls_pass(valid, false, "CertificateExpired", why, Some(&cert)));
     }
+    // Sidecars mount the client certificate's Secret: injection waits for it as well.
+    let client_secret = tls::client_secret_name(valid);
+    let client = secrets.get_opt(&client_secret).await?.map(|s| tls::Current::from_secret(&s));
+    if client.and_then(|c| c.cert_pem).is_none() {
+        let why = format!(
+            "waiting for cert-manager ({} {}) to write Secret {client_secret} (the sidecars' client certificate)",
+            issuer.kind, issuer.name
+        );
+        return Ok(tls_pass(valid, false, "WaitingForCertManager", why, Some(&cert)));
+    }
     let message =
         format!("server certificate from cert-manager valid until {}; cert-manager renews it", rfc3339(cert.not_after));
     Ok(tls_pass(valid, true, "CertificateValid", message, Some(&cert)))

@@ -76,18 +76,31 @@ impl Resolver {
         let question = ask(token.clone());
         let (me, key) = (self.clone(), token.clone());
         // Spawned: the answer is settled even when every waiting request is dropped. It leaves the
-        // map only after settling, under the map's lock (held here until the entry is in).
+        // map after settling, or however the task ends (a guard), under the map's lock (held here
+        // until the entry is in).
         let task = tokio::spawn(async move {
+            let _leave = Landed { resolver: me.clone(), token: key.clone() };
             let fetched = question.await;
-            let settled = lock(&me.cache).settle(&key, fetched, me.default_allow, Instant::now());
-            lock(&me.in_flight).remove(&key);
-            settled
+            lock(&me.cache).settle(&key, fetched, me.default_allow, Instant::now())
         });
         let flight = async move { task.await.unwrap_or_else(|e| Err(format!("resolving the token failed: {e}"))) }
             .boxed()
             .shared();
         flights.insert(token, flight.clone());
         flight
+    }
+}
+
+/// Takes a question out of the map when its task ends, settled or not (a panic, a cancelled
+/// runtime), so the token is asked again next time instead of failing for good.
+struct Landed {
+    resolver: Arc<Resolver>,
+    token: Option<String>,
+}
+
+impl Drop for Landed {
+    fn drop(&mut self) {
+        lock(&self.resolver.in_flight).remove(&self.token);
     }
 }
 
@@ -127,6 +140,19 @@ mod tests {
         let other = r.resolve(Some("u".into()), owner(&asked, Fetched::Refused("ACL not found".into()))).await;
         assert_eq!(other, Err("ACL not found".into()));
         assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_question_that_fails_outright_is_asked_again_next_time() {
+        let r = Resolver::new(TokenCache::new(Duration::from_secs(30), DownPolicy::ExtendCache), false);
+        fn broken(_: Option<String>) -> BoxFuture<'static, Fetched> {
+            async { panic!("the question broke") }.boxed()
+        }
+        let first = r.resolve(Some("t".into()), broken).await;
+        assert!(first.is_err_and(|e| e.contains("resolving the token failed")));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let again = r.resolve(Some("t".into()), owner(&asked, Fetched::Found(rules(true)))).await;
+        assert_eq!(again, Ok(rules(true)), "not stuck with the failure");
     }
 
     #[tokio::test]
