@@ -34,6 +34,11 @@ impl RemoteTokens {
         RemoteTokens(Resolver::new(cache, config.acl_default_allow()))
     }
 
+    /// See [`Resolver::fresh_generation`].
+    pub fn fresh_generation(&self, token: &Option<String>) -> Option<u64> {
+        self.0.fresh_generation(token)
+    }
+
     /// What the primary last said `token` may do (or the down policy's answer), if anything.
     pub fn current(&self, token: &Option<String>) -> Option<EffectiveRules> {
         self.0.current(token)

@@ -18,18 +18,20 @@ impl crate::dns::Catalog for StateCatalog {
     }
 
     /// Read under the same lock as the state: the service's index, and with ACLs the ACL index,
-    /// the default token and whether it is still live (a token expires without any write). None
-    /// (not versioned) for a default token only the primary holds: what it may read changes with
-    /// the primary's answers, not with this state.
+    /// the default token and whether it is still live (a token expires without any write). For a
+    /// default token only the primary holds, the generation of the primary's answers while its own
+    /// is fresh; once it is due, None (not versioned): the next answer asks, and so refreshes it.
     fn service_version(&self, name: &str) -> Option<crate::dns::Version> {
         let app = &self.0;
         let token = app.agent.token("default");
         let now = app.config.acl_enabled.then(crate::http::acl::now_rfc3339);
         app.sm.read(|s| {
-            if crate::acl_remote::only_primary_holds(&app.config, s, &token) {
-                return None;
-            }
+            let remote = match crate::acl_remote::only_primary_holds(&app.config, s, &token) {
+                true => app.remote_tokens.fresh_generation(&token)?,
+                false => 0,
+            };
             Some(crate::dns::Version {
+                remote,
                 catalog: s.service_index(name),
                 acl: if now.is_some() { s.indexes().acl } else { 0 },
                 token_live: match (&now, &token) {

@@ -340,6 +340,15 @@ async fn secondaries_without_replication_ask_the_primary_and_apply_their_down_po
     let default = format!(r#"{{"Token":"{dns_reader}"}}"#);
     assert_eq!(f.put(extend, "/v1/agent/token/default", ROOT, &default).await.0, 200);
     assert_eq!(dns_a(DC2_DNS, "web.service.consul.").await, ["10.0.0.9"], "the default token, as dc1 says");
+    // Kept answers follow dc1 too: the token deleted there, DNS in dc2 stops answering once its
+    // TTL (1 s) is over.
+    let accessor = json(&f.get(0, "/v1/acl/token/self", &dns_reader).await.1)["AccessorID"].as_str().map(String::from);
+    let path = format!("/v1/acl/token/{}", accessor.expect("an accessor"));
+    assert_eq!(f.call(0, reqwest::Method::DELETE, &path, ROOT, "").await.0, 200);
+    f.eventually("dc2's DNS to drop what the deleted default token could read", Duration::from_secs(5), async || {
+        dns_a(DC2_DNS, "web.service.consul.").await.is_empty()
+    })
+    .await;
 
     f.servers[0].kill();
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -38,6 +38,12 @@ impl Resolver {
         lock(&self.cache).down_policy()
     }
 
+    /// A number that moves whenever any answer is settled, while `token`'s answer is fresh (None:
+    /// due to be asked again): whatever was derived from the answers stays valid while it holds.
+    pub fn fresh_generation(&self, token: &Option<String>) -> Option<u64> {
+        lock(&self.cache).fresh_generation(token, Instant::now())
+    }
+
     /// The last answer for `token`, however old (handlers resolving synchronously after `resolve`).
     pub fn current(&self, token: &Option<String>) -> Option<EffectiveRules> {
         lock(&self.cache).current(token)

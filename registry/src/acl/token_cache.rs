@@ -103,11 +103,14 @@ pub struct TokenCache {
     ttl: Duration,
     down_policy: DownPolicy,
     entries: HashMap<Option<String>, Entry>,
+    /// Moves on every answer settled: what was derived from the cache (a kept DNS answer) is current
+    /// while it has not moved.
+    generation: u64,
 }
 
 impl TokenCache {
     pub fn new(ttl: Duration, down_policy: DownPolicy) -> Self {
-        TokenCache { ttl, down_policy, entries: HashMap::new() }
+        TokenCache { ttl, down_policy, entries: HashMap::new(), generation: 0 }
     }
 
     pub fn down_policy(&self) -> DownPolicy {
@@ -120,6 +123,11 @@ impl TokenCache {
             Some(e) if !e.down && self.down_policy == DownPolicy::AsyncCache => Lookup::RefreshBehind(e.rules.clone()),
             _ => Lookup::Fetch,
         }
+    }
+
+    /// The cache's generation while `token`'s answer is fresh; None once it is due to be asked again.
+    pub fn fresh_generation(&self, token: &Option<String>, now: Instant) -> Option<u64> {
+        matches!(self.lookup(token, now), Lookup::Fresh(_)).then_some(self.generation)
     }
 
     /// The last answer for `token`, however old (a blocking query re-checking its caller on wake).
@@ -137,6 +145,7 @@ impl TokenCache {
         default_allow: bool,
         now: Instant,
     ) -> Result<EffectiveRules, String> {
+        self.generation += 1;
         let rules = match fetched {
             Fetched::Found(rules) => {
                 self.put(token, Entry { at: now, rules: rules.clone(), down: false });
@@ -210,6 +219,18 @@ mod tests {
 
     fn tok(s: &str) -> Option<String> {
         Some(s.to_string())
+    }
+
+    #[test]
+    fn the_generation_moves_with_every_answer_and_is_given_only_while_fresh() {
+        let mut c = TokenCache::new(TTL, DownPolicy::ExtendCache);
+        let (t, now) = (Some("t".to_string()), Instant::now());
+        assert_eq!(c.fresh_generation(&t, now), None, "never asked");
+        c.settle(&t, Fetched::Found(kv_reader()), false, now).expect("found");
+        let first = c.fresh_generation(&t, now).expect("fresh");
+        c.settle(&Some("u".into()), Fetched::Found(kv_reader()), false, now).expect("found");
+        assert_ne!(c.fresh_generation(&t, now), Some(first), "another answer moved it");
+        assert_eq!(c.fresh_generation(&t, now + TTL), None, "due again");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Version {
     pub acl: u64,
     pub token: Option<String>,
     pub token_live: bool,
+    /// For a default token another datacenter resolves: the generation of its answers.
+    pub remote: u64,
 }
 
 /// What DNS asks of the catalog, as seen with the agent's default token (Consul filters DNS
