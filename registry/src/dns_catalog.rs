@@ -85,7 +85,9 @@ impl crate::dns::Catalog for StateCatalog {
             return Ok(None);
         }
         let path = format!("/v1/query/{name}/execute");
-        let query = want.datacenter.map(|dc| vec![("dc".to_string(), dc.to_string())]).unwrap_or_default();
+        // Stale, as Consul's DNS reads by default (`dns_config.allow_stale`): this server answers.
+        let mut query = vec![("stale".to_string(), String::new())];
+        query.extend(want.datacenter.map(|dc| ("dc".to_string(), dc.to_string())));
         let resp = crate::http::get_as(app, path, query, token.as_deref()).await;
         match resp.status().as_u16() {
             200 => {

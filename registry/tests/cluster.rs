@@ -889,3 +889,66 @@ async fn a_paused_and_resumed_leader_does_not_answer_default_reads_from_its_old_
         assert_ne!(got.as_deref(), Some("before"), "the resumed leader answered from its old state");
     }
 }
+
+/// Prepared queries are executed as Consul executes them: on the leader unless `?stale`. A follower
+/// that missed writes (paused while they were made) forwards the execution, token and all, instead
+/// of answering from its own state: neither the instance gone passing nor the new token is lost
+/// (the WAN test saw a follower fail over to another datacenter that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_forwards_prepared_query_execution_to_the_leader() {
+    const ROOT: &str = "root-secret-for-the-query-test";
+    let flags = ["--acl-enabled", "true", "--acl-default-policy", "deny", "--acl-initial-management", ROOT];
+    let c = Cluster::with_flags(3, 19780, 10_000, &flags);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let call = |i: usize, method: reqwest::Method, path: &str, token: &str, body: Option<serde_json::Value>| {
+        let url = format!("http://{}{path}", c.servers[i].http);
+        let mut req = c.http.request(method, url).header("X-Consul-Token", token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.expect("an answer");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let (get, put, post) = (reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::POST);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(leader, get.clone(), "/v1/acl/token/self", ROOT, None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "initial management token never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db = |status: &str| {
+        serde_json::json!({"Node": "db-host", "Address": "10.0.0.5",
+            "Service": {"ID": "db", "Service": "db", "Port": 5432},
+            "Check": {"CheckID": "db-alive", "Name": "db", "ServiceID": "db", "Status": status}})
+    };
+    assert_eq!(call(leader, put.clone(), "/v1/catalog/register", ROOT, Some(db("critical"))).await.0, 200);
+    let query = serde_json::json!({"Name": "db-q", "Service": {"Service": "db"}});
+    assert_eq!(call(leader, post.clone(), "/v1/query", ROOT, Some(query)).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(follower, get.clone(), "/v1/query/db-q/explain?stale", ROOT, None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the follower never got the query");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The follower misses the instance going passing and a new token, then is asked at once.
+    signal(&c.servers[follower], "-STOP");
+    assert_eq!(call(leader, put.clone(), "/v1/catalog/register", ROOT, Some(db("passing"))).await.0, 200);
+    let rules = "query_prefix \"\" { policy = \"read\" }\nservice_prefix \"\" { policy = \"read\" }\n\
+                 node_prefix \"\" { policy = \"read\" }";
+    let policy = serde_json::json!({"Name": "db-reader", "Rules": rules});
+    assert_eq!(call(leader, put.clone(), "/v1/acl/policy", ROOT, Some(policy)).await.0, 200);
+    let token = serde_json::json!({"Policies": [{"Name": "db-reader"}]});
+    let (status, token) = call(leader, put, "/v1/acl/token", ROOT, Some(token)).await;
+    assert_eq!(status, 200, "{token}");
+    let reader = token["SecretID"].as_str().expect("a secret").to_string();
+    signal(&c.servers[follower], "-CONT");
+    let (status, answer) = call(follower, get.clone(), "/v1/query/db-q/execute", &reader, None).await;
+    assert_eq!(status, 200, "the new token, checked where the query runs: {answer}");
+    assert_eq!(answer["Nodes"].as_array().map(Vec::len), Some(1), "the leader's state: {answer}");
+    assert_eq!(answer["Nodes"][0]["Checks"][0]["Status"], "passing", "{answer}");
+    let (status, explained) = call(follower, get, "/v1/query/db-q/explain", &reader, None).await;
+    assert_eq!((status, &explained["Query"]["Service"]["Service"]), (200, &serde_json::json!("db")), "{explained}");
+}

@@ -44,6 +44,8 @@ fn datacenter(app: &App) -> DatacenterCoordinates {
 
 async fn nodes(app: &Arc<App>, req: &Req, node: Option<&str>) -> ApiResult {
     let opts = QueryOpts::parse(req)?;
+    // Forwarded first when this server may not answer, so the token is checked where it is.
+    blocking::check_read(app, &opts).await?;
     let a = authorize(app, req)?;
     let (index, list) = blocking::run(
         app,

@@ -112,6 +112,7 @@ async fn list(app: &Arc<App>, req: &Req) -> ApiResult {
 }
 
 async fn get(app: &Arc<App>, req: &Req, id: &str) -> ApiResult {
+    super::blocking::check_read(app, &super::QueryOpts::parse(req)?).await?;
     let authz = authorize(app, req)?;
     let q = existing(app, id).ok_or_else(|| ApiError::NotFound("Query not found".into()))?;
     require(&authz, Resource::Query, &q.name, Access::Read)?;
@@ -128,6 +129,7 @@ fn resolved(s: &State, name: &str) -> Result<PreparedQuery, ApiError> {
 }
 
 async fn explain(app: &Arc<App>, req: &Req, name: &str) -> ApiResult {
+    super::blocking::check_read(app, &super::QueryOpts::parse(req)?).await?;
     let authz = authorize(app, req)?;
     let (index, q) = app.sm.read(|s| Ok::<_, ApiError>((s.prepared_queries().0, resolved(s, name)?)))?;
     require(&authz, Resource::Query, &q.name, Access::Read)?;
@@ -135,6 +137,9 @@ async fn explain(app: &Arc<App>, req: &Req, name: &str) -> ApiResult {
 }
 
 async fn execute(app: &Arc<App>, req: &Req, name: &str) -> ApiResult {
+    // Consul executes on the leader unless `?stale`: a follower forwards (a write acknowledged a
+    // moment ago through another server is then in the answer).
+    super::blocking::check_read(app, &super::QueryOpts::parse(req)?).await?;
     let authz = authorize(app, req)?;
     let limit = match req.get("limit") {
         None | Some("") => None,

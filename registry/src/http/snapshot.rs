@@ -11,20 +11,25 @@ use crate::app::App;
 use crate::state::{archive, Command, CommandResult};
 
 pub async fn handle(app: &Arc<App>, req: &Req) -> ApiResult {
+    // Where it is answered first (a follower forwards), then the token, checked there: one made a
+    // moment ago through the leader is known.
+    match req.method {
+        Method::GET => super::blocking::check_read(app, &super::QueryOpts::parse(req)?).await?,
+        _ => require_leader(app)?,
+    }
     let a = authorize(app, req)?;
     if !a.is_management() {
         return Err(ApiError::Forbidden("Permission denied: snapshots need a management token".into()));
     }
     match req.method {
-        Method::GET => save(app, req).await,
+        Method::GET => save(app).await,
         Method::PUT => restore(app, req).await,
         ref m => Err(ApiError::MethodNotAllowed(m.clone())),
     }
 }
 
-async fn save(app: &Arc<App>, req: &Req) -> ApiResult {
-    // The leader's state (or this server's with ?stale), taken under one read lock: consistent.
-    super::blocking::check_read(app, &super::QueryOpts::parse(req)?).await?;
+async fn save(app: &Arc<App>) -> ApiResult {
+    // The leader's state (or this server's with ?stale; `handle` checked), under one read lock.
     let index = app.sm.applied_index();
     let bytes = app.sm.read(|s| archive::encode(s, index)).map_err(ApiError::Internal)?;
     let mut r = warp::http::Response::new(bytes::Bytes::from(bytes));
