@@ -245,6 +245,7 @@ echo "== TLS turned on in two steps; an injected sidecar then reaches the server
 # Restarts the port-forward (its pod may have been replaced) and waits for an answer.
 reforward() {
     kill "$pf_pid" 2>/dev/null || true
+    wait "$pf_pid" 2>/dev/null || true
     k port-forward svc/roster 18580:8500 >/dev/null 2>&1 &
     pf_pid=$!
     eventually 60 curl -sf "$api/v1/status/leader" || fail "no answer after $1"
@@ -276,7 +277,8 @@ spec:
       ports: [{containerPort: 8200}]
 EOF
 injected vault || fail "the pod has no sidecar"
-ka get pod vault -o yaml | grep -q 'https://roster' || fail "the sidecar was not given the servers' HTTPS address"
+vault_pod="$(ka get pod vault -o yaml)"
+grep -qF 'https://roster.' <<<"$vault_pod" || fail "the sidecar was not given the servers' HTTPS address"
 ka get secret roster-client-tls >/dev/null || fail "the client certificate Secret was not copied into $apps"
 ka wait --for=condition=Ready pod/vault --timeout=120s \
     || fail "the TLS sidecar never became Ready: $(ka logs vault -c roster-sidecar --tail=20)"
