@@ -45,31 +45,30 @@ impl RemoteTokens {
     }
 }
 
+/// A secondary datacenter's server with ACLs on: the only kind that may ask the primary.
+pub fn in_secondary(config: &Config) -> bool {
+    config.acl_enabled && config.primary_datacenter() != config.datacenter
+}
+
 /// Whether a token missing from `state` is asked of the primary.
 pub fn asks_primary(config: &Config, state: &State) -> bool {
-    config.acl_enabled
-        && config.primary_datacenter() != config.datacenter
-        && (!config.acl_replicates() || !state.acl_holds_global_tokens())
+    in_secondary(config) && (!config.acl_replicates() || !state.acl_holds_global_tokens())
 }
 
 /// The pipeline stage: makes sure a request's token that only the primary knows is in the cache
 /// (fresh, refreshed, or the down policy's answer) before the handlers resolve it.
 pub async fn prepare(app: &Arc<App>, req: &Req) {
-    let config = &app.config;
-    if !config.acl_enabled || config.primary_datacenter() == config.datacenter {
-        return;
-    }
     // Another datacenter's servers resolve what is sent to them.
-    if req.get("dc").is_some_and(|dc| !dc.is_empty() && dc != config.datacenter) {
+    if req.get("dc").is_some_and(|dc| !dc.is_empty() && dc != app.config.datacenter) {
         return;
     }
     resolve(app, crate::http::acl::token_of(app, req)).await;
 }
 
-/// Whether `token` is one this server resolves by asking the primary: ACLs on, a secondary that
-/// asks, and the token not in its state.
+/// Whether `token` is one this server resolves by asking the primary: a secondary that asks, and
+/// the token not in its state.
 pub fn only_primary_holds(config: &Config, state: &State, token: &Option<String>) -> bool {
-    if !config.acl_enabled || config.primary_datacenter() == config.datacenter || !asks_primary(config, state) {
+    if !asks_primary(config, state) {
         return false;
     }
     let secret = token.as_deref().unwrap_or(ANONYMOUS_TOKEN_SECRET);
@@ -81,7 +80,7 @@ pub fn only_primary_holds(config: &Config, state: &State, token: &Option<String>
 /// request's token, DNS for the agent's default token.
 pub async fn resolve(app: &Arc<App>, token: Option<String>) {
     let config = &app.config;
-    if !config.acl_enabled || config.primary_datacenter() == config.datacenter {
+    if !in_secondary(config) {
         return;
     }
     if !app.sm.read(|s| only_primary_holds(config, s, &token)) {

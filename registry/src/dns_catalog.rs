@@ -125,6 +125,9 @@ impl crate::dns::Catalog for StateCatalog {
 /// answered for before is refreshed behind, not waited for: a DNS client gives up after a few
 /// seconds, and asking an unreachable primary takes longer.
 async fn default_token_resolved(app: &Arc<App>, token: &Option<String>) {
+    if !crate::acl_remote::in_secondary(&app.config) || app.remote_tokens.fresh_generation(token).is_some() {
+        return;
+    }
     if app.remote_tokens.current(token).is_some() {
         let (app, token) = (app.clone(), token.clone());
         tokio::spawn(async move { crate::acl_remote::resolve(&app, token).await });

@@ -456,14 +456,15 @@ async fn keep_tls(
             }
         }
     };
-    let mut kept = Vec::new();
-    for leaf in [tls::Leaf::Server, tls::Leaf::Client] {
-        match keep_leaf(ctx, rc, valid, leaf, &ca, settings.validity_secs, &secrets, now).await? {
-            Ok(info) => kept.push(info),
-            Err(why) => return Ok(tls_pass(valid, false, "IssueFailed", why, None)),
-        }
-    }
-    let [server, client] = kept.as_slice() else { unreachable!("two certificates") };
+    let validity = settings.validity_secs;
+    let server = match keep_leaf(ctx, rc, valid, tls::Leaf::Server, &ca, validity, &secrets, now).await? {
+        Ok(info) => info,
+        Err(why) => return Ok(tls_pass(valid, false, "IssueFailed", why, None)),
+    };
+    let client = match keep_leaf(ctx, rc, valid, tls::Leaf::Client, &ca, validity, &secrets, now).await? {
+        Ok(info) => info,
+        Err(why) => return Ok(tls_pass(valid, false, "IssueFailed", why, None)),
+    };
     apply(&ctx.client, ns, &tls::ca_config_map(valid, &owner, &ca.cert_pem)).await?;
     let message = format!(
         "server certificate valid until {}; renewed after {}; sidecars' client certificate in Secret {} valid \
@@ -473,7 +474,7 @@ async fn keep_tls(
         tls::client_secret_name(valid),
         rfc3339(client.not_after),
     );
-    let pass = tls_pass(valid, true, "CertificateValid", message, Some(server));
+    let pass = tls_pass(valid, true, "CertificateValid", message, Some(&server));
     Ok(TlsPass { renew_after: Some(server.renew_after().min(client.renew_after())), ..pass })
 }
 

@@ -133,6 +133,15 @@ mod tests {
         }
     }
 
+    /// Waits (at most 5 s) for `done`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_requests_with_one_unknown_token_ask_once() {
         let r = Resolver::new(TokenCache::new(Duration::from_secs(30), DownPolicy::ExtendCache), false);
@@ -171,15 +180,14 @@ mod tests {
             r.resolve(Some("t".into()), owner(&asked, Fetched::Found(rules(false)))),
         );
         assert!(gone.await.is_err(), "gave up before the answer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(r.current(&Some("t".into())), Some(rules(false)));
+        until("the answer settled", || r.current(&Some("t".into())) == Some(rules(false))).await;
         // Stale now: every request answers at once from the cache, one refresh runs behind.
         for _ in 0..10 {
             let now = r.resolve(Some("t".into()), owner(&asked, Fetched::Found(rules(true)))).await;
             assert_eq!(now, Ok(rules(false)), "the stale answer, at once");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until("refreshed", || r.current(&Some("t".into())) == Some(rules(true))).await;
+        until("the refresh gone from the questions under way", || lock(&r.in_flight).is_empty()).await;
         assert_eq!(asked.load(Ordering::SeqCst), 2, "the first question and one refresh");
-        assert_eq!(r.current(&Some("t".into())), Some(rules(true)), "refreshed");
     }
 }
